@@ -1,0 +1,85 @@
+// 64-byte aligned storage: the flat parameter buffers and the per-rank arena that holds every working buffer.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <new>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace vae {
+
+inline constexpr std::size_t kAlign = 64;
+
+constexpr std::size_t round_up(std::size_t n, std::size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// An owning, zero-initialised, 64-byte aligned array of trivially copyable T.
+template <class T>
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(std::size_t n) : size_(n) {
+    if (n == 0) return;
+    data_ = static_cast<T*>(::operator new(round_up(n * sizeof(T), kAlign), std::align_val_t{kAlign}));
+    std::memset(static_cast<void*>(data_), 0, n * sizeof(T));
+  }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  AlignedBuffer(AlignedBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  ~AlignedBuffer() { release(); }
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  T& operator[](std::size_t i) { return data_[i]; }
+  const T& operator[](std::size_t i) const { return data_[i]; }
+  std::span<T> span() { return {data_, size_}; }
+  std::span<const T> span() const { return {data_, size_}; }
+
+ private:
+  void release() {
+    if (data_) ::operator delete(static_cast<void*>(data_), std::align_val_t{kAlign});
+    data_ = nullptr;
+  }
+  T* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// A bump allocator over one aligned block. Built twice: first with no memory to measure what the
+// buffers need (measure()), then with exactly that many bytes, so the pool size is exact.
+class Arena {
+ public:
+  static Arena measure() { return Arena(); }
+  explicit Arena(std::size_t bytes) : storage_(bytes), capacity_(bytes) {}
+
+  template <class T>
+  std::span<T> take(std::size_t n) {
+    std::size_t bytes = round_up(n * sizeof(T), kAlign);
+    if (storage_.size() != 0 && used_ + bytes > capacity_)
+      throw std::logic_error("arena overflow: asked for " + std::to_string(bytes) + " bytes with " +
+                             std::to_string(capacity_ - used_) + " left");
+    T* p = storage_.size() ? reinterpret_cast<T*>(storage_.data() + used_) : nullptr;
+    used_ += bytes;
+    return {p, n};
+  }
+  std::size_t used() const { return used_; }
+  std::size_t capacity() const { return capacity_; }
+
+ private:
+  Arena() = default;
+  AlignedBuffer<std::byte> storage_;
+  std::size_t capacity_ = 0;
+  std::size_t used_ = 0;
+};
+
+}  // namespace vae

@@ -1,0 +1,55 @@
+// The MPI boundary: initialisation, collectives with checked return codes, collective error agreement and abort.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+namespace vae {
+
+// Throws std::runtime_error with MPI's own message when rc is not MPI_SUCCESS.
+void check_mpi(int rc, const char* what);
+
+// MPI_Init_thread on construction, MPI_Finalize on destruction.
+class MpiSession {
+ public:
+  MpiSession(int& argc, char**& argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+};
+
+class Communicator {
+ public:
+  // MPI_COMM_WORLD with errors returned (not fatal), plus the node-local communicator for thread placement.
+  static Communicator world();
+  // A communicator of this process alone: the single-process run that distributed runs must reproduce.
+  static Communicator self();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  int local_size() const { return local_size_; }  // ranks sharing this node
+
+  void allreduce_sum(std::span<float> data) const;
+  void allreduce_sum(std::span<double> data) const;
+  void broadcast(void* data, std::size_t bytes, int root = 0) const;
+  void barrier() const;
+
+  // Every rank calls this with its error ("" if none). Returns true on every rank if any rank failed; the lowest failing
+  // rank has printed its message, so a usage error is reported once and every rank can exit 2 together.
+  bool any_failed(const std::string& error, const char* program) const;
+
+  [[noreturn]] void abort(int code) const;
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1, local_size_ = 1;
+};
+
+// Threads per rank when the user gives none: the cores this rank may run on (its affinity mask, which mpirun's binding
+// narrows) divided by the ranks that share them.
+int default_threads(const Communicator& comm);
+
+}  // namespace vae

@@ -1,0 +1,57 @@
+// The run's configuration: every option on the command line and in INI files (command line over file over defaults).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "vae/kernels.hpp"
+#include "vae/model.hpp"
+#include "vae/scheduler.hpp"
+
+namespace vae {
+
+enum class Progress { automatic, always, never };
+
+struct Config {
+  std::string config_file;
+  std::string preset = "v3";
+  Arch arch;
+  std::vector<int> digits;
+  std::string data_dir = "data/mnist";
+  std::string train_images, train_labels, test_images, test_labels;  // resolved paths ("" = from data_dir)
+  int val_size = 0;
+  int train_limit = 0;  // use only the first N training images (0: all); for smoke runs
+  int test_limit = 0;   // evaluate on the first N test images (0: all)
+  int batch = 64;  // global batch, split across ranks
+  double lr = 8e-4;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  int epochs = 10;
+  long max_steps = 0;  // 0 = no cap
+  std::uint64_t seed = 42;
+  int threads = 0;     // 0 = cores available to this rank / ranks sharing them
+  std::string run_dir = "runs/default";
+  KernelChoice kernels = KernelChoice::parallel;
+  Progress progress = Progress::automatic;
+  std::string step_log;  // optional per-step loss log (JSON lines), written by rank 0
+  std::array<ModeSpec, 3> modes;
+  PlateauSpec plateau;
+
+  // The effective configuration as INI text, loadable with --config.
+  std::string to_ini() const;
+};
+
+struct ParsedArgs {
+  bool help = false;
+  std::string help_text;
+  Config config;
+};
+
+// Throws UsageError with a one-line message for unknown options, malformed or out-of-range values.
+ParsedArgs parse_args(int argc, const char* const* argv);
+
+// Parses "640,320" into {640, 320}; throws UsageError naming the option.
+std::vector<int> parse_int_list(const std::string& text, const std::string& option);
+
+}  // namespace vae

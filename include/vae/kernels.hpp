@@ -1,0 +1,170 @@
+// The numerical kernels of a dense CVAE: an interface, and the plain reference implementation every optimized kernel is tested against.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace vae {
+
+enum class Activation { identity, elu, relu, leaky_relu, tanh };
+
+inline constexpr double kLeakySlope = 0.01;
+
+// Row-major matrices throughout: X [batch × in], W [in × out], Y [batch × out]; ld* are row strides in elements.
+template <class T>
+class Kernels {
+ public:
+  virtual ~Kernels() = default;
+  virtual std::string name() const = 0;
+
+  // y = act(x · w + b)                                     x [n × k] (row stride ldx), w [k × m], b [m], y [n × m]
+  virtual void dense_forward(const T* x, std::size_t ldx, const T* w, const T* b, T* y, std::size_t n, std::size_t k, std::size_t m,
+                             Activation act) const = 0;
+  // dw = xᵀ · dy,  db = Σ_rows dy                           x [n × k] (ldx), dy [n × m], dw [k × m], db [m]
+  virtual void dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
+                                 std::size_t m) const = 0;
+  // dx = (dy · wᵀ) ⊙ act'(y_prev)                          dy [n × m], w [k × m], dx [n × k] (ldx), y_prev [n × k] (ldx)
+  // y_prev is the previous layer's output, from which its activation's derivative is computed (nullptr with identity).
+  virtual void dense_input_grad(const T* dy, const T* w, T* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
+                                Activation prev_act, const T* y_prev) const = 0;
+
+  // Σ Bernoulli NLL with logits over n × d, and dlogits = scale·(σ(l) − x).   logits, dlogits [n × d]; x [n × d] (ldx)
+  virtual double bernoulli_nll(const T* logits, const T* x, std::size_t ldx, T* dlogits, std::size_t n, std::size_t d, T scale) const = 0;
+  // z = μ + ε·exp(½ log σ²) into z (row stride ldz); returns Σ KL(q ‖ N(0, I)).   head [n × 2L] = [μ | log σ²], eps [n × L]
+  virtual double reparam_kl_forward(const T* head, const T* eps, T* z, std::size_t ldz, std::size_t n, std::size_t latent) const = 0;
+  // dhead from dz (row stride ldz) through the reparameterisation, plus β·scale·∂KL.
+  virtual void reparam_kl_backward(const T* head, const T* eps, const T* dz, std::size_t ldz, T* dhead, std::size_t n, std::size_t latent,
+                                   T scale, T beta) const = 0;
+  // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t.
+  virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const = 0;
+};
+
+template <class T>
+inline T activate(T x, Activation a) {
+  switch (a) {
+    case Activation::identity: return x;
+    case Activation::elu: return x > T(0) ? x : std::expm1(x);
+    case Activation::relu: return x > T(0) ? x : T(0);
+    case Activation::leaky_relu: return x > T(0) ? x : T(kLeakySlope) * x;
+    case Activation::tanh: return std::tanh(x);
+  }
+  return x;
+}
+
+// Every supported activation's derivative is a function of its output y = f(x).
+template <class T>
+inline T activation_slope(T y, Activation a) {
+  switch (a) {
+    case Activation::identity: return T(1);
+    case Activation::elu: return y > T(0) ? T(1) : y + T(1);
+    case Activation::relu: return y > T(0) ? T(1) : T(0);
+    case Activation::leaky_relu: return y > T(0) ? T(1) : T(kLeakySlope);
+    case Activation::tanh: return T(1) - y * y;
+  }
+  return T(1);
+}
+
+// log(1 + e^{-|l|}) + max(l, 0) − l·x: never overflows, exact for large |l|.
+template <class T>
+inline T bce_with_logits(T l, T x) {
+  return std::max(l, T(0)) - l * x + std::log1p(std::exp(-std::abs(l)));
+}
+
+template <class T>
+inline T sigmoid(T l) {
+  return l >= T(0) ? T(1) / (T(1) + std::exp(-l)) : std::exp(l) / (T(1) + std::exp(l));
+}
+
+// Plain loops, serial, in the order a reader would write them.
+template <class T>
+class ReferenceKernels final : public Kernels<T> {
+ public:
+  std::string name() const override { return "reference"; }
+
+  void dense_forward(const T* x, std::size_t ldx, const T* w, const T* b, T* y, std::size_t n, std::size_t k, std::size_t m,
+                     Activation act) const override {
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t j = 0; j < m; ++j) {
+        T s = b[j];
+        for (std::size_t i = 0; i < k; ++i) s += x[r * ldx + i] * w[i * m + j];
+        y[r * m + j] = activate(s, act);
+      }
+  }
+
+  void dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
+                         std::size_t m) const override {
+    for (std::size_t i = 0; i < k; ++i)
+      for (std::size_t j = 0; j < m; ++j) {
+        T s = 0;
+        for (std::size_t r = 0; r < n; ++r) s += x[r * ldx + i] * dy[r * m + j];
+        dw[i * m + j] = s;
+      }
+    for (std::size_t j = 0; j < m; ++j) {
+      T s = 0;
+      for (std::size_t r = 0; r < n; ++r) s += dy[r * m + j];
+      db[j] = s;
+    }
+  }
+
+  void dense_input_grad(const T* dy, const T* w, T* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
+                        Activation prev_act, const T* y_prev) const override {
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t i = 0; i < k; ++i) {
+        T s = 0;
+        for (std::size_t j = 0; j < m; ++j) s += dy[r * m + j] * w[i * m + j];
+        dx[r * ldx + i] = y_prev ? s * activation_slope(y_prev[r * ldx + i], prev_act) : s;
+      }
+  }
+
+  double bernoulli_nll(const T* logits, const T* x, std::size_t ldx, T* dlogits, std::size_t n, std::size_t d, T scale) const override {
+    double total = 0;
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t j = 0; j < d; ++j) {
+        const T l = logits[r * d + j], t = x[r * ldx + j];
+        total += double(bce_with_logits(l, t));
+        if (dlogits) dlogits[r * d + j] = scale * (sigmoid(l) - t);
+      }
+    return total;
+  }
+
+  double reparam_kl_forward(const T* head, const T* eps, T* z, std::size_t ldz, std::size_t n, std::size_t latent) const override {
+    double kl = 0;
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t j = 0; j < latent; ++j) {
+        const T mu = head[r * 2 * latent + j], lv = head[r * 2 * latent + latent + j];
+        z[r * ldz + j] = mu + eps[r * latent + j] * std::exp(T(0.5) * lv);
+        kl += -0.5 * double(T(1) + lv - mu * mu - std::exp(lv));
+      }
+    return kl;
+  }
+
+  void reparam_kl_backward(const T* head, const T* eps, const T* dz, std::size_t ldz, T* dhead, std::size_t n, std::size_t latent, T scale,
+                           T beta) const override {
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t j = 0; j < latent; ++j) {
+        const T mu = head[r * 2 * latent + j], lv = head[r * 2 * latent + latent + j];
+        const T g = dz[r * ldz + j], sd = std::exp(T(0.5) * lv);
+        dhead[r * 2 * latent + j] = g + scale * beta * mu;
+        dhead[r * 2 * latent + latent + j] = g * eps[r * latent + j] * T(0.5) * sd + scale * beta * T(0.5) * (sd * sd - T(1));
+      }
+  }
+
+  void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const override {
+    for (std::size_t i = 0; i < count; ++i) {
+      m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
+      v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];
+      p[i] -= lr_t * m[i] / (std::sqrt(v[i]) + eps_t);
+    }
+  }
+};
+
+enum class KernelChoice { reference, parallel };
+
+// The TBB-parallel float kernels; threads is the size of the task arena they run in.
+std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads);
+std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads);
+
+}  // namespace vae

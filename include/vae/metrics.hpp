@@ -1,0 +1,49 @@
+// Per-epoch records: the console line and the JSON-lines metrics file, both written by rank 0.
+#pragma once
+
+#include <cstdio>
+#include <string>
+#include <utility>
+
+#include "vae/scheduler.hpp"
+
+namespace vae {
+
+struct EpochRecord {
+  int epoch = 0;             // 1-based: epochs completed
+  long step = 0;             // global steps completed
+  Mode mode = Mode::fast;
+  double beta = 0, lr = 0;
+  double train_recon = 0, train_kl = 0;  // per image, nats, averaged over the epoch
+  double test_elbo = 0, test_recon = 0, test_kl = 0;  // −ELBO per test image (β = 1)
+  double val_elbo = -1;      // −ELBO per validation image, or −1 without a validation set
+  double samples_per_s = 0;  // training samples per second (whole step)
+  double epoch_seconds = 0, elapsed_seconds = 0;
+};
+
+std::string format_console(const EpochRecord& r, int total_epochs);
+std::string format_json(const EpochRecord& r);
+
+// A line-buffered append-only text file; each line is flushed so a killed job keeps every finished epoch.
+class LineFile {
+ public:
+  LineFile() = default;
+  LineFile(const std::string& path, bool append);
+  LineFile(const LineFile&) = delete;
+  LineFile& operator=(const LineFile&) = delete;
+  LineFile(LineFile&& o) noexcept : f_(std::exchange(o.f_, nullptr)), path_(std::move(o.path_)) {}
+  LineFile& operator=(LineFile&& o) noexcept {
+    std::swap(f_, o.f_);
+    std::swap(path_, o.path_);
+    return *this;
+  }
+  ~LineFile();
+  bool is_open() const { return f_ != nullptr; }
+  void write(const std::string& line);
+
+ private:
+  std::FILE* f_ = nullptr;
+  std::string path_;
+};
+
+}  // namespace vae

@@ -1,0 +1,121 @@
+// The CVAE: architecture, the flat parameter layout (one buffer, views per layer) and the forward/backward pass.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "vae/aligned.hpp"
+#include "vae/idx.hpp"
+#include "vae/kernels.hpp"
+
+namespace vae {
+
+struct Arch {
+  std::vector<int> hidden;  // encoder widths; the decoder mirrors them
+  int latent = 0;
+  Activation act = Activation::elu;
+  bool conditional = true;  // one-hot label concatenated to encoder input and latent code
+  int image = kImagePixels;
+  int classes = kNumClasses;
+
+  std::size_t enc_in() const { return std::size_t(image) + (conditional ? std::size_t(classes) : 0); }
+  std::size_t dec_in() const { return std::size_t(latent) + (conditional ? std::size_t(classes) : 0); }
+  std::size_t max_hidden() const;
+  std::string describe() const;  // "784+10 → 640 → 320 → 2×128 | 128+10 → 320 → 640 → 784, elu"
+};
+
+std::string activation_name(Activation a);
+
+// One dense layer's place in the flat buffer: W [in × out] row-major, then b [out], each 64-byte aligned.
+struct DenseSpec {
+  std::string name;
+  std::size_t in = 0, out = 0;
+  Activation act = Activation::identity;
+  std::size_t w_offset = 0, b_offset = 0;
+};
+
+// Layers in forward order (enc.0 … enc.head, dec.0 … dec.out); offsets are assigned in backward order, so the
+// gradients that the backward pass finishes first sit at the start of the buffer.
+class ParamLayout {
+ public:
+  explicit ParamLayout(const Arch& arch);
+  const std::vector<DenseSpec>& layers() const { return layers_; }
+  std::size_t encoder_layers() const { return encoder_layers_; }  // enc.0 … enc.head
+  std::size_t padded_size() const { return padded_; }             // floats in each flat buffer
+  std::size_t parameter_count() const { return count_; }          // exact, without padding
+
+ private:
+  std::vector<DenseSpec> layers_;
+  std::size_t encoder_layers_ = 0;
+  std::size_t padded_ = 0;
+  std::size_t count_ = 0;
+};
+
+// PyTorch's nn.Linear default: W and b uniform in ±1/√in, drawn from (seed, layer) so every rank agrees.
+template <class T>
+void init_parameters(const ParamLayout& layout, std::uint64_t seed, std::span<T> params);
+
+template <class T>
+class Network {
+ public:
+  struct Losses {
+    double recon = 0;  // Σ Bernoulli NLL over the batch, nats
+    double kl = 0;     // Σ KL(q(z|x,y) ‖ N(0, I)) over the batch, nats
+  };
+
+  Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena);
+
+  // Bytes of arena this network takes for max_batch rows (the exact figure, as the arena rounds each buffer to 64 bytes).
+  static std::size_t workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch);
+
+  // Writes one example into row r: pixels / 255 and the one-hot label into the encoder input, the one-hot into the decoder input.
+  void load_example(std::size_t r, const std::uint8_t* pixels, int label);
+  std::span<T> eps() { return eps_; }          // [max_batch × latent], filled by the caller before forward()
+  std::span<const T> logits() const { return logits_; }  // [max_batch × 784]
+  std::span<const T> head() const { return head_; }       // [max_batch × 2·latent] = [μ | log σ²]
+  std::span<T> decoder_input() { return z_in_; }          // [max_batch × dec_in]
+  std::size_t max_batch() const { return max_batch_; }
+
+  // forward: encoder, reparameterisation, decoder, for rows [0, n). Returns Σ KL.
+  double forward(const Kernels<T>& k, const T* params, std::size_t n);
+  // loss: Σ reconstruction NLL; writes dlogits = scale·∂/∂logits (scale = 1/global batch averages over ranks).
+  Losses loss(const Kernels<T>& k, std::size_t n, T scale);
+  // backward: gradients of scale·(recon + beta·KL) into grads (overwritten, same layout as params).
+  void backward(const Kernels<T>& k, const T* params, T* grads, std::size_t n, T scale, T beta);
+  // decode: decoder only, from decoder_input() rows [0, n) to logits.
+  void decode(const Kernels<T>& k, const T* params, std::size_t n);
+
+ private:
+  struct Stage {
+    const DenseSpec* spec;
+    T* in;
+    std::size_t ld_in;
+    Activation in_act;  // activation that produced `in` (identity for a network input)
+    T* out;
+  };
+  void chain_forward(const Kernels<T>& k, const T* params, std::size_t first, std::size_t last, std::size_t n);
+  void chain_backward(const Kernels<T>& k, const T* params, T* grads, std::size_t first, std::size_t last, T* d_top, T* d_input,
+                      std::size_t ld_input, std::size_t n);
+
+  Arch arch_;
+  std::size_t max_batch_;
+  std::vector<Stage> stages_;  // one per layer, forward order
+  std::span<T> x_in_;          // [B × enc_in]
+  std::vector<std::span<T>> hidden_;  // each layer's output, [B × out]
+  std::span<T> head_;          // [B × 2L]
+  std::span<T> eps_;           // [B × L]
+  std::span<T> z_in_;          // [B × dec_in]
+  std::span<T> logits_;        // [B × 784]
+  std::span<T> dlogits_;       // [B × 784]
+  std::span<T> dhead_;         // [B × 2L]
+  std::span<T> dz_in_;         // [B × dec_in]
+  std::span<T> dpp_[2];        // ping-pong gradients of hidden layers, [B × max_hidden]
+  double kl_ = 0;
+};
+
+extern template class Network<float>;
+extern template class Network<double>;
+
+}  // namespace vae

@@ -1,0 +1,24 @@
+// Adam with bias correction over the flat parameter buffer (one parallel pass in the kernel).
+#pragma once
+
+#include <cmath>
+#include <span>
+
+#include "vae/kernels.hpp"
+
+namespace vae {
+
+struct AdamParams {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+};
+
+// Step t (1-based). Bias correction m̂ = m/(1−β1ᵗ), v̂ = v/(1−β2ᵗ) is folded into the step size and ε, which is exact:
+// lr·m̂/(√v̂ + ε) = lr_t·m/(√v + ε_t) with lr_t = lr·√(1−β2ᵗ)/(1−β1ᵗ), ε_t = ε·√(1−β2ᵗ).
+template <class T>
+void adam_step(const Kernels<T>& k, std::span<T> p, std::span<const T> g, std::span<T> m, std::span<T> v, long t, const AdamParams& a) {
+  const double c1 = 1.0 - std::pow(a.beta1, double(t)), c2 = 1.0 - std::pow(a.beta2, double(t));
+  k.adam_update(p.data(), g.data(), m.data(), v.data(), p.size(), T(a.lr * std::sqrt(c2) / c1), T(a.beta1), T(a.beta2),
+                T(a.eps * std::sqrt(c2)));
+}
+
+}  // namespace vae

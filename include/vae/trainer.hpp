@@ -1,0 +1,87 @@
+// The data-parallel training loop: each rank trains on its slice of every global batch, gradients are averaged by allreduce.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "vae/communicator.hpp"
+#include "vae/config.hpp"
+#include "vae/dataset.hpp"
+#include "vae/idx.hpp"
+#include "vae/kernels.hpp"
+#include "vae/metrics.hpp"
+#include "vae/model.hpp"
+#include "vae/scheduler.hpp"
+
+namespace vae {
+
+// What a rank needs to run: its communicator, thread count and kernels. Passed around instead of globals.
+struct Context {
+  const Communicator* comm = nullptr;
+  int threads = 1;
+  const Kernels<float>* kernels = nullptr;
+};
+
+struct EvalResult {
+  double recon = 0, kl = 0;  // per image, nats
+  double elbo() const { return recon + kl; }
+};
+
+class Trainer {
+ public:
+  // Loads data and sizes the memory pool. Local work only (no collectives), so a UsageError here can be agreed on first.
+  Trainer(const Config& config, const Communicator& comm, int threads);
+  ~Trainer();
+
+  // Broadcasts the initial parameters and trains config.epochs epochs. Collective.
+  void run();
+
+  std::span<const float> parameters() const { return params_; }
+  const std::vector<double>& step_losses() const { return step_losses_; }  // global loss per image, β-weighted, per step
+  const std::vector<EpochRecord>& history() const { return history_; }
+  std::size_t pool_bytes() const { return pool_.capacity(); }
+  const ParamLayout& layout() const { return layout_; }
+
+  // −ELBO (β = 1) of a dataset, sharded across ranks, ε from a fixed seed so figures are comparable between runs.
+  EvalResult evaluate(const Dataset& data);
+  const Dataset& test_set() const { return test_; }
+
+ private:
+  struct StepLoss {
+    double recon = 0, kl = 0;
+  };
+  StepLoss train_step(std::span<const std::uint32_t> global_batch, double beta, double lr);
+  void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
+                 std::uint64_t eps_base);
+  void print_header() const;
+  void show_progress(int epoch, long step_in_epoch, long steps, double loss, double rate, bool done) const;
+
+  Config cfg_;
+  const Communicator& comm_;
+  int threads_;
+  std::unique_ptr<Kernels<float>> kernels_;
+  Context ctx_;
+
+  IdxPair train_file_, test_file_;
+  Dataset train_, val_, test_;
+
+  ParamLayout layout_;
+  std::size_t local_batch_;
+  Arena pool_;
+  std::span<float> params_, grads_, adam_m_, adam_v_;  // one flat layout, [padded_size] each
+  std::span<std::uint32_t> order_;                     // [train size], this epoch's permutation
+  std::unique_ptr<Network<float>> net_;
+
+  ModeScheduler scheduler_;
+  long step_ = 0;  // global steps completed
+  std::vector<double> step_losses_;
+  std::vector<EpochRecord> history_;
+  LineFile metrics_, step_log_;
+  bool progress_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace vae

@@ -1,0 +1,99 @@
+// MPI calls, each checked; nothing else in the project includes mpi.h except the trainer through this header.
+#include "vae/communicator.hpp"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <stdexcept>
+#include <thread>
+
+namespace vae {
+
+void check_mpi(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  throw std::runtime_error(std::string(what) + " failed: " + std::string(msg, std::size_t(len)));
+}
+
+MpiSession::MpiSession(int& argc, char**& argv) {
+  int provided = 0;
+  check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+}
+
+MpiSession::~MpiSession() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+Communicator Communicator::world() {
+  Communicator c;
+  c.comm_ = MPI_COMM_WORLD;
+  check_mpi(MPI_Comm_set_errhandler(c.comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  check_mpi(MPI_Comm_rank(c.comm_, &c.rank_), "MPI_Comm_rank");
+  check_mpi(MPI_Comm_size(c.comm_, &c.size_), "MPI_Comm_size");
+  MPI_Comm local = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(c.comm_, MPI_COMM_TYPE_SHARED, c.rank_, MPI_INFO_NULL, &local), "MPI_Comm_split_type");
+  check_mpi(MPI_Comm_size(local, &c.local_size_), "MPI_Comm_size(local)");
+  MPI_Comm_free(&local);
+  return c;
+}
+
+Communicator Communicator::self() {
+  Communicator c;
+  c.comm_ = MPI_COMM_SELF;
+  check_mpi(MPI_Comm_set_errhandler(c.comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  return c;
+}
+
+void Communicator::allreduce_sum(std::span<float> data) const {
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, data.data(), int(data.size()), MPI_FLOAT, MPI_SUM, comm_), "MPI_Allreduce(float)");
+}
+
+void Communicator::allreduce_sum(std::span<double> data) const {
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, data.data(), int(data.size()), MPI_DOUBLE, MPI_SUM, comm_), "MPI_Allreduce(double)");
+}
+
+void Communicator::broadcast(void* data, std::size_t bytes, int root) const {
+  check_mpi(MPI_Bcast(data, int(bytes), MPI_BYTE, root, comm_), "MPI_Bcast");
+}
+
+void Communicator::barrier() const { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+bool Communicator::any_failed(const std::string& error, const char* program) const {
+  const int mine = error.empty() ? size_ : rank_;
+  int first = size_;
+  check_mpi(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm_), "MPI_Allreduce(error agreement)");
+  if (first == size_) return false;
+  if (first == rank_) {
+    if (size_ > 1 && rank_ != 0)
+      std::fprintf(stderr, "%s: rank %d: error: %s\n", program, rank_, error.c_str());
+    else
+      std::fprintf(stderr, "%s: error: %s\n", program, error.c_str());
+    std::fflush(stderr);
+  }
+  return true;
+}
+
+void Communicator::abort(int code) const {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  MPI_Abort(comm_ == MPI_COMM_NULL ? MPI_COMM_WORLD : comm_, code);
+  std::_Exit(code);
+}
+
+int default_threads(const Communicator& comm) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int available = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : int(std::thread::hardware_concurrency());
+  const int online = int(sysconf(_SC_NPROCESSORS_ONLN));
+  if (available <= 0) available = 1;
+  // A mask narrower than the machine means mpirun (or the batch system) already gave this rank its share.
+  if (available < online) return available;
+  return std::max(1, available / std::max(1, comm.local_size()));
+}
+
+}  // namespace vae

@@ -1,0 +1,302 @@
+// Option parsing and validation with Boost.Program_options; every failure becomes a one-line UsageError.
+#include "vae/config.hpp"
+
+#include <boost/program_options.hpp>
+
+#include <fstream>
+#include <iomanip>
+#include <set>
+#include <sstream>
+
+#include "vae/errors.hpp"
+
+namespace po = boost::program_options;
+
+namespace vae {
+namespace {
+
+struct Preset {
+  std::vector<int> hidden;
+  int latent;
+  int batch;
+  double lr;
+};
+
+const Preset* find_preset(const std::string& name) {
+  static const Preset v1{{1024, 512}, 128, 16, 5e-5};
+  static const Preset v2{{512, 256}, 64, 64, 1e-3};
+  static const Preset v3{{640, 320}, 128, 64, 8e-4};
+  if (name == "v1") return &v1;
+  if (name == "v2") return &v2;
+  if (name == "v3") return &v3;
+  return nullptr;
+}
+
+[[noreturn]] void bad(const std::string& option, const std::string& problem) { throw UsageError("option --" + option + ": " + problem); }
+
+Activation parse_activation(const std::string& s) {
+  if (s == "elu") return Activation::elu;
+  if (s == "relu") return Activation::relu;
+  if (s == "leaky_relu") return Activation::leaky_relu;
+  if (s == "tanh") return Activation::tanh;
+  bad("activation", "unknown activation '" + s + "' (expected elu, relu, leaky_relu or tanh)");
+}
+
+const char* kModeKeys[3] = {"fast", "balanced", "quality"};
+
+// Defaults in ELBO units, measured in docs/modes.md: a short KL warm-up, then the true ELBO, then a lower learning rate.
+constexpr ModeSpec kDefaultModes[3] = {
+    {2, 0.5, 1.0, 2, 1.0},
+    {8, 1.0, 1.0, 0, 1.0},
+    {0, 1.0, 1.0, 0, 0.25},
+};
+
+po::options_description make_options() {
+  po::options_description general("General");
+  general.add_options()
+      ("help,h", "print this help and exit")
+      ("config", po::value<std::string>(), "INI file with any of these options (command line wins)")
+      ("run-dir", po::value<std::string>()->default_value("runs/default"), "directory for metrics and checkpoints")
+      ("seed", po::value<std::uint64_t>()->default_value(42), "seed for initialisation, shuffling and sampling")
+      ("threads", po::value<int>()->default_value(0), "threads per rank (0: cores available to the rank / ranks sharing them)")
+      ("kernels", po::value<std::string>()->default_value("parallel"), "kernel set: parallel (TBB, SIMD) or reference (plain loops)")
+      ("progress", po::value<std::string>()->default_value("auto"), "live progress line: auto (when stdout is a terminal), always, never")
+      ("step-log", po::value<std::string>()->default_value(""), "write every step's global loss to this JSON-lines file (rank 0)");
+
+  po::options_description model("Model");
+  model.add_options()
+      ("preset", po::value<std::string>()->default_value("v3"), "architecture preset: v1, v2 or v3 (sets hidden, latent, batch, lr)")
+      ("hidden", po::value<std::string>(), "encoder hidden widths, comma-separated, decoder mirrors them (default: from preset)")
+      ("latent", po::value<int>(), "latent dimension (default: from preset)")
+      ("activation", po::value<std::string>()->default_value("elu"), "hidden activation: elu, relu, leaky_relu, tanh");
+
+  po::options_description data("Data");
+  data.add_options()
+      ("data-dir", po::value<std::string>()->default_value("data/mnist"), "directory with the four MNIST IDX files (raw or .gz)")
+      ("train-images", po::value<std::string>()->default_value(""), "training images IDX file (default: DATA_DIR/train-images-idx3-ubyte[.gz])")
+      ("train-labels", po::value<std::string>()->default_value(""), "training labels IDX file (default: DATA_DIR/train-labels-idx1-ubyte[.gz])")
+      ("test-images", po::value<std::string>()->default_value(""), "test images IDX file (default: DATA_DIR/t10k-images-idx3-ubyte[.gz])")
+      ("test-labels", po::value<std::string>()->default_value(""), "test labels IDX file (default: DATA_DIR/t10k-labels-idx1-ubyte[.gz])")
+      ("digits", po::value<std::string>()->default_value("all"), "digits to train and test on, e.g. 0,1 (the report's binary mode) or all")
+      ("val-size", po::value<int>()->default_value(0), "hold out the last N training images as a validation set (needed for plateau switching)")
+      ("train-limit", po::value<int>()->default_value(0), "use only the first N training images of the digit set (0: all)")
+      ("test-limit", po::value<int>()->default_value(0), "evaluate on the first N test images of the digit set (0: all)");
+
+  po::options_description train("Training");
+  train.add_options()
+      ("batch", po::value<int>(), "global batch size, split evenly across ranks (default: from preset)")
+      ("lr", po::value<double>(), "base Adam learning rate (default: from preset)")
+      ("adam-beta1", po::value<double>()->default_value(0.9), "Adam β1")
+      ("adam-beta2", po::value<double>()->default_value(0.999), "Adam β2")
+      ("adam-eps", po::value<double>()->default_value(1e-8), "Adam ε")
+      ("epochs", po::value<int>()->default_value(10), "epochs to train")
+      ("max-steps", po::value<long>()->default_value(0), "stop after this many steps in total (0: no cap)");
+
+  po::options_description modes("Progressive modes (β in ELBO units; β = 1 is the true ELBO)");
+  for (int m = 0; m < 3; ++m) {
+    const std::string k = kModeKeys[m];
+    const ModeSpec& d = kDefaultModes[m];
+    if (m < 2)
+      modes.add_options()((k + ".until").c_str(), po::value<int>()->default_value(d.until),
+                          ("epoch at which " + k + " hands over to the next mode").c_str());
+    modes.add_options()
+        ((k + ".beta-start").c_str(), po::value<double>()->default_value(d.beta_start), ("β when " + k + " starts").c_str())
+        ((k + ".beta-end").c_str(), po::value<double>()->default_value(d.beta_end), ("β after the ramp of " + k).c_str())
+        ((k + ".ramp-epochs").c_str(), po::value<int>()->default_value(d.ramp_epochs), ("epochs of the linear β ramp in " + k).c_str())
+        ((k + ".lr-factor").c_str(), po::value<double>()->default_value(d.lr_factor), ("learning-rate factor in " + k).c_str());
+  }
+  modes.add_options()
+      ("plateau.patience", po::value<int>()->default_value(0), "move to the next mode after this many epochs without validation improvement (0: off)")
+      ("plateau.min-delta", po::value<double>()->default_value(0.002), "an improvement must exceed this fraction of the best validation loss");
+
+  po::options_description all("vae_dist: distributed data-parallel conditional VAE trainer\n\nUsage: mpirun -n N vae_dist [options]\n");
+  all.add(general).add(model).add(data).add(train).add(modes);
+  return all;
+}
+
+std::vector<int> parse_digits(const std::string& text) {
+  if (text == "all") return {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  std::vector<int> d = parse_int_list(text, "digits");
+  std::set<int> seen;
+  for (int x : d) {
+    if (x < 0 || x > 9) bad("digits", "digit " + std::to_string(x) + " is outside 0-9");
+    if (!seen.insert(x).second) bad("digits", "digit " + std::to_string(x) + " is listed twice");
+  }
+  return d;
+}
+
+template <class T>
+T get(const po::variables_map& vm, const char* key) {
+  return vm[key].as<T>();
+}
+
+Config build(const po::variables_map& vm) {
+  Config c;
+  if (vm.count("config")) c.config_file = get<std::string>(vm, "config");
+  c.preset = get<std::string>(vm, "preset");
+  const Preset* p = find_preset(c.preset);
+  if (!p) bad("preset", "unknown preset '" + c.preset + "' (expected v1, v2 or v3)");
+  c.arch.hidden = vm.count("hidden") ? parse_int_list(get<std::string>(vm, "hidden"), "hidden") : p->hidden;
+  c.arch.latent = vm.count("latent") ? get<int>(vm, "latent") : p->latent;
+  c.arch.act = parse_activation(get<std::string>(vm, "activation"));
+  c.batch = vm.count("batch") ? get<int>(vm, "batch") : p->batch;
+  c.lr = vm.count("lr") ? get<double>(vm, "lr") : p->lr;
+  c.digits = parse_digits(get<std::string>(vm, "digits"));
+  c.data_dir = get<std::string>(vm, "data-dir");
+  c.train_images = get<std::string>(vm, "train-images");
+  c.train_labels = get<std::string>(vm, "train-labels");
+  c.test_images = get<std::string>(vm, "test-images");
+  c.test_labels = get<std::string>(vm, "test-labels");
+  c.val_size = get<int>(vm, "val-size");
+  c.train_limit = get<int>(vm, "train-limit");
+  c.test_limit = get<int>(vm, "test-limit");
+  c.adam_beta1 = get<double>(vm, "adam-beta1");
+  c.adam_beta2 = get<double>(vm, "adam-beta2");
+  c.adam_eps = get<double>(vm, "adam-eps");
+  c.epochs = get<int>(vm, "epochs");
+  c.max_steps = get<long>(vm, "max-steps");
+  c.seed = get<std::uint64_t>(vm, "seed");
+  c.threads = get<int>(vm, "threads");
+  c.run_dir = get<std::string>(vm, "run-dir");
+  c.step_log = get<std::string>(vm, "step-log");
+  const std::string kernels = get<std::string>(vm, "kernels");
+  if (kernels == "parallel") c.kernels = KernelChoice::parallel;
+  else if (kernels == "reference") c.kernels = KernelChoice::reference;
+  else bad("kernels", "unknown kernel set '" + kernels + "' (expected parallel or reference)");
+  const std::string progress = get<std::string>(vm, "progress");
+  if (progress == "auto") c.progress = Progress::automatic;
+  else if (progress == "always") c.progress = Progress::always;
+  else if (progress == "never") c.progress = Progress::never;
+  else bad("progress", "unknown value '" + progress + "' (expected auto, always or never)");
+  for (int m = 0; m < 3; ++m) {
+    const std::string k = kModeKeys[m];
+    ModeSpec& s = c.modes[std::size_t(m)];
+    s.until = m < 2 ? get<int>(vm, (k + ".until").c_str()) : 0;
+    s.beta_start = get<double>(vm, (k + ".beta-start").c_str());
+    s.beta_end = get<double>(vm, (k + ".beta-end").c_str());
+    s.ramp_epochs = get<int>(vm, (k + ".ramp-epochs").c_str());
+    s.lr_factor = get<double>(vm, (k + ".lr-factor").c_str());
+  }
+  c.plateau.patience = get<int>(vm, "plateau.patience");
+  c.plateau.min_delta = get<double>(vm, "plateau.min-delta");
+  return c;
+}
+
+void validate(const Config& c) {
+  if (c.arch.hidden.empty()) bad("hidden", "needs at least one layer");
+  for (int h : c.arch.hidden)
+    if (h <= 0 || h > 65536) bad("hidden", "width " + std::to_string(h) + " is outside 1-65536");
+  if (c.arch.latent <= 0 || c.arch.latent > 4096) bad("latent", "must be in 1-4096, got " + std::to_string(c.arch.latent));
+  if (c.batch <= 0) bad("batch", "must be positive, got " + std::to_string(c.batch));
+  if (!(c.lr > 0) || c.lr > 1) bad("lr", "must be in (0, 1], got " + std::to_string(c.lr));
+  if (!(c.adam_beta1 >= 0 && c.adam_beta1 < 1)) bad("adam-beta1", "must be in [0, 1)");
+  if (!(c.adam_beta2 >= 0 && c.adam_beta2 < 1)) bad("adam-beta2", "must be in [0, 1)");
+  if (!(c.adam_eps > 0)) bad("adam-eps", "must be positive");
+  if (c.epochs < 0) bad("epochs", "must not be negative, got " + std::to_string(c.epochs));
+  if (c.max_steps < 0) bad("max-steps", "must not be negative");
+  if (c.threads < 0 || c.threads > 1024) bad("threads", "must be in 0-1024, got " + std::to_string(c.threads));
+  if (c.val_size < 0) bad("val-size", "must not be negative");
+  if (c.train_limit < 0) bad("train-limit", "must not be negative");
+  if (c.test_limit < 0) bad("test-limit", "must not be negative");
+  if (c.digits.empty()) bad("digits", "the digit set is empty");
+  if (c.run_dir.empty()) bad("run-dir", "must not be empty");
+  for (int m = 0; m < 3; ++m) {
+    const std::string k = kModeKeys[m];
+    const ModeSpec& s = c.modes[std::size_t(m)];
+    if (!(s.beta_start >= 0) || !(s.beta_end >= 0)) bad(k + ".beta-start", "β must not be negative");
+    if (s.ramp_epochs < 0) bad(k + ".ramp-epochs", "must not be negative");
+    if (!(s.lr_factor > 0)) bad(k + ".lr-factor", "must be positive");
+    if (m < 2 && s.until < 0) bad(k + ".until", "must not be negative");
+  }
+  if (c.modes[0].until > c.modes[1].until) bad("balanced.until", "must not be before fast.until");
+  if (c.plateau.patience < 0) bad("plateau.patience", "must not be negative");
+  if (!(c.plateau.min_delta >= 0 && c.plateau.min_delta < 1)) bad("plateau.min-delta", "must be in [0, 1)");
+  if (c.plateau.patience > 0 && c.val_size == 0) bad("plateau.patience", "plateau switching needs a validation set (--val-size N)");
+}
+
+std::string join(const std::vector<int>& v) {
+  std::string s;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<int> parse_int_list(const std::string& text, const std::string& option) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    std::size_t used = 0;
+    int v = 0;
+    try {
+      v = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size()) bad(option, "'" + text + "' is not a comma-separated list of integers");
+    out.push_back(v);
+  }
+  if (out.empty()) bad(option, "the list is empty");
+  return out;
+}
+
+ParsedArgs parse_args(int argc, const char* const* argv) {
+  const po::options_description desc = make_options();
+  ParsedArgs out;
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    if (vm.count("help")) {
+      std::ostringstream os;
+      os << desc;
+      out.help = true;
+      out.help_text = os.str();
+      return out;
+    }
+    if (vm.count("config")) {
+      const std::string path = vm["config"].as<std::string>();
+      std::ifstream in(path);
+      if (!in) throw UsageError(path + ": cannot open config file");
+      try {
+        po::store(po::parse_config_file(in, desc, false), vm);
+      } catch (const po::error& e) {
+        throw UsageError(path + ": " + e.what());
+      }
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
+  }
+  out.config = build(vm);
+  validate(out.config);
+  return out;
+}
+
+std::string Config::to_ini() const {
+  std::ostringstream os;
+  os << std::setprecision(17);
+  os << "preset = " << preset << "\nhidden = " << join(arch.hidden) << "\nlatent = " << arch.latent
+     << "\nactivation = " << activation_name(arch.act) << "\n";
+  os << "data-dir = " << data_dir << "\ntrain-images = " << train_images << "\ntrain-labels = " << train_labels
+     << "\ntest-images = " << test_images << "\ntest-labels = " << test_labels << "\ndigits = " << join(digits)
+     << "\nval-size = " << val_size << "\ntrain-limit = " << train_limit << "\ntest-limit = " << test_limit << "\n";
+  os << "batch = " << batch << "\nlr = " << lr << "\nadam-beta1 = " << adam_beta1 << "\nadam-beta2 = " << adam_beta2
+     << "\nadam-eps = " << adam_eps << "\nepochs = " << epochs << "\nmax-steps = " << max_steps << "\nseed = " << seed
+     << "\nthreads = " << threads << "\nrun-dir = " << run_dir
+     << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel") << "\n";
+  for (int m = 0; m < 3; ++m) {
+    const ModeSpec& s = modes[std::size_t(m)];
+    os << "\n[" << kModeKeys[m] << "]\n";
+    if (m < 2) os << "until = " << s.until << "\n";
+    os << "beta-start = " << s.beta_start << "\nbeta-end = " << s.beta_end << "\nramp-epochs = " << s.ramp_epochs
+       << "\nlr-factor = " << s.lr_factor << "\n";
+  }
+  os << "\n[plateau]\npatience = " << plateau.patience << "\nmin-delta = " << plateau.min_delta << "\n";
+  return os.str();
+}
+
+}  // namespace vae

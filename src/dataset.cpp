@@ -1,0 +1,34 @@
+// Digit subsets, the validation split and the per-epoch permutation that every rank draws identically.
+#include "vae/dataset.hpp"
+
+#include <algorithm>
+#include <numeric>
+
+#include "vae/rng.hpp"
+
+namespace vae {
+
+Dataset Dataset::select_digits(const IdxPair& source, std::span<const int> digits) {
+  bool want[kNumClasses] = {};
+  for (int d : digits) want[d] = true;
+  std::vector<std::uint32_t> rows;
+  rows.reserve(source.count);
+  for (std::size_t i = 0; i < source.count; ++i)
+    if (want[source.labels[i]]) rows.push_back(static_cast<std::uint32_t>(i));
+  return Dataset(&source, std::move(rows));
+}
+
+Dataset Dataset::split_tail(std::size_t n) {
+  n = std::min(n, rows_.size());
+  std::vector<std::uint32_t> tail(rows_.end() - static_cast<std::ptrdiff_t>(n), rows_.end());
+  rows_.resize(rows_.size() - n);
+  return Dataset(source_, std::move(tail));
+}
+
+void epoch_permutation(std::uint64_t seed, int epoch, std::span<std::uint32_t> out) {
+  std::iota(out.begin(), out.end(), 0u);
+  Rng rng(stream_key(seed, Stream::permutation, static_cast<std::uint64_t>(epoch)));
+  for (std::size_t i = out.size(); i > 1; --i) std::swap(out[i - 1], out[rng.below(i)]);
+}
+
+}  // namespace vae

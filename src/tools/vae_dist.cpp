@@ -1,0 +1,42 @@
+// vae_dist: the training executable; turns every failure into a one-line message and a non-zero exit on every rank.
+#include <cstdio>
+#include <exception>
+#include <memory>
+
+#include "vae/communicator.hpp"
+#include "vae/config.hpp"
+#include "vae/errors.hpp"
+#include "vae/trainer.hpp"
+
+int main(int argc, char** argv) {
+  vae::MpiSession mpi(argc, argv);
+  const vae::Communicator comm = vae::Communicator::world();
+  try {
+    // Options and data are checked on every rank, then agreed on, so a usage error exits 2 everywhere and never hangs.
+    std::string error;
+    vae::ParsedArgs args;
+    try {
+      args = vae::parse_args(argc, argv);
+    } catch (const vae::UsageError& e) {
+      error = e.what();
+    }
+    if (comm.any_failed(error, "vae_dist")) return vae::kExitUsage;
+    if (args.help) {
+      if (comm.rank() == 0) std::fputs(args.help_text.c_str(), stdout);
+      return 0;
+    }
+    const int threads = args.config.threads > 0 ? args.config.threads : vae::default_threads(comm);
+    std::unique_ptr<vae::Trainer> trainer;
+    try {
+      trainer = std::make_unique<vae::Trainer>(args.config, comm, threads);
+    } catch (const vae::UsageError& e) {
+      error = e.what();
+    }
+    if (comm.any_failed(error, "vae_dist")) return vae::kExitUsage;
+    trainer->run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vae_dist: rank %d: error: %s\n", comm.rank(), e.what());
+    comm.abort(vae::kExitFailure);
+  }
+  return 0;
+}

@@ -1,0 +1,259 @@
+// The training loop. A step reads as its phases: data, forward, loss, backward, allreduce, update.
+#include "vae/trainer.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <stdexcept>
+
+#include "vae/errors.hpp"
+#include "vae/optimizer.hpp"
+#include "vae/rng.hpp"
+
+namespace vae {
+namespace {
+
+constexpr std::uint64_t kEvalSeed = 0x5eed'e1b0ull;
+
+std::filesystem::path pick(const std::string& given, const std::string& dir, const char* name) {
+  return given.empty() ? resolve_idx_path(dir, name) : std::filesystem::path(given);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+std::string with_commas(std::size_t n) {
+  std::string s = std::to_string(n);
+  for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
+  return s;
+}
+
+}  // namespace
+
+Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
+    : cfg_(config),
+      comm_(comm),
+      threads_(threads),
+      kernels_(make_kernels(config.kernels, threads)),
+      layout_(config.arch),
+      pool_(Arena::measure()),
+      scheduler_(config.modes, config.plateau) {
+  ctx_ = {&comm_, threads_, kernels_.get()};
+  const auto train_images = pick(cfg_.train_images, cfg_.data_dir, "train-images-idx3-ubyte");
+  const auto train_labels = pick(cfg_.train_labels, cfg_.data_dir, "train-labels-idx1-ubyte");
+  const auto test_images = pick(cfg_.test_images, cfg_.data_dir, "t10k-images-idx3-ubyte");
+  const auto test_labels = pick(cfg_.test_labels, cfg_.data_dir, "t10k-labels-idx1-ubyte");
+  train_file_ = load_idx_pair(train_images, train_labels);
+  test_file_ = load_idx_pair(test_images, test_labels);
+  train_ = Dataset::select_digits(train_file_, cfg_.digits);
+  test_ = Dataset::select_digits(test_file_, cfg_.digits);
+  train_.truncate(std::size_t(cfg_.train_limit));
+  test_.truncate(std::size_t(cfg_.test_limit));
+  if (cfg_.val_size > 0) {
+    if (std::size_t(cfg_.val_size) >= train_.size())
+      throw UsageError("option --val-size: " + std::to_string(cfg_.val_size) + " leaves no training images (the digit set has " +
+                       std::to_string(train_.size()) + ")");
+    val_ = train_.split_tail(std::size_t(cfg_.val_size));
+  }
+  if (train_.size() == 0) throw UsageError(train_file_.labels_path + ": no training images with the selected digits");
+  if (test_.size() == 0) throw UsageError(test_file_.labels_path + ": no test images with the selected digits");
+  if (cfg_.batch % comm_.size() != 0)
+    throw UsageError("option --batch: global batch " + std::to_string(cfg_.batch) + " is not divisible by " +
+                     std::to_string(comm_.size()) + " ranks");
+  if (std::size_t(cfg_.batch) > train_.size())
+    throw UsageError("option --batch: global batch " + std::to_string(cfg_.batch) + " is larger than the " +
+                     std::to_string(train_.size()) + " training images");
+  local_batch_ = std::size_t(cfg_.batch / comm_.size());
+
+  const std::size_t P = layout_.padded_size();
+  auto carve = [&](Arena& a) {
+    params_ = a.take<float>(P);
+    grads_ = a.take<float>(P);
+    adam_m_ = a.take<float>(P);
+    adam_v_ = a.take<float>(P);
+    order_ = a.take<std::uint32_t>(train_.size());
+    net_ = std::make_unique<Network<float>>(cfg_.arch, layout_, local_batch_, a);
+  };
+  Arena probe = Arena::measure();
+  carve(probe);
+  pool_ = Arena(probe.used());
+  carve(pool_);
+
+  const long steps_per_epoch = long(train_.size() / std::size_t(cfg_.batch));
+  long total = steps_per_epoch * cfg_.epochs;
+  if (cfg_.max_steps > 0) total = std::min(total, cfg_.max_steps);
+  step_losses_.reserve(std::size_t(total));
+
+  if (comm_.rank() == 0) {
+    std::error_code ec;
+    std::filesystem::create_directories(cfg_.run_dir, ec);
+    if (ec) throw UsageError(cfg_.run_dir + ": cannot create run directory: " + ec.message());
+    metrics_ = LineFile((std::filesystem::path(cfg_.run_dir) / "metrics.jsonl").string(), false);
+    if (!cfg_.step_log.empty()) step_log_ = LineFile(cfg_.step_log, false);
+    progress_ = cfg_.progress == Progress::always || (cfg_.progress == Progress::automatic && isatty(STDOUT_FILENO));
+  }
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::print_header() const {
+  if (comm_.rank() != 0) return;
+  std::printf("vae_dist %s (%s): %d rank%s x %d thread%s, kernels %s\n", VAE_VERSION, VAE_GIT_COMMIT, comm_.size(),
+              comm_.size() > 1 ? "s" : "", threads_, threads_ > 1 ? "s" : "", kernels_->name().c_str());
+  std::printf("model %s: %s; %s parameters\n", cfg_.preset.c_str(), cfg_.arch.describe().c_str(),
+              with_commas(layout_.parameter_count()).c_str());
+  std::printf("data: %zu train, %zu validation, %zu test images; global batch %d (%zu per rank), %zu steps per epoch\n", train_.size(),
+              val_.size(), test_.size(), cfg_.batch, local_batch_, train_.size() / std::size_t(cfg_.batch));
+  std::printf("memory pool: %s bytes per rank (parameters, gradients, Adam moments, activations, sampler)\n",
+              with_commas(pool_.capacity()).c_str());
+  std::printf("run directory: %s\n", cfg_.run_dir.c_str());
+  std::fflush(stdout);
+}
+
+void Trainer::load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order,
+                        std::uint64_t eps_key, std::uint64_t eps_base) {
+  const std::size_t L = std::size_t(cfg_.arch.latent);
+  std::span<float> eps = net_->eps();
+  for (std::size_t r = 0; r < n; ++r) {
+    const std::size_t pos = first + r;
+    const std::size_t row = order.empty() ? pos : order[pos];
+    net_->load_example(r, data.image(row), data.label(row));
+    // ε depends on the sample's position in the global batch (or dataset), never on the rank that holds it.
+    Rng(hash_combine(eps_key, eps_base + pos)).normals(eps.subspan(r * L, L));
+  }
+}
+
+Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batch, double beta, double lr) {
+  const Kernels<float>& k = *ctx_.kernels;
+  const std::size_t n = local_batch_;
+  const float scale = 1.0f / float(cfg_.batch);
+
+  // data: this rank's contiguous slice of the global batch
+  const std::size_t first = std::size_t(comm_.rank()) * n;
+  const std::uint64_t key = stream_key(cfg_.seed, Stream::reparam, std::uint64_t(step_));
+  std::span<const std::uint32_t> slice = global_batch.subspan(first, n);
+  load_rows(train_, 0, n, slice, key, first);
+
+  // forward
+  net_->forward(k, params_.data(), n);
+  // loss
+  const Network<float>::Losses loss = net_->loss(k, n, scale);
+  // backward
+  net_->backward(k, params_.data(), grads_.data(), n, scale, float(beta));
+  // allreduce: gradient sum over ranks = mean gradient of the global batch; loss sums with a non-finite flag
+  comm_.allreduce_sum(grads_);
+  double stats[3] = {loss.recon, loss.kl, std::isfinite(loss.recon + loss.kl) ? 0.0 : 1.0};
+  comm_.allreduce_sum(stats);
+  if (stats[2] != 0) throw std::runtime_error("non-finite loss at step " + std::to_string(step_ + 1));
+  // update
+  ++step_;
+  adam_step<float>(k, params_, grads_, adam_m_, adam_v_, step_, {lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps});
+  return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
+}
+
+EvalResult Trainer::evaluate(const Dataset& data) {
+  const Kernels<float>& k = *ctx_.kernels;
+  const std::size_t N = data.size(), P = std::size_t(comm_.size()), r = std::size_t(comm_.rank());
+  const std::size_t lo = N * r / P, hi = N * (r + 1) / P;
+  const std::uint64_t key = stream_key(kEvalSeed, Stream::eval, 0);
+  double sums[3] = {0, 0, double(hi - lo)};
+  for (std::size_t first = lo; first < hi; first += local_batch_) {
+    const std::size_t n = std::min(local_batch_, hi - first);
+    load_rows(data, first, n, {}, key, 0);
+    net_->forward(k, params_.data(), n);
+    const Network<float>::Losses l = net_->loss(k, n, 0.0f);
+    sums[0] += l.recon;
+    sums[1] += l.kl;
+  }
+  comm_.allreduce_sum(sums);
+  return {sums[0] / sums[2], sums[1] / sums[2]};
+}
+
+void Trainer::show_progress(int epoch, long step_in_epoch, long steps, double loss, double rate, bool done) const {
+  if (!progress_) return;
+  if (done) {
+    std::printf("\r\033[K");
+  } else {
+    const double eta = rate > 0 ? double(steps - step_in_epoch) * cfg_.batch / rate : 0;
+    std::printf("\r\033[K  epoch %d  step %ld/%ld  %.0f samples/s  loss %.2f  ETA %.0fs", epoch, step_in_epoch, steps, rate, loss, eta);
+  }
+  std::fflush(stdout);
+}
+
+void Trainer::run() {
+  start_ = std::chrono::steady_clock::now();
+  print_header();
+  // Rank 0's initialisation is everyone's: one broadcast guarantees identical starting parameters.
+  if (comm_.rank() == 0) init_parameters<float>(layout_, cfg_.seed, params_);
+  comm_.broadcast(params_.data(), params_.size_bytes());
+
+  const long steps_per_epoch = long(train_.size() / std::size_t(cfg_.batch));
+  for (int epoch = 0; epoch < cfg_.epochs; ++epoch) {
+    if (cfg_.max_steps > 0 && step_ >= cfg_.max_steps) break;
+    // Rank 0 decides the epoch's mode, β and learning rate; every rank applies the same values.
+    EpochPlan plan = scheduler_.plan(epoch);
+    comm_.broadcast(&plan, sizeof plan);
+    const double lr = cfg_.lr * plan.lr_factor;
+
+    epoch_permutation(cfg_.seed, epoch, order_);
+    const auto t0 = std::chrono::steady_clock::now();
+    double recon = 0, kl = 0;
+    long steps = 0;
+    auto last_progress = t0;
+    for (long s = 0; s < steps_per_epoch; ++s) {
+      if (cfg_.max_steps > 0 && step_ >= cfg_.max_steps) break;
+      const StepLoss l = train_step(std::span<const std::uint32_t>(order_).subspan(std::size_t(s) * std::size_t(cfg_.batch),
+                                                                                    std::size_t(cfg_.batch)),
+                                    plan.beta, lr);
+      recon += l.recon;
+      kl += l.kl;
+      ++steps;
+      step_losses_.push_back(l.recon + plan.beta * l.kl);
+      if (step_log_.is_open()) {
+        char line[160];
+        std::snprintf(line, sizeof line, "{\"step\":%ld,\"recon\":%.9g,\"kl\":%.9g,\"loss\":%.9g}", step_, l.recon, l.kl,
+                      l.recon + plan.beta * l.kl);
+        step_log_.write(line);
+      }
+      if (progress_ && seconds_since(last_progress) > 0.5) {
+        last_progress = std::chrono::steady_clock::now();
+        show_progress(epoch + 1, s + 1, steps_per_epoch, recon / double(steps) + plan.beta * kl / double(steps),
+                      double(steps * cfg_.batch) / seconds_since(t0), false);
+      }
+    }
+    const double train_seconds = seconds_since(t0);
+    show_progress(0, 0, 0, 0, 0, true);
+
+    EpochRecord rec;
+    rec.epoch = epoch + 1;
+    rec.step = step_;
+    rec.mode = plan.mode;
+    rec.beta = plan.beta;
+    rec.lr = lr;
+    rec.train_recon = steps ? recon / double(steps) : 0;
+    rec.train_kl = steps ? kl / double(steps) : 0;
+    const EvalResult test = evaluate(test_);
+    rec.test_elbo = test.elbo();
+    rec.test_recon = test.recon;
+    rec.test_kl = test.kl;
+    if (val_.size() > 0) {
+      rec.val_elbo = evaluate(val_).elbo();
+      scheduler_.observe(rec.val_elbo);
+    }
+    rec.samples_per_s = train_seconds > 0 ? double(steps * cfg_.batch) / train_seconds : 0;
+    rec.epoch_seconds = seconds_since(t0);
+    rec.elapsed_seconds = seconds_since(start_);
+    history_.push_back(rec);
+    if (comm_.rank() == 0) {
+      std::printf("%s\n", format_console(rec, cfg_.epochs).c_str());
+      std::fflush(stdout);
+      metrics_.write(format_json(rec));
+    }
+  }
+}
+
+}  // namespace vae

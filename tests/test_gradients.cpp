@@ -1,0 +1,178 @@
+// Central finite-difference gradient checks in double: each dense layer and activation, the loss, and the whole CVAE.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "vae/kernels.hpp"
+#include "vae/model.hpp"
+
+namespace vae {
+namespace {
+
+constexpr double kStep = 1e-6;
+constexpr double kTol = 1e-6;  // |analytic − numeric| ≤ kTol·max(1, |numeric|)
+
+std::vector<double> random_vector(std::size_t n, unsigned seed, double scale = 1.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> d(0.0, scale);
+  std::vector<double> v(n);
+  for (auto& x : v) x = d(gen);
+  return v;
+}
+
+// Compares grad against central differences of f with respect to every element of x.
+void expect_gradient(std::vector<double>& x, const std::vector<double>& grad, const std::function<double()>& f, const char* what) {
+  ASSERT_EQ(x.size(), grad.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double keep = x[i];
+    x[i] = keep + kStep;
+    const double up = f();
+    x[i] = keep - kStep;
+    const double down = f();
+    x[i] = keep;
+    const double numeric = (up - down) / (2 * kStep);
+    ASSERT_NEAR(grad[i], numeric, kTol * std::max(1.0, std::abs(numeric))) << what << " element " << i;
+  }
+}
+
+class LayerGradient : public ::testing::TestWithParam<Activation> {};
+
+// Two layers x → act(x·W1 + b1) → h·W2 + b2, loss Σ c ⊙ y: exercises forward, weight_grad, and input_grad with the
+// previous layer's activation slope, as the network chains them.
+TEST_P(LayerGradient, MatchesFiniteDifferences) {
+  const Activation act = GetParam();
+  const std::size_t n = 3, k = 5, h = 4, m = 2;
+  ReferenceKernels<double> K;
+  std::vector<double> x = random_vector(n * k, 1), w1 = random_vector(k * h, 2, 0.5), b1 = random_vector(h, 3, 0.5);
+  std::vector<double> w2 = random_vector(h * m, 4, 0.5), b2 = random_vector(m, 5), c = random_vector(n * m, 6);
+  std::vector<double> hid(n * h), y(n * m);
+  auto loss = [&] {
+    K.dense_forward(x.data(), k, w1.data(), b1.data(), hid.data(), n, k, h, act);
+    K.dense_forward(hid.data(), h, w2.data(), b2.data(), y.data(), n, h, m, Activation::identity);
+    double s = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) s += c[i] * y[i];
+    return s;
+  };
+  loss();
+  std::vector<double> dw2(h * m), db2(m), dhid(n * h), dw1(k * h), db1(h), dx(n * k);
+  K.dense_weight_grad(hid.data(), h, c.data(), dw2.data(), db2.data(), n, h, m);
+  K.dense_input_grad(c.data(), w2.data(), dhid.data(), h, n, h, m, act, hid.data());
+  K.dense_weight_grad(x.data(), k, dhid.data(), dw1.data(), db1.data(), n, k, h);
+  K.dense_input_grad(dhid.data(), w1.data(), dx.data(), k, n, k, h, Activation::identity, nullptr);
+  expect_gradient(w2, dw2, loss, "dW2");
+  expect_gradient(b2, db2, loss, "db2");
+  expect_gradient(w1, dw1, loss, "dW1");
+  expect_gradient(b1, db1, loss, "db1");
+  expect_gradient(x, dx, loss, "dx");
+}
+
+INSTANTIATE_TEST_SUITE_P(Activations, LayerGradient,
+                         ::testing::Values(Activation::identity, Activation::elu, Activation::tanh, Activation::leaky_relu, Activation::relu),
+                         [](const auto& p) { return activation_name(p.param); });
+
+TEST(LossGradient, BernoulliNllWithLogits) {
+  ReferenceKernels<double> K;
+  const std::size_t n = 2, d = 6;
+  std::vector<double> logits = random_vector(n * d, 7, 3.0), target(n * d), dl(n * d);
+  for (std::size_t i = 0; i < target.size(); ++i) target[i] = double(i % 5) / 4.0;  // grayscale targets, not binarised
+  K.bernoulli_nll(logits.data(), target.data(), d, dl.data(), n, d, 1.0);
+  expect_gradient(logits, dl, [&] { return K.bernoulli_nll(logits.data(), target.data(), d, nullptr, n, d, 1.0); }, "dlogits");
+}
+
+TEST(LossGradient, BernoulliNllIsStableForHugeLogits) {
+  ReferenceKernels<float> K;
+  const float l[2] = {200.0f, -200.0f}, x[2] = {1.0f, 0.0f};
+  float dl[2];
+  EXPECT_NEAR(K.bernoulli_nll(l, x, 2, dl, 1, 2, 1.0f), 0.0, 1e-6);
+  EXPECT_FLOAT_EQ(dl[0], 0.0f);
+  EXPECT_FLOAT_EQ(dl[1], 0.0f);
+}
+
+TEST(LossGradient, ReparameterisationAndKl) {
+  ReferenceKernels<double> K;
+  const std::size_t n = 2, L = 3;
+  const double beta = 0.7, scale = 0.25;
+  std::vector<double> head = random_vector(n * 2 * L, 8, 0.8), eps = random_vector(n * L, 9), c = random_vector(n * L, 10);
+  std::vector<double> z(n * L), dhead(n * 2 * L), dz(n * L);
+  auto loss = [&] {
+    const double kl = K.reparam_kl_forward(head.data(), eps.data(), z.data(), L, n, L);
+    double s = 0;
+    for (std::size_t i = 0; i < z.size(); ++i) s += c[i] * z[i];
+    return scale * (s + beta * kl);
+  };
+  for (std::size_t i = 0; i < c.size(); ++i) dz[i] = scale * c[i];
+  K.reparam_kl_backward(head.data(), eps.data(), dz.data(), L, dhead.data(), n, L, scale, beta);
+  expect_gradient(head, dhead, loss, "dhead");
+}
+
+TEST(LossGradient, KlOfStandardNormalIsZero) {
+  ReferenceKernels<double> K;
+  std::vector<double> head(8, 0.0), eps(4, 0.0), z(4);
+  EXPECT_DOUBLE_EQ(K.reparam_kl_forward(head.data(), eps.data(), z.data(), 4, 1, 4), 0.0);
+  head[0] = 1.0;  // μ = 1: KL = ½μ²
+  EXPECT_DOUBLE_EQ(K.reparam_kl_forward(head.data(), eps.data(), z.data(), 4, 1, 4), 0.5);
+}
+
+class ModelGradient : public ::testing::TestWithParam<bool> {};
+
+// The whole CVAE: loss = scale·(Σ recon + β·Σ KL) with fixed ε, against its gradient from forward/loss/backward.
+TEST_P(ModelGradient, EndToEnd) {
+  Arch arch;
+  arch.hidden = {6, 5};
+  arch.latent = 3;
+  arch.image = 10;
+  arch.classes = 4;
+  arch.conditional = GetParam();
+  const ParamLayout layout(arch);
+  const std::size_t n = 3;
+  Arena probe = Arena::measure();
+  Network<double> sized(arch, layout, n, probe);
+  Arena arena(probe.used());
+  Network<double> net(arch, layout, n, arena);
+  ReferenceKernels<double> K;
+
+  std::vector<double> params(layout.padded_size()), grads(layout.padded_size());
+  init_parameters<double>(layout, 11, params);
+  std::uint8_t pixels[3][10];
+  for (std::size_t r = 0; r < n; ++r)
+    for (int i = 0; i < 10; ++i) pixels[r][i] = std::uint8_t((r * 37 + std::size_t(i) * 53) % 256);
+  for (std::size_t r = 0; r < n; ++r) net.load_example(r, pixels[r], int(r % 4));
+  const std::vector<double> eps = random_vector(n * 3, 12);
+  std::copy(eps.begin(), eps.end(), net.eps().begin());
+  const double beta = 0.8, scale = 1.0 / 3.0;
+
+  auto loss = [&] {
+    net.forward(K, params.data(), n);
+    const auto l = net.loss(K, n, scale);
+    return scale * (l.recon + beta * l.kl);
+  };
+  loss();
+  net.backward(K, params.data(), grads.data(), n, scale, beta);
+  expect_gradient(params, grads, loss, "parameters");
+  EXPECT_EQ(layout.parameter_count(), (14u * 6 + 6) + (6 * 5 + 5) + (5 * 6 + 6) + (std::size_t(3 + (GetParam() ? 4 : 0)) * 5 + 5) +
+                                          (5 * 6 + 6) + (6 * 10 + 10) - (GetParam() ? 0 : 4 * 6));
+}
+
+INSTANTIATE_TEST_SUITE_P(Conditioning, ModelGradient, ::testing::Values(true, false),
+                         [](const auto& p) { return p.param ? std::string("conditional") : std::string("unconditional"); });
+
+TEST(ParamLayoutTest, V3CountAndAlignment) {
+  Arch arch;
+  arch.hidden = {640, 320};
+  arch.latent = 128;
+  const ParamLayout layout(arch);
+  // (794·640+640) + (640·320+320) + (320·256+256) + (138·320+320) + (320·640+640) + (640·784+784)
+  EXPECT_EQ(layout.parameter_count(), 1548560u);
+  for (const DenseSpec& s : layout.layers()) {
+    EXPECT_EQ(s.w_offset % 16, 0u) << s.name;
+    EXPECT_EQ(s.b_offset % 16, 0u) << s.name;
+  }
+  // Backward order: the decoder's output layer comes first in the buffer.
+  EXPECT_EQ(layout.layers().back().name, "dec.out");
+  EXPECT_EQ(layout.layers().back().b_offset, 0u);
+}
+
+}  // namespace
+}  // namespace vae

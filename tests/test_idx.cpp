@@ -1,0 +1,167 @@
+// IDX reader: valid raw and gzip files, and one test per corruption kind, each naming the file and the problem.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "test_util.hpp"
+#include "vae/dataset.hpp"
+#include "vae/errors.hpp"
+#include "vae/idx.hpp"
+
+namespace vae {
+namespace {
+
+using test::TempDir;
+using test::write_bytes;
+
+struct IdxFiles : ::testing::Test {
+  TempDir dir;
+  std::vector<std::uint8_t> pixels, labels;
+  void SetUp() override { test::synthetic_images(7, 3, pixels, labels); }
+  std::filesystem::path images() const { return dir / "img"; }
+  std::filesystem::path labs() const { return dir / "lab"; }
+  void write(const std::vector<std::uint8_t>& img, const std::vector<std::uint8_t>& lab) {
+    write_bytes(images(), img);
+    write_bytes(labs(), lab);
+  }
+  // The error message of loading, or "" if it loaded.
+  std::string error() {
+    try {
+      load_idx_pair(images(), labs());
+    } catch (const UsageError& e) {
+      return e.what();
+    }
+    return "";
+  }
+};
+
+TEST_F(IdxFiles, ReadsRawFile) {
+  write(make_idx_images(pixels, 7), make_idx_labels(labels));
+  IdxPair p = load_idx_pair(images(), labs());
+  EXPECT_EQ(p.count, 7u);
+  EXPECT_EQ(p.pixels, pixels);
+  EXPECT_EQ(p.labels, labels);
+}
+
+TEST_F(IdxFiles, ReadsGzipFile) {
+  test::write_gzip(dir / "img.gz", make_idx_images(pixels, 7));
+  test::write_gzip(dir / "lab.gz", make_idx_labels(labels));
+  IdxPair p = load_idx_pair(dir / "img.gz", dir / "lab.gz");
+  EXPECT_EQ(p.pixels, pixels);
+  EXPECT_EQ(p.labels, labels);
+}
+
+TEST_F(IdxFiles, ResolvesGzipWhenRawIsMissing) {
+  test::write_gzip(dir / "train-images-idx3-ubyte.gz", make_idx_images(pixels, 7));
+  EXPECT_EQ(resolve_idx_path(dir.path(), "train-images-idx3-ubyte").filename(), "train-images-idx3-ubyte.gz");
+  EXPECT_THROW(resolve_idx_path(dir.path(), "t10k-images-idx3-ubyte"), UsageError);
+}
+
+TEST_F(IdxFiles, MissingFile) {
+  write_bytes(labs(), make_idx_labels(labels));
+  EXPECT_EQ(error(), images().string() + ": no such file");
+}
+
+TEST_F(IdxFiles, BadMagic) {
+  auto img = make_idx_images(pixels, 7);
+  img[2] = 0x0d;  // float data type instead of ubyte
+  write(img, make_idx_labels(labels));
+  EXPECT_EQ(error(), images().string() + ": bad magic 0x00000d03, expected 0x00000803 (IDX images)");
+}
+
+TEST_F(IdxFiles, LabelsGivenAsImages) {
+  write(make_idx_labels(labels), make_idx_labels(labels));
+  EXPECT_EQ(error(), images().string() + ": IDX rank is 1, expected 3 for images");
+}
+
+TEST_F(IdxFiles, WrongImageSize) {
+  std::vector<std::uint8_t> px(7 * 32 * 32, 1);
+  write(make_idx_images(px, 7, 32, 32), make_idx_labels(labels));
+  EXPECT_EQ(error(), images().string() + ": images are 32x32, expected 28x28");
+}
+
+TEST_F(IdxFiles, TruncatedImages) {
+  auto img = make_idx_images(pixels, 7);
+  img.resize(img.size() - 100);
+  write(img, make_idx_labels(labels));
+  EXPECT_EQ(error(), images().string() + ": truncated: header promises 5488 data bytes, file has 5388");
+}
+
+TEST_F(IdxFiles, TrailingBytes) {
+  auto lab = make_idx_labels(labels);
+  lab.push_back(0);
+  write(make_idx_images(pixels, 7), lab);
+  EXPECT_EQ(error(), labs().string() + ": length mismatch: header promises 7 data bytes, file has 8");
+}
+
+TEST_F(IdxFiles, HeaderTooShort) {
+  write(std::vector<std::uint8_t>{0, 0}, make_idx_labels(labels));
+  EXPECT_EQ(error(), images().string() + ": file too short for an IDX header (2 bytes)");
+}
+
+TEST_F(IdxFiles, CountMismatch) {
+  auto lab = labels;
+  lab.pop_back();
+  write(make_idx_images(pixels, 7), make_idx_labels(lab));
+  EXPECT_EQ(error(), labs().string() + ": holds 6 labels but " + images().string() + " holds 7 images");
+}
+
+TEST_F(IdxFiles, LabelOutOfRange) {
+  auto lab = labels;
+  lab[4] = 12;
+  write(make_idx_images(pixels, 7), make_idx_labels(lab));
+  EXPECT_EQ(error(), labs().string() + ": label 12 at index 4 is outside 0-9");
+}
+
+TEST_F(IdxFiles, CorruptGzip) {
+  std::vector<std::uint8_t> junk = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x11};
+  write_bytes(dir / "img.gz", junk);
+  write_bytes(labs(), make_idx_labels(labels));
+  try {
+    load_idx_pair(dir / "img.gz", labs());
+    FAIL() << "corrupt gzip accepted";
+  } catch (const UsageError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind((dir / "img.gz").string() + ": corrupt gzip stream", 0), 0u) << e.what();
+  }
+}
+
+TEST_F(IdxFiles, TruncatedGzip) {
+  test::write_gzip(dir / "img.gz", make_idx_images(pixels, 7));
+  auto bytes = read_maybe_gzip(dir / "img.gz");  // round trip works before truncation
+  EXPECT_EQ(bytes.size(), 16 + pixels.size());
+  std::ifstream in(dir / "img.gz", std::ios::binary);
+  std::vector<std::uint8_t> gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  gz.resize(gz.size() / 2);
+  write_bytes(dir / "img.gz", gz);
+  EXPECT_THROW(read_maybe_gzip(dir / "img.gz"), UsageError);
+}
+
+TEST(DatasetTest, SelectsDigitsAndSplitsTail) {
+  IdxPair p;
+  p.count = 6;
+  p.labels = {0, 1, 2, 1, 0, 1};
+  p.pixels.assign(6 * kImagePixels, 0);
+  const int binary[] = {0, 1};
+  Dataset d = Dataset::select_digits(p, binary);
+  ASSERT_EQ(d.size(), 5u);
+  EXPECT_EQ(d.label(2), 1);  // row 3 of the file
+  Dataset v = d.split_tail(2);
+  EXPECT_EQ(d.size(), 3u);
+  EXPECT_EQ(v.size(), 2u);
+  EXPECT_EQ(v.label(0), 0);
+  EXPECT_EQ(v.label(1), 1);
+}
+
+TEST(DatasetTest, PermutationDependsOnlyOnSeedAndEpoch) {
+  std::vector<std::uint32_t> a(1000), b(1000), c(1000);
+  epoch_permutation(7, 3, a);
+  epoch_permutation(7, 3, b);
+  epoch_permutation(7, 4, c);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  std::sort(c.begin(), c.end());
+  for (std::uint32_t i = 0; i < 1000; ++i) ASSERT_EQ(c[i], i);
+}
+
+}  // namespace
+}  // namespace vae

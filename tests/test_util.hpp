@@ -1,0 +1,73 @@
+// Test helpers: temporary directories and small synthetic MNIST-format datasets the tests write themselves.
+#pragma once
+
+#include <zlib.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "vae/idx.hpp"
+
+namespace vae::test {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "vae_test_XXXXXX").string();
+    path_ = mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline void write_bytes(const std::filesystem::path& p, const std::vector<std::uint8_t>& bytes) {
+  std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+}
+
+inline void write_gzip(const std::filesystem::path& p, const std::vector<std::uint8_t>& bytes) {
+  gzFile f = gzopen(p.c_str(), "wb");
+  gzwrite(f, bytes.data(), unsigned(bytes.size()));
+  gzclose(f);
+}
+
+// Digit d is a bright horizontal bar at a d-dependent height over faint noise: learnable in a few steps.
+inline void synthetic_images(std::size_t n, std::uint32_t seed, std::vector<std::uint8_t>& pixels, std::vector<std::uint8_t>& labels) {
+  std::mt19937 gen(seed);
+  pixels.assign(n * kImagePixels, 0);
+  labels.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const int d = int(gen() % 10);
+    labels[i] = std::uint8_t(d);
+    for (int p = 0; p < kImagePixels; ++p) pixels[i * kImagePixels + std::size_t(p)] = std::uint8_t(gen() % 40);
+    const int row = 3 + 2 * d;
+    for (int c = 4; c < 24; ++c) pixels[i * kImagePixels + std::size_t(row * kImageSide + c)] = std::uint8_t(200 + gen() % 56);
+  }
+}
+
+// The four MNIST files under dir, with the standard names.
+inline void write_synthetic_mnist(const std::filesystem::path& dir, std::size_t n_train, std::size_t n_test, bool gzip = false) {
+  std::vector<std::uint8_t> px, lb;
+  auto put = [&](const std::string& name, const std::vector<std::uint8_t>& bytes) {
+    if (gzip) write_gzip(dir / (name + ".gz"), bytes);
+    else write_bytes(dir / name, bytes);
+  };
+  synthetic_images(n_train, 1, px, lb);
+  put("train-images-idx3-ubyte", make_idx_images(px, std::uint32_t(n_train)));
+  put("train-labels-idx1-ubyte", make_idx_labels(lb));
+  synthetic_images(n_test, 2, px, lb);
+  put("t10k-images-idx3-ubyte", make_idx_images(px, std::uint32_t(n_test)));
+  put("t10k-labels-idx1-ubyte", make_idx_labels(lb));
+}
+
+}  // namespace vae::test
