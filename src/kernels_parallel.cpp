@@ -1,242 +1,338 @@
-// TBB-parallel float kernels: register-tiled GEMMs with fused epilogues, dispatched at run time to AVX2/FMA or baseline x86-64.
+// TBB driver of the SIMD kernels: splits each product into cache-sized blocks and runs them in the rank's task arena.
 #include <oneapi/tbb/blocked_range.h>
-#include <oneapi/tbb/blocked_range2d.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
-#include <cmath>
-#include <mutex>
-#include <vector>
+#include <stdexcept>
 
+#include "simd_ops.hpp"
 #include "vae/aligned.hpp"
 #include "vae/kernels.hpp"
-
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-#define VAE_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define VAE_MULTIVERSION
-#endif
 
 namespace vae {
 namespace {
 
-constexpr std::size_t kTileRows = 4;
-constexpr std::size_t kTileCols = 16;
-constexpr std::size_t kBlockRows = 16;
-constexpr std::size_t kBlockCols = 64;
+constexpr std::size_t kMaxBlockCols = 128;      // columns of B packed at a time per thread: kc × 128 floats stay in L2
+constexpr std::size_t kTaskFlops = 1u << 19;    // below this many multiply-adds a task costs more to schedule than to run
+constexpr std::size_t kRowsPerTask = 16;        // rows of the loss and reparameterisation per task
+constexpr std::size_t kAdamChunk = 1u << 14;    // floats per Adam task
 
-enum class Epilogue { bias_act, store, slope };
-
-struct GemmArgs {
-  const float* a;        // A(r, p) = a[r*a_rs + p*a_ps]
-  std::size_t a_rs, a_ps;
-  const float* b;        // B(p, c) = b[p*ldb + c]
-  std::size_t ldb;
-  float* out;            // out(r, c) = out[r*ldo + c]
-  std::size_t ldo;
-  std::size_t kdim;
-  Epilogue epi;
-  const float* bias;     // bias_act: [cols]
-  Activation act;        // bias_act: this layer's activation; slope: the previous layer's
-  const float* y_prev;   // slope: act' is evaluated on y_prev(r, c) = y_prev[r*ldo + c]
+// C[M × N] = A[M × K] · B[K × N] followed by an epilogue, with A and B given in any of the layouts the model needs.
+struct Gemm {
+  enum class ASource { rows, cols, image, image_trans };
+  ASource a_source = ASource::rows;
+  const float* a = nullptr;  // rows: A(i, p) = a[i·lda + p]; cols: A(i, p) = a[p·lda + i]
+  std::size_t lda = 0;
+  const ImageBatch* image = nullptr;  // image: A(i, p) = image(i, p); image_trans: A(i, p) = image(p, i)
+  const float* b = nullptr;
+  std::size_t ldb = 0;
+  bool b_trans = false;  // B(p, j) = b_trans ? b[j·ldb + p] : b[p·ldb + j]
+  float* c = nullptr;
+  std::size_t ldc = 0;
+  std::size_t M = 0, N = 0, K = 0;
+  simd::Epilogue epi = simd::Epilogue::none;
+  const float* bias = nullptr;
+  Activation act = Activation::identity;
+  const float* y = nullptr;
+  std::size_t ldy = 0;
+  float* b_col_sums = nullptr;  // if set: Σ_p B(p, j) for every column (the bias gradient of dW = xᵀ·dy)
 };
 
-inline float finish(const GemmArgs& g, float acc, std::size_t r, std::size_t c) {
-  switch (g.epi) {
-    case Epilogue::bias_act: return activate(acc + g.bias[c], g.act);
-    case Epilogue::store: return acc;
-    case Epilogue::slope: return g.y_prev ? acc * activation_slope(g.y_prev[r * g.ldo + c], g.act) : acc;
-  }
-  return acc;
-}
-
-// One block of the output, in full tiles where possible and a plain loop at the edges.
-VAE_MULTIVERSION
-void gemm_block(const GemmArgs& g, std::size_t r0, std::size_t r1, std::size_t c0, std::size_t c1) {
-  std::size_t r = r0;
-  for (; r + kTileRows <= r1; r += kTileRows) {
-    std::size_t c = c0;
-    for (; c + kTileCols <= c1; c += kTileCols) {
-      float acc[kTileRows][kTileCols] = {};
-      for (std::size_t p = 0; p < g.kdim; ++p) {
-        const float* brow = g.b + p * g.ldb + c;
-        for (std::size_t i = 0; i < kTileRows; ++i) {
-          const float av = g.a[(r + i) * g.a_rs + p * g.a_ps];
-          for (std::size_t j = 0; j < kTileCols; ++j) acc[i][j] += av * brow[j];
-        }
-      }
-      for (std::size_t i = 0; i < kTileRows; ++i)
-        for (std::size_t j = 0; j < kTileCols; ++j) g.out[(r + i) * g.ldo + c + j] = finish(g, acc[i][j], r + i, c + j);
-    }
-    for (; c < c1; ++c)
-      for (std::size_t i = 0; i < kTileRows; ++i) {
-        float s = 0;
-        for (std::size_t p = 0; p < g.kdim; ++p) s += g.a[(r + i) * g.a_rs + p * g.a_ps] * g.b[p * g.ldb + c];
-        g.out[(r + i) * g.ldo + c] = finish(g, s, r + i, c);
-      }
-  }
-  for (; r < r1; ++r)
-    for (std::size_t cc = c0; cc < c1; cc += kBlockCols) {
-      float acc[kBlockCols] = {};
-      const std::size_t w = std::min(kBlockCols, c1 - cc);
-      for (std::size_t p = 0; p < g.kdim; ++p) {
-        const float av = g.a[r * g.a_rs + p * g.a_ps];
-        const float* brow = g.b + p * g.ldb + cc;
-        for (std::size_t j = 0; j < w; ++j) acc[j] += av * brow[j];
-      }
-      for (std::size_t j = 0; j < w; ++j) g.out[r * g.ldo + cc + j] = finish(g, acc[j], r, cc + j);
-    }
-}
+// Splits [0, n) into `parts` nearly equal contiguous ranges; returns range i.
+std::pair<std::size_t, std::size_t> split(std::size_t n, std::size_t parts, std::size_t i) { return {n * i / parts, n * (i + 1) / parts}; }
 
 class ParallelKernels final : public Kernels<float> {
  public:
-  explicit ParallelKernels(int threads) : arena_(threads), threads_(threads) {}
-  std::string name() const override { return "parallel(" + std::to_string(threads_) + ")"; }
+  ParallelKernels(int threads, const simd::Ops& ops) : arena_(threads), threads_(std::size_t(threads)), ops_(ops) {}
 
-  void dense_forward(const float* x, std::size_t ldx, const float* w, const float* b, float* y, std::size_t n, std::size_t k,
-                     std::size_t m, Activation act) const override {
-    gemm({x, ldx, 1, w, m, y, m, k, Epilogue::bias_act, b, act, nullptr}, n, m);
+  std::string name() const override { return std::string("simd ") + ops_.target + " x " + std::to_string(threads_) + " threads"; }
+
+  std::size_t workspace_bytes(std::size_t max_rows, std::size_t max_dim) const override {
+    Arena probe = Arena::measure();
+    carve(probe, max_rows, max_dim);
+    return probe.used();
+  }
+
+  void bind_workspace(std::span<std::byte> memory, std::size_t max_rows, std::size_t max_dim) override {
+    Arena arena = Arena::over(memory);
+    ws_ = carve(arena, max_rows, max_dim);
+    max_rows_ = max_rows;
+  }
+
+  void dense_forward(const float* x, std::size_t ldx, const float* w, const float* b, float* y, std::size_t n, std::size_t k, std::size_t m,
+                     Activation act) const override {
+    Gemm g;
+    g.a = x;
+    g.lda = ldx;
+    forward_into(g, w, b, y, n, k, m, act);
+  }
+
+  void dense_forward_image(const ImageBatch& x, const float* w, const float* b, float* y, std::size_t n, std::size_t m,
+                           Activation act) const override {
+    Gemm g;
+    g.a_source = Gemm::ASource::image;
+    g.image = &x;
+    forward_into(g, w, b, y, n, x.cols(), m, act);
   }
 
   void dense_weight_grad(const float* x, std::size_t ldx, const float* dy, float* dw, float* db, std::size_t n, std::size_t k,
                          std::size_t m) const override {
-    gemm({x, 1, ldx, dy, m, dw, m, n, Epilogue::store, nullptr, Activation::identity, nullptr}, k, m);
-    arena_.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, m, 64), [&](const tbb::blocked_range<std::size_t>& cols) {
-        for (std::size_t j = cols.begin(); j < cols.end(); ++j) db[j] = 0;
-        for (std::size_t r = 0; r < n; ++r)
-          for (std::size_t j = cols.begin(); j < cols.end(); ++j) db[j] += dy[r * m + j];
-      });
-    });
+    Gemm g;
+    g.a_source = Gemm::ASource::cols;
+    g.a = x;
+    g.lda = ldx;
+    weight_grad_into(g, dy, dw, db, n, k, m);
+  }
+
+  void dense_weight_grad_image(const ImageBatch& x, const float* dy, float* dw, float* db, std::size_t n, std::size_t m) const override {
+    Gemm g;
+    g.a_source = Gemm::ASource::image_trans;
+    g.image = &x;
+    weight_grad_into(g, dy, dw, db, n, x.cols(), m);
   }
 
   void dense_input_grad(const float* dy, const float* w, float* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
                         Activation prev_act, const float* y_prev) const override {
-    float* wt = transpose_scratch(k * m);
-    arena_.execute([&] {
-      tbb::parallel_for(tbb::blocked_range2d<std::size_t>(0, k, 32, 0, m, 32), [&](const tbb::blocked_range2d<std::size_t>& blk) {
-        for (std::size_t i = blk.rows().begin(); i < blk.rows().end(); ++i)
-          for (std::size_t j = blk.cols().begin(); j < blk.cols().end(); ++j) wt[j * k + i] = w[i * m + j];
-      });
-    });
-    gemm({dy, m, 1, wt, k, dx, ldx, m, Epilogue::slope, nullptr, prev_act, y_prev}, n, k);
+    // dx [n × k] = dy [n × m] · wᵀ, with w [k × m]: B(p, j) = w[j·m + p]
+    Gemm g;
+    g.a = dy;
+    g.lda = m;
+    g.b = w;
+    g.ldb = m;
+    g.b_trans = true;
+    g.c = dx;
+    g.ldc = ldx;
+    g.M = n;
+    g.N = k;
+    g.K = m;
+    if (y_prev) {
+      g.epi = simd::Epilogue::slope;
+      g.act = prev_act;
+      g.y = y_prev;
+      g.ldy = ldx;
+    }
+    run(g);
   }
 
-  double bernoulli_nll(const float* logits, const float* x, std::size_t ldx, float* dlogits, std::size_t n, std::size_t d,
-                       float scale) const override {
-    double* rows = row_scratch(n);
-    arena_.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 1), [&](const tbb::blocked_range<std::size_t>& rr) {
-        for (std::size_t r = rr.begin(); r < rr.end(); ++r) rows[r] = nll_row(logits + r * d, x + r * ldx, dlogits ? dlogits + r * d : nullptr, d, scale);
-      });
-    });
-    double total = 0;
-    for (std::size_t r = 0; r < n; ++r) total += rows[r];
-    return total;
+  double bernoulli_nll(const float* logits, const ImageBatch& x, float* dlogits, std::size_t n, float scale) const override {
+    check_rows(n);
+    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.bernoulli_rows(logits, x, dlogits, r0, r1, scale, ws_.row_sums.data()); });
+    return ordered_sum(n);
   }
 
   double reparam_kl_forward(const float* head, const float* eps, float* z, std::size_t ldz, std::size_t n,
                             std::size_t latent) const override {
-    double kl = 0;
-    for (std::size_t r = 0; r < n; ++r) {
-      const float* mu = head + r * 2 * latent;
-      const float* lv = mu + latent;
-      double row = 0;
-      for (std::size_t j = 0; j < latent; ++j) {
-        const float sd = std::exp(0.5f * lv[j]);
-        z[r * ldz + j] = mu[j] + eps[r * latent + j] * sd;
-        row += -0.5 * double(1.0f + lv[j] - mu[j] * mu[j] - sd * sd);
-      }
-      kl += row;
-    }
-    return kl;
+    check_rows(n);
+    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.reparam_forward(head, eps, z, ldz, r0, r1, latent, ws_.row_sums.data()); });
+    return ordered_sum(n);
   }
 
   void reparam_kl_backward(const float* head, const float* eps, const float* dz, std::size_t ldz, float* dhead, std::size_t n,
                            std::size_t latent, float scale, float beta) const override {
-    const float sb = scale * beta;
-    for (std::size_t r = 0; r < n; ++r) {
-      const float* mu = head + r * 2 * latent;
-      const float* lv = mu + latent;
-      float* dmu = dhead + r * 2 * latent;
-      float* dlv = dmu + latent;
-      for (std::size_t j = 0; j < latent; ++j) {
-        const float g = dz[r * ldz + j], sd = std::exp(0.5f * lv[j]);
-        dmu[j] = g + sb * mu[j];
-        dlv[j] = g * eps[r * latent + j] * 0.5f * sd + sb * 0.5f * (sd * sd - 1.0f);
-      }
-    }
+    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.reparam_backward(head, eps, dz, ldz, dhead, r0, r1, latent, scale, beta); });
   }
 
   void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2,
                    float eps_t) const override {
     arena_.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, count, 16384), [&](const tbb::blocked_range<std::size_t>& rr) {
-        adam_range(p, g, m, v, rr.begin(), rr.end(), lr_t, beta1, beta2, eps_t);
+      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, count, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
+        ops_.adam(p, g, m, v, r.begin(), r.end(), lr_t, beta1, beta2, eps_t);
       });
     });
   }
 
  private:
-  VAE_MULTIVERSION
-  static double nll_row(const float* l, const float* x, float* dl, std::size_t d, float scale) {
-    double s = 0;
-    for (std::size_t j = 0; j < d; ++j) {
-      const float e = std::exp(-std::abs(l[j]));
-      s += double(std::max(l[j], 0.0f) - l[j] * x[j] + std::log1p(e));
-      if (dl) {
-        const float sig = l[j] >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
-        dl[j] = scale * (sig - x[j]);
-      }
-    }
-    return s;
+  struct Workspace {
+    std::span<float> a_pack;    // A in MR-row panels: [round_up(rows, MR) × K]
+    std::span<float> b_pack;    // per thread: [kc × block_cols()]
+    std::span<double> row_sums; // [max_rows]
+  };
+
+  // Sized for the largest product of the model: A is at most max_rows × max_dim, or its transpose.
+  Workspace carve(Arena& arena, std::size_t max_rows, std::size_t max_dim) const {
+    const std::size_t mr = ops_.mr;
+    Workspace w;
+    w.a_pack = arena.take<float>(std::max(round_up(max_rows, mr) * max_dim, round_up(max_dim, mr) * max_rows));
+    w.b_pack = arena.take<float>(threads_ * ops_.kc * block_cols());
+    w.row_sums = arena.take<double>(max_rows);
+    return w;
   }
 
-  VAE_MULTIVERSION
-  static void adam_range(float* p, const float* g, float* m, float* v, std::size_t b, std::size_t e, float lr_t, float beta1, float beta2,
-                         float eps_t) {
-    for (std::size_t i = b; i < e; ++i) {
-      m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
-      v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
-      p[i] -= lr_t * m[i] / (std::sqrt(v[i]) + eps_t);
-    }
+  std::size_t block_cols() const { return std::max(ops_.nr, kMaxBlockCols / ops_.nr * ops_.nr); }
+
+  void check_rows(std::size_t n) const {
+    if (n > max_rows_) throw std::logic_error("kernel workspace is bound for " + std::to_string(max_rows_) + " rows, asked for " + std::to_string(n));
   }
 
-  void gemm(const GemmArgs& g, std::size_t rows, std::size_t cols) const {
-    if (rows == 0 || cols == 0) return;
+  void forward_into(Gemm& g, const float* w, const float* b, float* y, std::size_t n, std::size_t k, std::size_t m, Activation act) const {
+    g.b = w;
+    g.ldb = m;
+    g.c = y;
+    g.ldc = m;
+    g.M = n;
+    g.N = m;
+    g.K = k;
+    g.epi = simd::Epilogue::bias_act;
+    g.bias = b;
+    g.act = act;
+    run(g);
+  }
+
+  void weight_grad_into(Gemm& g, const float* dy, float* dw, float* db, std::size_t n, std::size_t k, std::size_t m) const {
+    // dw [k × m] = xᵀ [k × n] · dy [n × m]
+    g.b = dy;
+    g.ldb = m;
+    g.c = dw;
+    g.ldc = m;
+    g.M = k;
+    g.N = m;
+    g.K = n;
+    g.b_col_sums = db;
+    run(g);
+  }
+
+  template <class F>
+  void for_rows(std::size_t n, F&& body) const {
     arena_.execute([&] {
-      tbb::parallel_for(tbb::blocked_range2d<std::size_t>(0, rows, kBlockRows, 0, cols, kBlockCols),
-                        [&](const tbb::blocked_range2d<std::size_t>& blk) {
-                          gemm_block(g, blk.rows().begin(), blk.rows().end(), blk.cols().begin(), blk.cols().end());
-                        },
-                        tbb::simple_partitioner());
+      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, kRowsPerTask),
+                        [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); });
     });
   }
 
-  // Scratch grows on first use only, so steady-state steps never allocate.
-  float* transpose_scratch(std::size_t n) const {
-    if (wt_.size() < n) wt_ = AlignedBuffer<float>(n);
-    return wt_.data();
+  // Row sums added in row order, so the result does not depend on how rows were spread over threads.
+  double ordered_sum(std::size_t n) const {
+    double total = 0;
+    for (std::size_t r = 0; r < n; ++r) total += ws_.row_sums[r];
+    return total;
   }
-  double* row_scratch(std::size_t n) const {
-    if (rows_.size() < n) rows_ = AlignedBuffer<double>(n);
-    return rows_.data();
+
+  void run(const Gemm& g) const {
+    if (g.N == 0) return;
+    if (g.M == 0 || g.K == 0) return empty_product(g);
+    if (ws_.b_pack.empty()) throw std::logic_error("kernel workspace used before bind_workspace");
+    const std::size_t mr = ops_.mr, nr = ops_.nr;
+    const bool pack_a = g.a_source != Gemm::ASource::cols;
+    if (pack_a && round_up(g.M, mr) * g.K > ws_.a_pack.size())
+      throw std::logic_error("kernel workspace too small for a " + std::to_string(g.M) + "x" + std::to_string(g.K) + " operand");
+
+    const std::size_t m_tiles = (g.M + mr - 1) / mr, n_panels = (g.N + nr - 1) / nr;
+    const std::size_t wanted = std::clamp<std::size_t>(g.M * g.N * g.K / kTaskFlops, 1, 8 * threads_);
+    const std::size_t col_blocks = std::min(n_panels, wanted);
+    const std::size_t row_blocks = std::min(m_tiles, (wanted + col_blocks - 1) / col_blocks);
+
+    arena_.execute([&] {
+      if (pack_a) {
+        tbb::parallel_for(tbb::blocked_range<std::size_t>(0, m_tiles, 1), [&](const tbb::blocked_range<std::size_t>& q) {
+          simd::PackA s;
+          s.a = g.a;
+          s.lda = g.lda;
+          s.image = g.image;
+          s.image_trans = g.a_source == Gemm::ASource::image_trans;
+          s.rows = g.M;
+          s.k = g.K;
+          s.panel_begin = q.begin();
+          s.panel_end = q.end();
+          s.dst = ws_.a_pack.data();
+          ops_.pack_a(s);
+        });
+      }
+      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, row_blocks * col_blocks, 1), [&](const tbb::blocked_range<std::size_t>& t) {
+        for (std::size_t task = t.begin(); task < t.end(); ++task) {
+          const auto [t0, t1] = split(m_tiles, row_blocks, task / col_blocks);
+          const auto [q0, q1] = split(n_panels, col_blocks, task % col_blocks);
+          const std::size_t i0 = t0 * mr, i1 = std::min(g.M, t1 * mr);
+          const std::size_t j0 = q0 * nr, j1 = std::min(g.N, q1 * nr);
+          block(g, pack_a, i0, i1, j0, j1, task / col_blocks == 0);
+        }
+      });
+    });
+  }
+
+  // One task: rows [i0, i1) × columns [j0, j1), in column blocks whose packed B stays in this thread's cache.
+  void block(const Gemm& g, bool a_packed, std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1, bool first_row_block) const {
+    const int slot = tbb::this_task_arena::current_thread_index();
+    float* bpack = ws_.b_pack.data() + std::size_t(slot) * ops_.kc * block_cols();
+    if (first_row_block && g.b_col_sums) ops_.col_sums(g.b, g.ldb, g.K, j0, j1, g.b_col_sums);
+    for (std::size_t jb = j0; jb < j1; jb += block_cols()) {
+      const std::size_t je = std::min(j1, jb + block_cols());
+      for (std::size_t p0 = 0; p0 < g.K; p0 += ops_.kc) {
+        const std::size_t kc = std::min(ops_.kc, g.K - p0);
+        simd::PackB pb;
+        pb.b = g.b;
+        pb.ldb = g.ldb;
+        pb.trans = g.b_trans;
+        pb.p0 = p0;
+        pb.kc = kc;
+        pb.j0 = jb;
+        pb.nc = je - jb;
+        pb.dst = bpack;
+        ops_.pack_b(pb);
+
+        simd::GemmBlock gb;
+        gb.a = a_packed ? ws_.a_pack.data() : g.a;
+        gb.lda = a_packed ? g.K : g.lda;
+        gb.layout = a_packed ? simd::ALayout::panels : simd::ALayout::cols;
+        gb.bpack = bpack;
+        gb.c = g.c;
+        gb.ldc = g.ldc;
+        gb.i0 = i0;
+        gb.i1 = i1;
+        gb.j0 = jb;
+        gb.j1 = je;
+        gb.p0 = p0;
+        gb.kc = kc;
+        gb.first = p0 == 0;
+        gb.last = p0 + kc == g.K;
+        gb.epi = g.epi;
+        gb.bias = g.bias;
+        gb.act = g.act;
+        gb.y = g.y;
+        gb.ldy = g.ldy;
+        ops_.gemm_block(gb);
+      }
+    }
+  }
+
+  // No rows (dW of a layer with no inputs) or K = 0 (dW of a batch of no rows): the product is empty or zero.
+  void empty_product(const Gemm& g) const {
+    for (std::size_t i = 0; i < g.M; ++i)
+      for (std::size_t j = 0; j < g.N; ++j)
+        g.c[i * g.ldc + j] = g.epi == simd::Epilogue::bias_act ? activate(g.bias[j], g.act) : 0.0f;
+    if (!g.b_col_sums) return;
+    if (g.K == 0) std::fill(g.b_col_sums, g.b_col_sums + g.N, 0.0f);
+    else ops_.col_sums(g.b, g.ldb, g.K, 0, g.N, g.b_col_sums);
   }
 
   mutable tbb::task_arena arena_;
-  int threads_;
-  mutable AlignedBuffer<float> wt_;
-  mutable AlignedBuffer<double> rows_;
+  std::size_t threads_;
+  const simd::Ops& ops_;
+  std::size_t max_rows_ = 0;
+  Workspace ws_;
 };
+
+const simd::Ops& ops_named(const std::string& isa) {
+  if (isa.empty()) return simd::best_ops();
+  for (const simd::Ops* o : simd::available_ops())
+    if (isa == o->target) return *o;
+  throw std::invalid_argument("instruction set " + isa + " is not available on this CPU");
+}
 
 }  // namespace
 
-std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads) { return std::make_unique<ParallelKernels>(threads); }
+std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads, const std::string& isa) {
+  return std::make_unique<ParallelKernels>(threads, ops_named(isa));
+}
 
 std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads) {
   if (choice == KernelChoice::reference) return std::make_unique<ReferenceKernels<float>>();
   return make_parallel_kernels(threads);
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (const simd::Ops* o : simd::available_ops()) names.emplace_back(o->target);
+  return names;
 }
 
 }  // namespace vae

@@ -65,6 +65,12 @@ ParamLayout::ParamLayout(const Arch& arch) {
   }
 }
 
+std::size_t ParamLayout::max_dim() const {
+  std::size_t m = 0;
+  for (const DenseSpec& s : layers_) m = std::max({m, s.in, s.out});
+  return m;
+}
+
 template <class T>
 void init_parameters(const ParamLayout& layout, std::uint64_t seed, std::span<T> params) {
   std::fill(params.begin(), params.end(), T(0));
@@ -83,7 +89,10 @@ template void init_parameters<double>(const ParamLayout&, std::uint64_t, std::sp
 template <class T>
 Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena) : arch_(arch), max_batch_(max_batch) {
   const std::size_t B = max_batch, L = std::size_t(arch.latent);
-  x_in_ = arena.take<T>(B * arch.enc_in());
+  pixels_ = arena.take<std::uint8_t>(B * std::size_t(arch.image));
+  labels_ = arena.take<std::uint8_t>(B);
+  images_ = {pixels_.data(), std::size_t(arch.image), std::size_t(arch.image), labels_.data(),
+             arch.conditional ? std::size_t(arch.classes) : 0};
   for (const DenseSpec& s : layout.layers()) hidden_.push_back(arena.take<T>(B * s.out));
   head_ = hidden_[layout.encoder_layers() - 1];
   logits_ = hidden_.back();
@@ -91,14 +100,14 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
   z_in_ = arena.take<T>(B * arch.dec_in());
   dlogits_ = arena.take<T>(B * std::size_t(arch.image));
   dhead_ = arena.take<T>(B * 2 * L);
-  dz_in_ = arena.take<T>(B * arch.dec_in());
+  dz_ = arena.take<T>(B * L);
   dpp_[0] = arena.take<T>(B * arch.max_hidden());
   dpp_[1] = arena.take<T>(B * arch.max_hidden());
 
   const auto& layers = layout.layers();
   for (std::size_t l = 0; l < layers.size(); ++l) {
     const bool first_enc = l == 0, first_dec = l == layout.encoder_layers();
-    T* in = first_enc ? x_in_.data() : first_dec ? z_in_.data() : hidden_[l - 1].data();
+    T* in = first_enc ? nullptr : first_dec ? z_in_.data() : hidden_[l - 1].data();
     const std::size_t ld = first_enc ? arch.enc_in() : first_dec ? arch.dec_in() : layers[l - 1].out;
     const Activation in_act = (first_enc || first_dec) ? Activation::identity : layers[l - 1].act;
     stages_.push_back({&layers[l], in, ld, in_act, hidden_[l].data()});
@@ -114,12 +123,11 @@ std::size_t Network<T>::workspace_bytes(const Arch& arch, const ParamLayout& lay
 
 template <class T>
 void Network<T>::load_example(std::size_t r, const std::uint8_t* pixels, int label) {
-  T* x = x_in_.data() + r * arch_.enc_in();
-  for (int i = 0; i < arch_.image; ++i) x[i] = T(pixels[i]) / T(255);
+  std::copy_n(pixels, arch_.image, pixels_.data() + r * std::size_t(arch_.image));
+  labels_[r] = std::uint8_t(label);
   if (!arch_.conditional) return;
-  T* onehot = x + arch_.image;
-  T* dec = z_in_.data() + r * arch_.dec_in() + arch_.latent;
-  for (int c = 0; c < arch_.classes; ++c) onehot[c] = dec[c] = T(c == label ? 1 : 0);
+  T* onehot = z_in_.data() + r * arch_.dec_in() + arch_.latent;
+  for (int c = 0; c < arch_.classes; ++c) onehot[c] = T(c == label ? 1 : 0);
 }
 
 template <class T>
@@ -127,26 +135,32 @@ void Network<T>::chain_forward(const Kernels<T>& k, const T* params, std::size_t
   for (std::size_t l = first; l < last; ++l) {
     const Stage& s = stages_[l];
     // out [n × s.out] = act(in [n × s.in] · W [s.in × s.out] + b)
-    k.dense_forward(s.in, s.ld_in, params + s.spec->w_offset, params + s.spec->b_offset, s.out, n, s.spec->in, s.spec->out, s.spec->act);
+    const T* w = params + s.spec->w_offset;
+    const T* b = params + s.spec->b_offset;
+    if (s.in) k.dense_forward(s.in, s.ld_in, w, b, s.out, n, s.spec->in, s.spec->out, s.spec->act);
+    else k.dense_forward_image(images_, w, b, s.out, n, s.spec->out, s.spec->act);
   }
 }
 
 template <class T>
 void Network<T>::chain_backward(const Kernels<T>& k, const T* params, T* grads, std::size_t first, std::size_t last, T* d_top,
-                                T* d_input, std::size_t ld_input, std::size_t n) {
+                                T* d_input, std::size_t d_cols, std::size_t n) {
   T* dy = d_top;
   int pp = 0;
   for (std::size_t l = last; l-- > first;) {
     const Stage& s = stages_[l];
     // dW [s.in × s.out] = inᵀ · dy,  db [s.out] = Σ dy
-    k.dense_weight_grad(s.in, s.ld_in, dy, grads + s.spec->w_offset, grads + s.spec->b_offset, n, s.spec->in, s.spec->out);
+    T* dw = grads + s.spec->w_offset;
+    T* db = grads + s.spec->b_offset;
+    if (s.in) k.dense_weight_grad(s.in, s.ld_in, dy, dw, db, n, s.spec->in, s.spec->out);
+    else k.dense_weight_grad_image(images_, dy, dw, db, n, s.spec->out);
     if (l == first && !d_input) break;
     const bool inner = l > first;
     T* dx = inner ? dpp_[pp].data() : d_input;
     pp ^= 1;
-    // dx [n × s.in] = (dy · Wᵀ) ⊙ act'(in)
-    k.dense_input_grad(dy, params + s.spec->w_offset, dx, inner ? s.spec->in : ld_input, n, s.spec->in, s.spec->out, s.in_act,
-                       inner ? s.in : nullptr);
+    // dx [n × s.in] = (dy · Wᵀ) ⊙ act'(in); for the chain's input only its first d_cols columns, [n × d_cols]
+    const std::size_t cols = inner ? s.spec->in : d_cols;
+    k.dense_input_grad(dy, params + s.spec->w_offset, dx, cols, n, cols, s.spec->out, s.in_act, inner ? s.in : nullptr);
     dy = dx;
   }
 }
@@ -164,16 +178,17 @@ double Network<T>::forward(const Kernels<T>& k, const T* params, std::size_t n) 
 template <class T>
 typename Network<T>::Losses Network<T>::loss(const Kernels<T>& k, std::size_t n, T scale) {
   // logits [n × 784] against the encoder input's pixel columns (row stride enc_in)
-  const double recon = k.bernoulli_nll(logits_.data(), x_in_.data(), arch_.enc_in(), dlogits_.data(), n, std::size_t(arch_.image), scale);
+  const double recon = k.bernoulli_nll(logits_.data(), images_, dlogits_.data(), n, scale);
   return {recon, kl_};
 }
 
 template <class T>
 void Network<T>::backward(const Kernels<T>& k, const T* params, T* grads, std::size_t n, T scale, T beta) {
   const std::size_t enc_end = arch_.hidden.size() + 1;
-  chain_backward(k, params, grads, enc_end, stages_.size(), dlogits_.data(), dz_in_.data(), arch_.dec_in(), n);
-  // dhead [n × 2L] from dz (first L columns of dz_in) and β·∂KL
-  k.reparam_kl_backward(head_.data(), eps_.data(), dz_in_.data(), arch_.dec_in(), dhead_.data(), n, std::size_t(arch_.latent), scale, beta);
+  const std::size_t L = std::size_t(arch_.latent);
+  chain_backward(k, params, grads, enc_end, stages_.size(), dlogits_.data(), dz_.data(), L, n);
+  // dhead [n × 2L] from dz [n × L] and β·∂KL
+  k.reparam_kl_backward(head_.data(), eps_.data(), dz_.data(), L, dhead_.data(), n, L, scale, beta);
   chain_backward(k, params, grads, 0, enc_end, dhead_.data(), nullptr, 0, n);
 }
 

@@ -77,14 +77,15 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     adam_v_ = a.take<float>(P);
     order_ = a.take<std::uint32_t>(train_.size());
     net_ = std::make_unique<Network<float>>(cfg_.arch, layout_, local_batch_, a);
+    workspace_ = a.take<std::byte>(kernels_->workspace_bytes(local_batch_, layout_.max_dim()));
   };
   Arena probe = Arena::measure();
   carve(probe);
   pool_ = Arena(probe.used());
   carve(pool_);
+  kernels_->bind_workspace(workspace_, local_batch_, layout_.max_dim());
 
-  const long steps_per_epoch = long(train_.size() / std::size_t(cfg_.batch));
-  long total = steps_per_epoch * cfg_.epochs;
+  long total = steps_per_epoch() * cfg_.epochs;
   if (cfg_.max_steps > 0) total = std::min(total, cfg_.max_steps);
   step_losses_.reserve(std::size_t(total));
 
@@ -108,7 +109,7 @@ void Trainer::print_header() const {
               with_commas(layout_.parameter_count()).c_str());
   std::printf("data: %zu train, %zu validation, %zu test images; global batch %d (%zu per rank), %zu steps per epoch\n", train_.size(),
               val_.size(), test_.size(), cfg_.batch, local_batch_, train_.size() / std::size_t(cfg_.batch));
-  std::printf("memory pool: %s bytes per rank (parameters, gradients, Adam moments, activations, sampler)\n",
+  std::printf("memory pool: %s bytes per rank (parameters, gradients, Adam moments, activations, kernel scratch, sampler)\n",
               with_commas(pool_.capacity()).c_str());
   std::printf("run directory: %s\n", cfg_.run_dir.c_str());
   std::fflush(stdout);
@@ -184,14 +185,32 @@ void Trainer::show_progress(int epoch, long step_in_epoch, long steps, double lo
   std::fflush(stdout);
 }
 
-void Trainer::run() {
-  start_ = std::chrono::steady_clock::now();
-  print_header();
+void Trainer::initialize() {
   // Rank 0's initialisation is everyone's: one broadcast guarantees identical starting parameters.
   if (comm_.rank() == 0) init_parameters<float>(layout_, cfg_.seed, params_);
   comm_.broadcast(params_.data(), params_.size_bytes());
+  std::fill(adam_m_.begin(), adam_m_.end(), 0.0f);
+  std::fill(adam_v_.begin(), adam_v_.end(), 0.0f);
+  step_ = 0;
+}
 
-  const long steps_per_epoch = long(train_.size() / std::size_t(cfg_.batch));
+long Trainer::steps_per_epoch() const { return long(train_.size() / std::size_t(cfg_.batch)); }
+
+Trainer::StepLoss Trainer::step(int epoch, long s, double beta, double lr) {
+  if (order_epoch_ != epoch) {
+    epoch_permutation(cfg_.seed, epoch, order_);
+    order_epoch_ = epoch;
+  }
+  const std::size_t B = std::size_t(cfg_.batch);
+  return train_step(std::span<const std::uint32_t>(order_).subspan(std::size_t(s) * B, B), beta, lr);
+}
+
+void Trainer::run() {
+  start_ = std::chrono::steady_clock::now();
+  print_header();
+  initialize();
+
+  const long per_epoch = steps_per_epoch();
   for (int epoch = 0; epoch < cfg_.epochs; ++epoch) {
     if (cfg_.max_steps > 0 && step_ >= cfg_.max_steps) break;
     // Rank 0 decides the epoch's mode, β and learning rate; every rank applies the same values.
@@ -199,16 +218,13 @@ void Trainer::run() {
     comm_.broadcast(&plan, sizeof plan);
     const double lr = cfg_.lr * plan.lr_factor;
 
-    epoch_permutation(cfg_.seed, epoch, order_);
     const auto t0 = std::chrono::steady_clock::now();
     double recon = 0, kl = 0;
     long steps = 0;
     auto last_progress = t0;
-    for (long s = 0; s < steps_per_epoch; ++s) {
+    for (long s = 0; s < per_epoch; ++s) {
       if (cfg_.max_steps > 0 && step_ >= cfg_.max_steps) break;
-      const StepLoss l = train_step(std::span<const std::uint32_t>(order_).subspan(std::size_t(s) * std::size_t(cfg_.batch),
-                                                                                    std::size_t(cfg_.batch)),
-                                    plan.beta, lr);
+      const StepLoss l = step(epoch, s, plan.beta, lr);
       recon += l.recon;
       kl += l.kl;
       ++steps;
@@ -221,7 +237,7 @@ void Trainer::run() {
       }
       if (progress_ && seconds_since(last_progress) > 0.5) {
         last_progress = std::chrono::steady_clock::now();
-        show_progress(epoch + 1, s + 1, steps_per_epoch, recon / double(steps) + plan.beta * kl / double(steps),
+        show_progress(epoch + 1, s + 1, per_epoch, recon / double(steps) + plan.beta * kl / double(steps),
                       double(steps * cfg_.batch) / seconds_since(t0), false);
       }
     }

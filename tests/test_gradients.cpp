@@ -75,17 +75,20 @@ INSTANTIATE_TEST_SUITE_P(Activations, LayerGradient,
 TEST(LossGradient, BernoulliNllWithLogits) {
   ReferenceKernels<double> K;
   const std::size_t n = 2, d = 6;
-  std::vector<double> logits = random_vector(n * d, 7, 3.0), target(n * d), dl(n * d);
-  for (std::size_t i = 0; i < target.size(); ++i) target[i] = double(i % 5) / 4.0;  // grayscale targets, not binarised
-  K.bernoulli_nll(logits.data(), target.data(), d, dl.data(), n, d, 1.0);
-  expect_gradient(logits, dl, [&] { return K.bernoulli_nll(logits.data(), target.data(), d, nullptr, n, d, 1.0); }, "dlogits");
+  std::vector<double> logits = random_vector(n * d, 7, 3.0), dl(n * d);
+  std::uint8_t pixels[n * d];
+  for (std::size_t i = 0; i < n * d; ++i) pixels[i] = std::uint8_t(i % 5 * 63);  // grayscale targets, not binarised
+  const ImageBatch x{pixels, d, d, nullptr, 0};
+  K.bernoulli_nll(logits.data(), x, dl.data(), n, 1.0);
+  expect_gradient(logits, dl, [&] { return K.bernoulli_nll(logits.data(), x, nullptr, n, 1.0); }, "dlogits");
 }
 
 TEST(LossGradient, BernoulliNllIsStableForHugeLogits) {
   ReferenceKernels<float> K;
-  const float l[2] = {200.0f, -200.0f}, x[2] = {1.0f, 0.0f};
+  const float l[2] = {200.0f, -200.0f};
+  const std::uint8_t pixels[2] = {255, 0};
   float dl[2];
-  EXPECT_NEAR(K.bernoulli_nll(l, x, 2, dl, 1, 2, 1.0f), 0.0, 1e-6);
+  EXPECT_NEAR(K.bernoulli_nll(l, ImageBatch{pixels, 2, 2, nullptr, 0}, dl, 1, 1.0f), 0.0, 1e-6);
   EXPECT_FLOAT_EQ(dl[0], 0.0f);
   EXPECT_FLOAT_EQ(dl[1], 0.0f);
 }

@@ -1,11 +1,15 @@
-// Optimized kernels against the reference: shapes a reader can check by hand, awkward shapes, and the real model shapes.
+// Optimized kernels against the reference, for every instruction set this CPU runs: shapes a reader can check by hand,
+// awkward shapes, and the real model shapes.
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "vae/aligned.hpp"
 #include "vae/kernels.hpp"
+#include "vae/model.hpp"
 #include "vae/optimizer.hpp"
 
 namespace vae {
@@ -19,29 +23,68 @@ std::vector<float> random_floats(std::size_t n, unsigned seed) {
   return v;
 }
 
+std::vector<std::uint8_t> random_bytes(std::size_t n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::vector<std::uint8_t> v(n);
+  for (auto& x : v) x = std::uint8_t(gen() & 0xff);
+  return v;
+}
+
 std::vector<float> absolute(std::vector<float> v) {
   for (auto& x : v) x = std::abs(x);
   return v;
 }
 
 // Float sums of k products can differ by rounding in proportion to Σ|aᵢbᵢ|, not to |Σ aᵢbᵢ|: tol[i] = 1e-6·(that sum) + 1e-6.
-void expect_within(const std::vector<float>& got, const std::vector<float>& want, const std::vector<float>& magnitude, const char* what) {
+void expect_within(const std::vector<float>& got, const std::vector<float>& want, const std::vector<float>& magnitude, const std::string& what) {
   ASSERT_EQ(got.size(), want.size());
   for (std::size_t i = 0; i < got.size(); ++i)
     ASSERT_NEAR(got[i], want[i], 1e-6 * (magnitude[i] + 1.0f)) << what << " element " << i;
 }
 
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, double rel, const char* what) {
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double rel, const std::string& what) {
   ASSERT_EQ(got.size(), want.size());
   for (std::size_t i = 0; i < got.size(); ++i)
     ASSERT_NEAR(got[i], want[i], rel * std::max(1.0f, std::abs(want[i]))) << what << " element " << i;
 }
 
+// Optimized kernels for one instruction set and thread count, with their workspace bound as the trainer binds it.
+struct Fast {
+  Fast(const std::string& isa, int threads, std::size_t max_rows, std::size_t max_dim)
+      : kernels(make_parallel_kernels(threads, isa)), workspace(kernels->workspace_bytes(max_rows, max_dim)) {
+    kernels->bind_workspace(workspace.span(), max_rows, max_dim);
+    label = isa + " x" + std::to_string(threads);
+  }
+  const Kernels<float>* operator->() const { return kernels.get(); }
+  const Kernels<float>& operator*() const { return *kernels; }
+  std::unique_ptr<Kernels<float>> kernels;
+  AlignedBuffer<std::byte> workspace;
+  std::string label;
+};
+
+// Every instruction set this CPU runs, on 1 and 2 threads.
+template <class F>
+void for_each_fast(std::size_t max_rows, std::size_t max_dim, F&& check) {
+  const auto isas = available_isas();
+  ASSERT_FALSE(isas.empty());
+  for (const std::string& isa : isas)
+    for (int threads : {1, 2}) {
+      Fast fast(isa, threads, max_rows, max_dim);
+      SCOPED_TRACE(fast.label);
+      check(fast);
+    }
+}
+
+TEST(KernelsIsa, BestIsFirstAndPortablePathExists) {
+  const auto isas = available_isas();
+  ASSERT_GE(isas.size(), 1u);
+  EXPECT_NE(make_parallel_kernels(1)->name().find(isas.front()), std::string::npos);
+}
+
 TEST(KernelsByHand, DenseForwardTwoByThree) {
   // x = [1 2 3; 4 5 6], W = [1 0; 0 1; 1 1], b = [0.5 −100] → xW + b = [4.5 −95; 10.5 −89]; ReLU clips the negatives.
   const float x[6] = {1, 2, 3, 4, 5, 6}, w[6] = {1, 0, 0, 1, 1, 1}, b[2] = {0.5f, -100};
-  for (int threads : {1, 2}) {
-    auto k = make_parallel_kernels(threads);
+  for_each_fast(2, 3, [&](const Fast& k) {
     float y[4];
     k->dense_forward(x, 3, w, b, y, 2, 3, 2, Activation::relu);
     EXPECT_FLOAT_EQ(y[0], 4.5f);
@@ -61,7 +104,26 @@ TEST(KernelsByHand, DenseForwardTwoByThree) {
     k->dense_input_grad(dy, w, dx, 3, 2, 3, 2, Activation::identity, nullptr);
     const float want_dx[6] = {1, 0, 1, 0, 1, 1};
     for (int i = 0; i < 6; ++i) EXPECT_FLOAT_EQ(dx[i], want_dx[i]);
-  }
+  });
+}
+
+TEST(KernelsByHand, ImageBatchIsPixelsOver255ThenOneHot) {
+  // Two 2-pixel images, 3 classes: pixels [255 0; 51 102], labels 1, 2 → x = [1 0 | 0 1 0; 0.2 0.4 | 0 0 1].
+  const std::uint8_t px[4] = {255, 0, 51, 102}, labels[2] = {1, 2};
+  const ImageBatch x{px, 2, 2, labels, 3};
+  const float w[5] = {1, 10, 100, 1000, 10000}, b[1] = {0};
+  for_each_fast(2, 5, [&](const Fast& k) {
+    float y[2];
+    k->dense_forward_image(x, w, b, y, 2, 1, Activation::identity);
+    EXPECT_FLOAT_EQ(y[0], 1 + 1000);
+    EXPECT_FLOAT_EQ(y[1], 0.2f + 4 + 10000);
+    const float dy[2] = {1, 2};
+    float dw[5], db[1];
+    k->dense_weight_grad_image(x, dy, dw, db, 2, 1);
+    const float want[5] = {1 + 0.4f, 0.8f, 0, 1, 2};
+    for (int i = 0; i < 5; ++i) EXPECT_FLOAT_EQ(dw[i], want[i]) << i;
+    EXPECT_FLOAT_EQ(db[0], 3);
+  });
 }
 
 // (n, k, m): rows, inner, columns.
@@ -70,40 +132,75 @@ class KernelShapes : public ::testing::TestWithParam<std::tuple<std::size_t, std
 TEST_P(KernelShapes, ParallelMatchesReference) {
   const auto [n, k, m] = GetParam();
   ReferenceKernels<float> ref;
-  for (int threads : {1, 2}) {
-    auto fast = make_parallel_kernels(threads);
-    const std::size_t ldx = k + 3;  // a row stride wider than the row, as for the concatenated encoder input
-    auto x = random_floats(n * ldx, 1), w = random_floats(k * m, 2), b = random_floats(m, 3), dy = random_floats(n * m, 4);
-    auto yprev = random_floats(n * ldx, 5);
-    const auto ax = absolute(x), aw = absolute(w), ab = absolute(b), ady = absolute(dy);
-    std::vector<float> mag_y(n * m), mag_dx(n * ldx), mag_dw(k * m), mag_db(m);
-    ref.dense_forward(ax.data(), ldx, aw.data(), ab.data(), mag_y.data(), n, k, m, Activation::identity);
-    ref.dense_input_grad(ady.data(), aw.data(), mag_dx.data(), ldx, n, k, m, Activation::identity, nullptr);
-    ref.dense_weight_grad(ax.data(), ldx, ady.data(), mag_dw.data(), mag_db.data(), n, k, m);
-    for (Activation act : {Activation::identity, Activation::elu, Activation::relu, Activation::leaky_relu, Activation::tanh}) {
-      std::vector<float> y1(n * m), y2(n * m);
-      ref.dense_forward(x.data(), ldx, w.data(), b.data(), y1.data(), n, k, m, act);
-      fast->dense_forward(x.data(), ldx, w.data(), b.data(), y2.data(), n, k, m, act);
-      expect_within(y2, y1, mag_y, "forward");
-      std::vector<float> dx1(n * ldx, 7.0f), dx2(n * ldx, 7.0f);
-      ref.dense_input_grad(dy.data(), w.data(), dx1.data(), ldx, n, k, m, act, yprev.data());
-      fast->dense_input_grad(dy.data(), w.data(), dx2.data(), ldx, n, k, m, act, yprev.data());
-      expect_within(dx2, dx1, mag_dx, "input_grad");  // includes the untouched padding columns
-    }
-    std::vector<float> dw1(k * m), db1(m), dw2(k * m), db2(m);
-    ref.dense_weight_grad(x.data(), ldx, dy.data(), dw1.data(), db1.data(), n, k, m);
-    fast->dense_weight_grad(x.data(), ldx, dy.data(), dw2.data(), db2.data(), n, k, m);
-    expect_within(dw2, dw1, mag_dw, "weight_grad");
-    expect_within(db2, db1, mag_db, "bias_grad");
+  const std::size_t ldx = k + 3;  // a row stride wider than the row, as for a concatenated input
+  auto x = random_floats(n * ldx, 1), w = random_floats(k * m, 2), b = random_floats(m, 3), dy = random_floats(n * m, 4);
+  auto yprev = random_floats(n * ldx, 5);
+  const auto ax = absolute(x), aw = absolute(w), ab = absolute(b), ady = absolute(dy);
+  std::vector<float> mag_y(n * m), mag_dx(n * ldx), mag_dw(k * m), mag_db(m);
+  ref.dense_forward(ax.data(), ldx, aw.data(), ab.data(), mag_y.data(), n, k, m, Activation::identity);
+  ref.dense_input_grad(ady.data(), aw.data(), mag_dx.data(), ldx, n, k, m, Activation::identity, nullptr);
+  ref.dense_weight_grad(ax.data(), ldx, ady.data(), mag_dw.data(), mag_db.data(), n, k, m);
+  const Activation acts[] = {Activation::identity, Activation::elu, Activation::relu, Activation::leaky_relu, Activation::tanh};
+  std::vector<std::vector<float>> want_y, want_dx;
+  for (Activation act : acts) {
+    want_y.emplace_back(n * m);
+    ref.dense_forward(x.data(), ldx, w.data(), b.data(), want_y.back().data(), n, k, m, act);
+    want_dx.emplace_back(n * ldx, 7.0f);
+    ref.dense_input_grad(dy.data(), w.data(), want_dx.back().data(), ldx, n, k, m, act, yprev.data());
   }
+  std::vector<float> want_dw(k * m), want_db(m);
+  ref.dense_weight_grad(x.data(), ldx, dy.data(), want_dw.data(), want_db.data(), n, k, m);
+
+  for_each_fast(n, std::max(k, m), [&](const Fast& fast) {
+    for (std::size_t a = 0; a < std::size(acts); ++a) {
+      const std::string what = activation_name(acts[a]);
+      std::vector<float> y(n * m);
+      fast->dense_forward(x.data(), ldx, w.data(), b.data(), y.data(), n, k, m, acts[a]);
+      expect_within(y, want_y[a], mag_y, "forward " + what);
+      std::vector<float> dx(n * ldx, 7.0f);
+      fast->dense_input_grad(dy.data(), w.data(), dx.data(), ldx, n, k, m, acts[a], yprev.data());
+      expect_within(dx, want_dx[a], mag_dx, "input_grad " + what);  // includes the untouched padding columns
+    }
+    std::vector<float> dw(k * m, 7.0f), db(m, 7.0f);
+    fast->dense_weight_grad(x.data(), ldx, dy.data(), dw.data(), db.data(), n, k, m);
+    expect_within(dw, want_dw, mag_dw, "weight_grad");
+    expect_within(db, want_db, mag_db, "bias_grad");
+  });
+}
+
+// The first layer reads uint8 images (+ one-hot labels) directly: forward and weight gradient against the reference.
+TEST_P(KernelShapes, ImageBatchMatchesReference) {
+  const auto [n, k, m] = GetParam();
+  const std::size_t classes = k > 10 ? 10 : 0, width = k - classes, ld = width + 5;
+  const auto pixels = random_bytes(n * ld, 6);
+  std::vector<std::uint8_t> labels(n);
+  for (std::size_t r = 0; r < n; ++r) labels[r] = std::uint8_t((r * 7) % 10);
+  const ImageBatch x{pixels.data(), ld, width, labels.data(), classes};
+  ReferenceKernels<float> ref;
+  auto w = random_floats(k * m, 2), b = random_floats(m, 3), dy = random_floats(n * m, 4);
+  const auto aw = absolute(w), ab = absolute(b), ady = absolute(dy);
+  std::vector<float> mag_y(n * m), mag_dw(k * m), mag_db(m), want_y(n * m), want_dw(k * m), want_db(m);
+  ref.dense_forward_image(x, aw.data(), ab.data(), mag_y.data(), n, m, Activation::identity);
+  ref.dense_weight_grad_image(x, ady.data(), mag_dw.data(), mag_db.data(), n, m);
+  ref.dense_forward_image(x, w.data(), b.data(), want_y.data(), n, m, Activation::elu);
+  ref.dense_weight_grad_image(x, dy.data(), want_dw.data(), want_db.data(), n, m);
+  for_each_fast(n, std::max(k, m), [&](const Fast& fast) {
+    std::vector<float> y(n * m), dw(k * m), db(m);
+    fast->dense_forward_image(x, w.data(), b.data(), y.data(), n, m, Activation::elu);
+    expect_within(y, want_y, mag_y, "forward_image");
+    fast->dense_weight_grad_image(x, dy.data(), dw.data(), db.data(), n, m);
+    expect_within(dw, want_dw, mag_dw, "weight_grad_image");
+    expect_within(db, want_db, mag_db, "bias_grad_image");
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Awkward, KernelShapes,
     ::testing::Values(std::make_tuple(1, 1, 1), std::make_tuple(7, 13, 5), std::make_tuple(3, 17, 33), std::make_tuple(5, 9, 70),
-                      std::make_tuple(0, 4, 4), std::make_tuple(17, 31, 15), std::make_tuple(64, 1, 129)));
+                      std::make_tuple(0, 4, 4), std::make_tuple(17, 31, 15), std::make_tuple(64, 1, 129),
+                      std::make_tuple(3, 0, 5), std::make_tuple(13, 300, 47), std::make_tuple(30, 600, 20)));
 
-// Every layer shape of v1, v2 and v3 at a local batch of 16 (v1's batch) and 64.
+// Every layer shape of v1, v2 and v3 at a local batch of 16 (v1's batch) and 64, and v3 at 256.
 INSTANTIATE_TEST_SUITE_P(
     ModelShapes, KernelShapes,
     ::testing::Values(std::make_tuple(64, 794, 640), std::make_tuple(64, 640, 320), std::make_tuple(64, 320, 256),
@@ -111,29 +208,33 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_tuple(64, 794, 512), std::make_tuple(64, 512, 256), std::make_tuple(64, 256, 128),
                       std::make_tuple(64, 74, 256), std::make_tuple(64, 256, 512), std::make_tuple(64, 512, 784),
                       std::make_tuple(16, 794, 1024), std::make_tuple(16, 1024, 512), std::make_tuple(16, 512, 256),
-                      std::make_tuple(16, 138, 512), std::make_tuple(16, 512, 1024), std::make_tuple(16, 1024, 784)));
+                      std::make_tuple(16, 138, 512), std::make_tuple(16, 512, 1024), std::make_tuple(16, 1024, 784),
+                      std::make_tuple(256, 794, 640), std::make_tuple(256, 640, 784)));
 
 TEST(KernelsLoss, ParallelMatchesReference) {
   ReferenceKernels<float> ref;
-  auto fast = make_parallel_kernels(2);
-  const std::size_t n = 9, d = 784, ldx = 794, L = 13;
-  auto logits = random_floats(n * d, 1), x = random_floats(n * ldx, 2);
+  const std::size_t n = 19, d = 784, ld = 790, L = 13;
+  auto logits = random_floats(n * d, 1);
   for (auto& v : logits) v *= 20.0f;
-  for (auto& v : x) v = (v + 1.0f) / 2.0f;
-  std::vector<float> g1(n * d), g2(n * d);
-  const double l1 = ref.bernoulli_nll(logits.data(), x.data(), ldx, g1.data(), n, d, 0.125f);
-  const double l2 = fast->bernoulli_nll(logits.data(), x.data(), ldx, g2.data(), n, d, 0.125f);
-  EXPECT_NEAR(l2, l1, 1e-5 * l1);
-  expect_close(g2, g1, 1e-6, "dlogits");
+  const auto pixels = random_bytes(n * ld, 2);
+  const ImageBatch x{pixels.data(), ld, d, nullptr, 0};
+  std::vector<float> want_g(n * d);
+  const double want_loss = ref.bernoulli_nll(logits.data(), x, want_g.data(), n, 0.125f);
 
   auto head = random_floats(n * 2 * L, 3), eps = random_floats(n * L, 4), dz = random_floats(n * (L + 10), 5);
-  std::vector<float> z1(n * (L + 10)), z2(n * (L + 10)), dh1(n * 2 * L), dh2(n * 2 * L);
-  EXPECT_NEAR(fast->reparam_kl_forward(head.data(), eps.data(), z2.data(), L + 10, n, L),
-              ref.reparam_kl_forward(head.data(), eps.data(), z1.data(), L + 10, n, L), 1e-4);
-  expect_close(z2, z1, 1e-6, "z");
-  ref.reparam_kl_backward(head.data(), eps.data(), dz.data(), L + 10, dh1.data(), n, L, 0.5f, 0.3f);
-  fast->reparam_kl_backward(head.data(), eps.data(), dz.data(), L + 10, dh2.data(), n, L, 0.5f, 0.3f);
-  expect_close(dh2, dh1, 1e-6, "dhead");
+  std::vector<float> want_z(n * (L + 10)), want_dh(n * 2 * L);
+  const double want_kl = ref.reparam_kl_forward(head.data(), eps.data(), want_z.data(), L + 10, n, L);
+  ref.reparam_kl_backward(head.data(), eps.data(), dz.data(), L + 10, want_dh.data(), n, L, 0.5f, 0.3f);
+
+  for_each_fast(n, d, [&](const Fast& fast) {
+    std::vector<float> g(n * d), z(n * (L + 10)), dh(n * 2 * L);
+    EXPECT_NEAR(fast->bernoulli_nll(logits.data(), x, g.data(), n, 0.125f), want_loss, 1e-5 * want_loss);
+    expect_close(g, want_g, 1e-6, "dlogits");
+    EXPECT_NEAR(fast->reparam_kl_forward(head.data(), eps.data(), z.data(), L + 10, n, L), want_kl, 1e-4);
+    expect_close(z, want_z, 1e-6, "z");
+    fast->reparam_kl_backward(head.data(), eps.data(), dz.data(), L + 10, dh.data(), n, L, 0.5f, 0.3f);
+    expect_close(dh, want_dh, 1e-6, "dhead");
+  });
 }
 
 TEST(Adam, FirstStepByHand) {
@@ -148,8 +249,8 @@ TEST(Adam, FirstStepByHand) {
 
 TEST(Adam, MatchesTextbookWithBiasCorrection) {
   ReferenceKernels<double> k;
-  auto fast = make_parallel_kernels(2);
   const std::size_t n = 40000;
+  for_each_fast(1, 1, [&](const Fast& fast) {
   std::vector<double> p(n, 1.0), m(n, 0.0), v(n, 0.0), tp(n, 1.0), tm(n, 0.0), tv(n, 0.0);
   std::vector<float> fp(n, 1.0f), fm(n, 0.0f), fv(n, 0.0f);
   const AdamParams a{0.01, 0.9, 0.999, 1e-8};
@@ -170,6 +271,7 @@ TEST(Adam, MatchesTextbookWithBiasCorrection) {
     EXPECT_NEAR(p[i], tp[i], 1e-12) << i;
     EXPECT_NEAR(fp[i], tp[i], 2e-6) << i;
   }
+  });
 }
 
 }  // namespace

@@ -60,15 +60,22 @@ class AlignedBuffer {
 class Arena {
  public:
   static Arena measure() { return Arena(); }
-  explicit Arena(std::size_t bytes) : storage_(bytes), capacity_(bytes) {}
+  explicit Arena(std::size_t bytes) : storage_(bytes), base_(storage_.data()), capacity_(bytes) {}
+  // Carves from memory someone else owns (a slice of a bigger arena).
+  static Arena over(std::span<std::byte> memory) {
+    Arena a;
+    a.base_ = memory.data();
+    a.capacity_ = memory.size();
+    return a;
+  }
 
   template <class T>
   std::span<T> take(std::size_t n) {
     std::size_t bytes = round_up(n * sizeof(T), kAlign);
-    if (storage_.size() != 0 && used_ + bytes > capacity_)
+    if (base_ && used_ + bytes > capacity_)
       throw std::logic_error("arena overflow: asked for " + std::to_string(bytes) + " bytes with " +
                              std::to_string(capacity_ - used_) + " left");
-    T* p = storage_.size() ? reinterpret_cast<T*>(storage_.data() + used_) : nullptr;
+    T* p = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
     used_ += bytes;
     return {p, n};
   }
@@ -78,6 +85,7 @@ class Arena {
  private:
   Arena() = default;
   AlignedBuffer<std::byte> storage_;
+  std::byte* base_ = nullptr;  // nullptr while measuring
   std::size_t capacity_ = 0;
   std::size_t used_ = 0;
 };

@@ -4,14 +4,34 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace vae {
 
 enum class Activation { identity, elu, relu, leaky_relu, tanh };
 
 inline constexpr double kLeakySlope = 0.01;
+
+// A batch of uint8 images and their labels, read directly by the first layer and the loss (the floats are made on the fly,
+// inside the first layer's packing). Element (r, c) is pixels[r·ld + c]/255 for c < width, then the one-hot of labels[r]
+// for width ≤ c < width + classes (classes = 0 for an unconditional model).
+struct ImageBatch {
+  const std::uint8_t* pixels = nullptr;  // [rows × ld]
+  std::size_t ld = 0, width = 0;
+  const std::uint8_t* labels = nullptr;  // [rows]
+  std::size_t classes = 0;
+
+  std::size_t cols() const { return width + classes; }
+  template <class T>
+  T at(std::size_t r, std::size_t c) const {
+    if (c < width) return T(pixels[r * ld + c]) * (T(1) / T(255));
+    return T(labels[r] == c - width ? 1 : 0);
+  }
+};
 
 // Row-major matrices throughout: X [batch × in], W [in × out], Y [batch × out]; ld* are row strides in elements.
 template <class T>
@@ -23,16 +43,20 @@ class Kernels {
   // y = act(x · w + b)                                     x [n × k] (row stride ldx), w [k × m], b [m], y [n × m]
   virtual void dense_forward(const T* x, std::size_t ldx, const T* w, const T* b, T* y, std::size_t n, std::size_t k, std::size_t m,
                              Activation act) const = 0;
+  // y = act(x · w + b) with x an image batch: the first layer.          x [n × x.cols()], w [x.cols() × m], y [n × m]
+  virtual void dense_forward_image(const ImageBatch& x, const T* w, const T* b, T* y, std::size_t n, std::size_t m, Activation act) const = 0;
   // dw = xᵀ · dy,  db = Σ_rows dy                           x [n × k] (ldx), dy [n × m], dw [k × m], db [m]
   virtual void dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
                                  std::size_t m) const = 0;
+  // dw = xᵀ · dy,  db = Σ_rows dy with x an image batch.                  dw [x.cols() × m]
+  virtual void dense_weight_grad_image(const ImageBatch& x, const T* dy, T* dw, T* db, std::size_t n, std::size_t m) const = 0;
   // dx = (dy · wᵀ) ⊙ act'(y_prev)                          dy [n × m], w [k × m], dx [n × k] (ldx), y_prev [n × k] (ldx)
   // y_prev is the previous layer's output, from which its activation's derivative is computed (nullptr with identity).
   virtual void dense_input_grad(const T* dy, const T* w, T* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
                                 Activation prev_act, const T* y_prev) const = 0;
 
-  // Σ Bernoulli NLL with logits over n × d, and dlogits = scale·(σ(l) − x).   logits, dlogits [n × d]; x [n × d] (ldx)
-  virtual double bernoulli_nll(const T* logits, const T* x, std::size_t ldx, T* dlogits, std::size_t n, std::size_t d, T scale) const = 0;
+  // Σ Bernoulli NLL with logits against the images' pixels, and dlogits = scale·(σ(l) − x).   logits, dlogits [n × x.width]
+  virtual double bernoulli_nll(const T* logits, const ImageBatch& x, T* dlogits, std::size_t n, T scale) const = 0;
   // z = μ + ε·exp(½ log σ²) into z (row stride ldz); returns Σ KL(q ‖ N(0, I)).   head [n × 2L] = [μ | log σ²], eps [n × L]
   virtual double reparam_kl_forward(const T* head, const T* eps, T* z, std::size_t ldz, std::size_t n, std::size_t latent) const = 0;
   // dhead from dz (row stride ldz) through the reparameterisation, plus β·scale·∂KL.
@@ -40,6 +64,11 @@ class Kernels {
                                    T scale, T beta) const = 0;
   // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t.
   virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const = 0;
+
+  // Scratch (packing buffers, per-row sums) for batches of up to max_rows and layer widths up to max_dim; the caller carves
+  // it from its memory pool and binds it before the first call, so no kernel ever allocates.
+  virtual std::size_t workspace_bytes(std::size_t /*max_rows*/, std::size_t /*max_dim*/) const { return 0; }
+  virtual void bind_workspace(std::span<std::byte> /*memory*/, std::size_t /*max_rows*/, std::size_t /*max_dim*/) {}
 };
 
 template <class T>
@@ -94,6 +123,27 @@ class ReferenceKernels final : public Kernels<T> {
       }
   }
 
+  void dense_forward_image(const ImageBatch& x, const T* w, const T* b, T* y, std::size_t n, std::size_t m, Activation act) const override {
+    const std::size_t k = x.cols();
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t j = 0; j < m; ++j) {
+        T s = b[j];
+        for (std::size_t i = 0; i < k; ++i) s += x.at<T>(r, i) * w[i * m + j];
+        y[r * m + j] = activate(s, act);
+      }
+  }
+
+  void dense_weight_grad_image(const ImageBatch& x, const T* dy, T* dw, T* db, std::size_t n, std::size_t m) const override {
+    const std::size_t k = x.cols();
+    for (std::size_t i = 0; i < k; ++i)
+      for (std::size_t j = 0; j < m; ++j) {
+        T s = 0;
+        for (std::size_t r = 0; r < n; ++r) s += x.at<T>(r, i) * dy[r * m + j];
+        dw[i * m + j] = s;
+      }
+    column_sums(dy, db, n, m);
+  }
+
   void dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
                          std::size_t m) const override {
     for (std::size_t i = 0; i < k; ++i)
@@ -102,11 +152,7 @@ class ReferenceKernels final : public Kernels<T> {
         for (std::size_t r = 0; r < n; ++r) s += x[r * ldx + i] * dy[r * m + j];
         dw[i * m + j] = s;
       }
-    for (std::size_t j = 0; j < m; ++j) {
-      T s = 0;
-      for (std::size_t r = 0; r < n; ++r) s += dy[r * m + j];
-      db[j] = s;
-    }
+    column_sums(dy, db, n, m);
   }
 
   void dense_input_grad(const T* dy, const T* w, T* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
@@ -119,11 +165,12 @@ class ReferenceKernels final : public Kernels<T> {
       }
   }
 
-  double bernoulli_nll(const T* logits, const T* x, std::size_t ldx, T* dlogits, std::size_t n, std::size_t d, T scale) const override {
+  double bernoulli_nll(const T* logits, const ImageBatch& x, T* dlogits, std::size_t n, T scale) const override {
+    const std::size_t d = x.width;
     double total = 0;
     for (std::size_t r = 0; r < n; ++r)
       for (std::size_t j = 0; j < d; ++j) {
-        const T l = logits[r * d + j], t = x[r * ldx + j];
+        const T l = logits[r * d + j], t = x.at<T>(r, j);
         total += double(bce_with_logits(l, t));
         if (dlogits) dlogits[r * d + j] = scale * (sigmoid(l) - t);
       }
@@ -159,12 +206,24 @@ class ReferenceKernels final : public Kernels<T> {
       p[i] -= lr_t * m[i] / (std::sqrt(v[i]) + eps_t);
     }
   }
+
+ private:
+  static void column_sums(const T* dy, T* db, std::size_t n, std::size_t m) {
+    for (std::size_t j = 0; j < m; ++j) {
+      T s = 0;
+      for (std::size_t r = 0; r < n; ++r) s += dy[r * m + j];
+      db[j] = s;
+    }
+  }
 };
 
 enum class KernelChoice { reference, parallel };
 
-// The TBB-parallel float kernels; threads is the size of the task arena they run in.
-std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads);
+// The TBB-parallel SIMD float kernels; threads is the size of the task arena they run in. isa names an instruction set
+// ("AVX3", "AVX2", "SSE4", "EMU128", …; "" for the best this CPU runs).
+std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads, const std::string& isa = "");
 std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads);
+// The instruction sets this binary carries that this CPU runs, best first.
+std::vector<std::string> available_isas();
 
 }  // namespace vae

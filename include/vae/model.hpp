@@ -45,6 +45,7 @@ class ParamLayout {
   std::size_t encoder_layers() const { return encoder_layers_; }  // enc.0 … enc.head
   std::size_t padded_size() const { return padded_; }             // floats in each flat buffer
   std::size_t parameter_count() const { return count_; }          // exact, without padding
+  std::size_t max_dim() const;                                    // widest layer input or output
 
  private:
   std::vector<DenseSpec> layers_;
@@ -70,8 +71,10 @@ class Network {
   // Bytes of arena this network takes for max_batch rows (the exact figure, as the arena rounds each buffer to 64 bytes).
   static std::size_t workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch);
 
-  // Writes one example into row r: pixels / 255 and the one-hot label into the encoder input, the one-hot into the decoder input.
+  // Writes one example into row r: its pixels (uint8, converted inside the first layer's packing) and label, and the
+  // label's one-hot into the decoder input.
   void load_example(std::size_t r, const std::uint8_t* pixels, int label);
+  const ImageBatch& images() const { return images_; }
   std::span<T> eps() { return eps_; }          // [max_batch × latent], filled by the caller before forward()
   std::span<const T> logits() const { return logits_; }  // [max_batch × 784]
   std::span<const T> head() const { return head_; }       // [max_batch × 2·latent] = [μ | log σ²]
@@ -90,19 +93,21 @@ class Network {
  private:
   struct Stage {
     const DenseSpec* spec;
-    T* in;
+    T* in;              // nullptr for the first encoder layer, whose input is the image batch
     std::size_t ld_in;
     Activation in_act;  // activation that produced `in` (identity for a network input)
     T* out;
   };
   void chain_forward(const Kernels<T>& k, const T* params, std::size_t first, std::size_t last, std::size_t n);
   void chain_backward(const Kernels<T>& k, const T* params, T* grads, std::size_t first, std::size_t last, T* d_top, T* d_input,
-                      std::size_t ld_input, std::size_t n);
+                      std::size_t d_cols, std::size_t n);
 
   Arch arch_;
   std::size_t max_batch_;
   std::vector<Stage> stages_;  // one per layer, forward order
-  std::span<T> x_in_;          // [B × enc_in]
+  std::span<std::uint8_t> pixels_;  // [B × 784]
+  std::span<std::uint8_t> labels_;  // [B]
+  ImageBatch images_;               // the encoder input: pixels/255 and one-hot labels, [B × enc_in]
   std::vector<std::span<T>> hidden_;  // each layer's output, [B × out]
   std::span<T> head_;          // [B × 2L]
   std::span<T> eps_;           // [B × L]
@@ -110,7 +115,7 @@ class Network {
   std::span<T> logits_;        // [B × 784]
   std::span<T> dlogits_;       // [B × 784]
   std::span<T> dhead_;         // [B × 2L]
-  std::span<T> dz_in_;         // [B × dec_in]
+  std::span<T> dz_;            // [B × L], the gradient of z only (the label columns of the decoder input need none)
   std::span<T> dpp_[2];        // ping-pong gradients of hidden layers, [B × max_hidden]
   double kl_ = 0;
 };

@@ -39,6 +39,15 @@ class Trainer {
   // Broadcasts the initial parameters and trains config.epochs epochs. Collective.
   void run();
 
+  struct StepLoss {
+    double recon = 0, kl = 0;  // per image of the global batch
+  };
+  // The pieces of run(), for benchmarks and tests. initialize() draws and broadcasts the parameters; step() trains on
+  // global batch s of epoch e's permutation with the given β and learning rate. Both collective.
+  void initialize();
+  StepLoss step(int epoch, long s, double beta, double lr);
+  long steps_per_epoch() const;
+
   std::span<const float> parameters() const { return params_; }
   const std::vector<double>& step_losses() const { return step_losses_; }  // global loss per image, β-weighted, per step
   const std::vector<EpochRecord>& history() const { return history_; }
@@ -50,9 +59,6 @@ class Trainer {
   const Dataset& test_set() const { return test_; }
 
  private:
-  struct StepLoss {
-    double recon = 0, kl = 0;
-  };
   StepLoss train_step(std::span<const std::uint32_t> global_batch, double beta, double lr);
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
                  std::uint64_t eps_base);
@@ -72,8 +78,10 @@ class Trainer {
   std::size_t local_batch_;
   Arena pool_;
   std::span<float> params_, grads_, adam_m_, adam_v_;  // one flat layout, [padded_size] each
-  std::span<std::uint32_t> order_;                     // [train size], this epoch's permutation
+  std::span<std::uint32_t> order_;                     // [train size], epoch order_epoch_'s permutation
+  int order_epoch_ = -1;
   std::unique_ptr<Network<float>> net_;
+  std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
 
   ModeScheduler scheduler_;
   long step_ = 0;  // global steps completed

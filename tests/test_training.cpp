@@ -1,0 +1,151 @@
+// The training step as a whole: no heap allocation in the steady state, and optimized kernels train like the reference.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+
+#include "test_util.hpp"
+#include "vae/communicator.hpp"
+#include "vae/config.hpp"
+#include "vae/trainer.hpp"
+
+// Every allocation in this process goes through these: C++ operator new, and malloc and its relatives (interposed over
+// glibc's), so a step that allocates is counted whichever library (the trainer, TBB, MPI, the standard library) does it.
+namespace {
+std::atomic<long> g_allocations{0};
+std::atomic<bool> g_counting{false};
+
+void count() {
+  if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
+}
+
+void* counted(std::size_t n, std::size_t align) {
+  void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align) : std::malloc(n ? n : 1);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+}  // namespace
+
+extern "C" {
+void* __libc_malloc(std::size_t);
+void* __libc_calloc(std::size_t, std::size_t);
+void* __libc_realloc(void*, std::size_t);
+void* __libc_memalign(std::size_t, std::size_t);
+
+void* malloc(std::size_t n) {
+  count();
+  return __libc_malloc(n);
+}
+void* calloc(std::size_t n, std::size_t size) {
+  count();
+  return __libc_calloc(n, size);
+}
+void* realloc(void* p, std::size_t n) {
+  count();
+  return __libc_realloc(p, n);
+}
+void* aligned_alloc(std::size_t align, std::size_t n) {
+  count();
+  return __libc_memalign(align, n);
+}
+int posix_memalign(void** out, std::size_t align, std::size_t n) {
+  count();
+  *out = __libc_memalign(align, n);
+  return *out ? 0 : ENOMEM;
+}
+}
+
+void* operator new(std::size_t n) { return counted(n, 0); }
+void* operator new[](std::size_t n) { return counted(n, 0); }
+void* operator new(std::size_t n, std::align_val_t a) { return counted(n, std::size_t(a)); }
+void* operator new[](std::size_t n, std::align_val_t a) { return counted(n, std::size_t(a)); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace vae {
+namespace {
+
+class Training : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir();
+    test::write_synthetic_mnist(dir_->path(), 1024, 128);
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  // The v3 architecture at batch 64 on synthetic images: the real shapes, without the real data.
+  static Config v3_config() {
+    Config cfg;
+    cfg.arch.hidden = {640, 320};
+    cfg.arch.latent = 128;
+    cfg.batch = 64;
+    cfg.lr = 8e-4;
+    cfg.epochs = 1;
+    cfg.digits = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+    cfg.data_dir = dir_->path().string();
+    cfg.run_dir = (dir_->path() / "run").string();
+    cfg.progress = Progress::never;
+    return cfg;
+  }
+
+  static test::TempDir* dir_;
+};
+test::TempDir* Training::dir_ = nullptr;
+
+TEST_F(Training, SteadyStateStepAllocatesNothing) {
+  for (int threads : {1, 2}) {
+    const Communicator self = Communicator::self();
+    Trainer trainer(v3_config(), self, threads);
+    trainer.initialize();
+    trainer.step(0, 0, 1.0, 8e-4);  // the first step may start threads and warm caches
+    g_allocations = 0;
+    g_counting = true;
+    for (long s = 1; s < 12; ++s) trainer.step(0, s, 1.0, 8e-4);
+    g_counting = false;
+    EXPECT_EQ(g_allocations.load(), 0) << "heap allocations in steps 2..12 with " << threads << " threads";
+  }
+}
+
+TEST_F(Training, CountingAllocatorSeesAllocations) {
+  g_allocations = 0;
+  g_counting = true;
+  auto* v = new std::vector<int>(100);
+  g_counting = false;
+  delete v;
+  EXPECT_GE(g_allocations.load(), 2);
+}
+
+TEST_F(Training, OptimizedKernelsTrainLikeReference) {
+  const Communicator self = Communicator::self();
+  Config cfg = v3_config();
+  cfg.max_steps = 20;
+  cfg.epochs = 2;
+  cfg.kernels = KernelChoice::reference;
+  Trainer reference(cfg, self, 1);
+  reference.run();
+  cfg.kernels = KernelChoice::parallel;
+  Trainer fast(cfg, self, 2);
+  fast.run();
+  ASSERT_EQ(reference.step_losses().size(), 20u);
+  ASSERT_EQ(fast.step_losses().size(), 20u);
+  for (std::size_t s = 0; s < 20; ++s)
+    EXPECT_NEAR(fast.step_losses()[s], reference.step_losses()[s], 1e-4 * std::abs(reference.step_losses()[s])) << "step " << s + 1;
+}
+
+}  // namespace
+}  // namespace vae
+
+int main(int argc, char** argv) {
+  vae::MpiSession mpi(argc, argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
