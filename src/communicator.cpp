@@ -57,6 +57,10 @@ void Communicator::allreduce_sum(std::span<double> data) const {
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, data.data(), int(data.size()), MPI_DOUBLE, MPI_SUM, comm_), "MPI_Allreduce(double)");
 }
 
+void Communicator::allreduce_max(std::span<double> data) const {
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, data.data(), int(data.size()), MPI_DOUBLE, MPI_MAX, comm_), "MPI_Allreduce(max)");
+}
+
 void Communicator::broadcast(void* data, std::size_t bytes, int root) const {
   check_mpi(MPI_Bcast(data, int(bytes), MPI_BYTE, root, comm_), "MPI_Bcast");
 }

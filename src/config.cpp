@@ -60,7 +60,7 @@ po::options_description make_options() {
       ("seed", po::value<std::uint64_t>()->default_value(42), "seed for initialisation, shuffling and sampling")
       ("threads", po::value<int>()->default_value(0), "threads per rank (0: cores available to the rank / ranks sharing them)")
       ("kernels", po::value<std::string>()->default_value("parallel"), "kernel set: parallel (TBB, SIMD) or reference (plain loops)")
-      ("progress", po::value<std::string>()->default_value("auto"), "live progress line: auto (when stdout is a terminal), always, never")
+      ("progress", po::value<std::string>()->default_value("auto"), "live progress line: auto (a terminal, not under mpirun), always, never")
       ("step-log", po::value<std::string>()->default_value(""), "write every step's global loss to this JSON-lines file (rank 0)");
 
   po::options_description model("Model");

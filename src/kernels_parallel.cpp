@@ -9,14 +9,16 @@
 #include "simd_ops.hpp"
 #include "vae/aligned.hpp"
 #include "vae/kernels.hpp"
+#include "vae/rng.hpp"
 
 namespace vae {
 namespace {
 
-constexpr std::size_t kMaxBlockCols = 128;      // columns of B packed at a time per thread: kc × 128 floats stay in L2
 constexpr std::size_t kTaskFlops = 1u << 19;    // below this many multiply-adds a task costs more to schedule than to run
 constexpr std::size_t kRowsPerTask = 16;        // rows of the loss and reparameterisation per task
+constexpr std::size_t kSerialElements = 1u << 15;  // below this many elements a row-wise pass runs on the calling thread
 constexpr std::size_t kAdamChunk = 1u << 14;    // floats per Adam task
+constexpr std::size_t kMaxGaussianCols = 256;   // normals made per call of the SIMD transform (even)
 
 // C[M × N] = A[M × K] · B[K × N] followed by an epilogue, with A and B given in any of the layouts the model needs.
 struct Gemm {
@@ -58,6 +60,7 @@ class ParallelKernels final : public Kernels<float> {
     Arena arena = Arena::over(memory);
     ws_ = carve(arena, max_rows, max_dim);
     max_rows_ = max_rows;
+    panel_floats_ = panel_floats(max_rows, max_dim);
   }
 
   void dense_forward(const float* x, std::size_t ldx, const float* w, const float* b, float* y, std::size_t n, std::size_t k, std::size_t m,
@@ -117,20 +120,39 @@ class ParallelKernels final : public Kernels<float> {
 
   double bernoulli_nll(const float* logits, const ImageBatch& x, float* dlogits, std::size_t n, float scale) const override {
     check_rows(n);
-    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.bernoulli_rows(logits, x, dlogits, r0, r1, scale, ws_.row_sums.data()); });
+    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.bernoulli_rows(logits, x, dlogits, r0, r1, scale, ws_.row_sums.data()); },
+             x.width);
     return ordered_sum(n);
   }
 
   double reparam_kl_forward(const float* head, const float* eps, float* z, std::size_t ldz, std::size_t n,
                             std::size_t latent) const override {
     check_rows(n);
-    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.reparam_forward(head, eps, z, ldz, r0, r1, latent, ws_.row_sums.data()); });
+    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.reparam_forward(head, eps, z, ldz, r0, r1, latent, ws_.row_sums.data()); },
+             latent);
     return ordered_sum(n);
   }
 
   void reparam_kl_backward(const float* head, const float* eps, const float* dz, std::size_t ldz, float* dhead, std::size_t n,
                            std::size_t latent, float scale, float beta) const override {
-    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.reparam_backward(head, eps, dz, ldz, dhead, r0, r1, latent, scale, beta); });
+    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.reparam_backward(head, eps, dz, ldz, dhead, r0, r1, latent, scale, beta); },
+             latent);
+  }
+
+  void gaussian_rows(float* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {
+    for_rows(rows, [&](std::size_t r0, std::size_t r1) {
+      float u[kMaxGaussianCols + 1];
+      float z[kMaxGaussianCols + 1];
+      for (std::size_t r = r0; r < r1; ++r) {
+        Rng rng(hash_combine(key, first + r));
+        for (std::size_t c0 = 0; c0 < cols; c0 += kMaxGaussianCols) {
+          const std::size_t n = std::min(kMaxGaussianCols, cols - c0), pairs = (n + 1) / 2;
+          for (std::size_t i = 0; i < 2 * pairs; ++i) u[i] = rng.uniform24();
+          ops_.box_muller(u, z, 2 * pairs);
+          std::copy_n(z, n, out + r * cols + c0);
+        }
+      }
+    }, 8 * cols);
   }
 
   void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2,
@@ -144,9 +166,9 @@ class ParallelKernels final : public Kernels<float> {
 
  private:
   struct Workspace {
-    std::span<float> a_pack;    // A in MR-row panels: [round_up(rows, MR) × K]
-    std::span<float> b_pack;    // per thread: [kc × block_cols()]
-    std::span<double> row_sums; // [max_rows]
+    std::span<float> a_pack;     // the first layer's image input in MR-row panels: [round_up(rows, MR) × K]
+    std::span<float> b_pack;     // per thread: one packed B panel, [K × NR]
+    std::span<double> row_sums;  // [max_rows]
   };
 
   // Sized for the largest product of the model: A is at most max_rows × max_dim, or its transpose.
@@ -154,12 +176,13 @@ class ParallelKernels final : public Kernels<float> {
     const std::size_t mr = ops_.mr;
     Workspace w;
     w.a_pack = arena.take<float>(std::max(round_up(max_rows, mr) * max_dim, round_up(max_dim, mr) * max_rows));
-    w.b_pack = arena.take<float>(threads_ * ops_.kc * block_cols());
+    w.b_pack = arena.take<float>(threads_ * panel_floats(max_rows, max_dim));
     w.row_sums = arena.take<double>(max_rows);
     return w;
   }
 
-  std::size_t block_cols() const { return std::max(ops_.nr, kMaxBlockCols / ops_.nr * ops_.nr); }
+  // A packed B panel is K × NR with K a layer width (forward, input gradient) or the batch (weight gradient).
+  std::size_t panel_floats(std::size_t max_rows, std::size_t max_dim) const { return std::max(max_rows, max_dim) * ops_.nr; }
 
   void check_rows(std::size_t n) const {
     if (n > max_rows_) throw std::logic_error("kernel workspace is bound for " + std::to_string(max_rows_) + " rows, asked for " + std::to_string(n));
@@ -192,8 +215,10 @@ class ParallelKernels final : public Kernels<float> {
     run(g);
   }
 
+  // Rows in parallel when there is enough work per row (elements) to pay for waking the other threads.
   template <class F>
-  void for_rows(std::size_t n, F&& body) const {
+  void for_rows(std::size_t n, F&& body, std::size_t elements_per_row = kSerialElements) const {
+    if (n * elements_per_row < kSerialElements) return body(std::size_t(0), n);
     arena_.execute([&] {
       tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, kRowsPerTask),
                         [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); });
@@ -212,12 +237,14 @@ class ParallelKernels final : public Kernels<float> {
     if (g.M == 0 || g.K == 0) return empty_product(g);
     if (ws_.b_pack.empty()) throw std::logic_error("kernel workspace used before bind_workspace");
     const std::size_t mr = ops_.mr, nr = ops_.nr;
-    const bool pack_a = g.a_source != Gemm::ASource::cols;
-    if (pack_a && round_up(g.M, mr) * g.K > ws_.a_pack.size())
+    const bool pack_a = g.a_source == Gemm::ASource::image || g.a_source == Gemm::ASource::image_trans;
+    if (round_up(g.M, mr) * g.K > ws_.a_pack.size() && pack_a)
       throw std::logic_error("kernel workspace too small for a " + std::to_string(g.M) + "x" + std::to_string(g.K) + " operand");
+    if (g.K * nr > panel_floats_) throw std::logic_error("kernel workspace too small for K = " + std::to_string(g.K));
 
     const std::size_t m_tiles = (g.M + mr - 1) / mr, n_panels = (g.N + nr - 1) / nr;
-    const std::size_t wanted = std::clamp<std::size_t>(g.M * g.N * g.K / kTaskFlops, 1, 8 * threads_);
+    // A multiple of the thread count, so that equal tasks end together.
+    const std::size_t wanted = std::clamp<std::size_t>(g.M * g.N * g.K / kTaskFlops / threads_, 1, 8) * threads_;
     const std::size_t col_blocks = std::min(n_panels, wanted);
     const std::size_t row_blocks = std::min(m_tiles, (wanted + col_blocks - 1) / col_blocks);
 
@@ -225,10 +252,8 @@ class ParallelKernels final : public Kernels<float> {
       if (pack_a) {
         tbb::parallel_for(tbb::blocked_range<std::size_t>(0, m_tiles, 1), [&](const tbb::blocked_range<std::size_t>& q) {
           simd::PackA s;
-          s.a = g.a;
-          s.lda = g.lda;
           s.image = g.image;
-          s.image_trans = g.a_source == Gemm::ASource::image_trans;
+          s.trans = g.a_source == Gemm::ASource::image_trans;
           s.rows = g.M;
           s.k = g.K;
           s.panel_begin = q.begin();
@@ -241,57 +266,37 @@ class ParallelKernels final : public Kernels<float> {
         for (std::size_t task = t.begin(); task < t.end(); ++task) {
           const auto [t0, t1] = split(m_tiles, row_blocks, task / col_blocks);
           const auto [q0, q1] = split(n_panels, col_blocks, task % col_blocks);
-          const std::size_t i0 = t0 * mr, i1 = std::min(g.M, t1 * mr);
-          const std::size_t j0 = q0 * nr, j1 = std::min(g.N, q1 * nr);
-          block(g, pack_a, i0, i1, j0, j1, task / col_blocks == 0);
+          block(g, pack_a, t0 * mr, std::min(g.M, t1 * mr), q0 * nr, std::min(g.N, q1 * nr), task / col_blocks == 0);
         }
-      });
+      }, tbb::simple_partitioner());
     });
   }
 
-  // One task: rows [i0, i1) × columns [j0, j1), in column blocks whose packed B stays in this thread's cache.
+  // One task: rows [i0, i1) × columns [j0, j1).
   void block(const Gemm& g, bool a_packed, std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1, bool first_row_block) const {
-    const int slot = tbb::this_task_arena::current_thread_index();
-    float* bpack = ws_.b_pack.data() + std::size_t(slot) * ops_.kc * block_cols();
+    const std::size_t slot = std::size_t(tbb::this_task_arena::current_thread_index());
     if (first_row_block && g.b_col_sums) ops_.col_sums(g.b, g.ldb, g.K, j0, j1, g.b_col_sums);
-    for (std::size_t jb = j0; jb < j1; jb += block_cols()) {
-      const std::size_t je = std::min(j1, jb + block_cols());
-      for (std::size_t p0 = 0; p0 < g.K; p0 += ops_.kc) {
-        const std::size_t kc = std::min(ops_.kc, g.K - p0);
-        simd::PackB pb;
-        pb.b = g.b;
-        pb.ldb = g.ldb;
-        pb.trans = g.b_trans;
-        pb.p0 = p0;
-        pb.kc = kc;
-        pb.j0 = jb;
-        pb.nc = je - jb;
-        pb.dst = bpack;
-        ops_.pack_b(pb);
-
-        simd::GemmBlock gb;
-        gb.a = a_packed ? ws_.a_pack.data() : g.a;
-        gb.lda = a_packed ? g.K : g.lda;
-        gb.layout = a_packed ? simd::ALayout::panels : simd::ALayout::cols;
-        gb.bpack = bpack;
-        gb.c = g.c;
-        gb.ldc = g.ldc;
-        gb.i0 = i0;
-        gb.i1 = i1;
-        gb.j0 = jb;
-        gb.j1 = je;
-        gb.p0 = p0;
-        gb.kc = kc;
-        gb.first = p0 == 0;
-        gb.last = p0 + kc == g.K;
-        gb.epi = g.epi;
-        gb.bias = g.bias;
-        gb.act = g.act;
-        gb.y = g.y;
-        gb.ldy = g.ldy;
-        ops_.gemm_block(gb);
-      }
-    }
+    simd::GemmBlock gb;
+    gb.a = a_packed ? ws_.a_pack.data() : g.a;
+    gb.lda = g.lda;
+    gb.layout = a_packed ? simd::ALayout::panels : g.a_source == Gemm::ASource::cols ? simd::ALayout::cols : simd::ALayout::rows;
+    gb.b = g.b;
+    gb.ldb = g.ldb;
+    gb.b_trans = g.b_trans;
+    gb.bpack = ws_.b_pack.data() + slot * panel_floats_;
+    gb.c = g.c;
+    gb.ldc = g.ldc;
+    gb.k = g.K;
+    gb.i0 = i0;
+    gb.i1 = i1;
+    gb.j0 = j0;
+    gb.j1 = j1;
+    gb.epi = g.epi;
+    gb.bias = g.bias;
+    gb.act = g.act;
+    gb.y = g.y;
+    gb.ldy = g.ldy;
+    ops_.gemm_block(gb);
   }
 
   // No rows (dW of a layer with no inputs) or K = 0 (dW of a batch of no rows): the product is empty or zero.
@@ -307,7 +312,7 @@ class ParallelKernels final : public Kernels<float> {
   mutable tbb::task_arena arena_;
   std::size_t threads_;
   const simd::Ops& ops_;
-  std::size_t max_rows_ = 0;
+  std::size_t max_rows_ = 0, panel_floats_ = 0;
   Workspace ws_;
 };
 

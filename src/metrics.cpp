@@ -35,8 +35,8 @@ std::string format_json(const EpochRecord& r) {
       r.epoch, r.step, mode_name(r.mode).c_str(), r.beta, r.lr, r.train_recon + r.beta * r.train_kl, r.train_recon, r.train_kl,
       r.test_elbo, r.test_recon, r.test_kl);
   if (r.val_elbo >= 0) s += fmt(",\"val_elbo\":%.9g", r.val_elbo);
-  s += fmt(",\"samples_per_s\":%.6g,\"epoch_seconds\":%.6g,\"elapsed_seconds\":%.6g}", r.samples_per_s, r.epoch_seconds,
-           r.elapsed_seconds);
+  s += fmt(",\"samples_per_s\":%.6g,\"epoch_seconds\":%.6g,\"elapsed_seconds\":%.6g,\"peak_rss_bytes\":%.0f}", r.samples_per_s,
+           r.epoch_seconds, r.elapsed_seconds, r.peak_rss_bytes);
   return s;
 }
 

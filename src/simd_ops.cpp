@@ -3,13 +3,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <array>
 #include <cstring>
+#include <utility>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "simd_ops.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>
+
+#if HWY_ARCH_X86
+#include <immintrin.h>
+#endif
 
 HWY_BEFORE_NAMESPACE();
 namespace vae::simd {
@@ -22,11 +28,10 @@ using VF = hn::Vec<DF>;
 // Micro-tile: MR rows × two vectors of columns. AVX-512 has 32 vector registers, so 12 rows (24 accumulators) fit;
 // the 16-register targets take 6 rows (12 accumulators, 2 B vectors and a broadcast).
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-constexpr std::size_t kMR = 12;
+constexpr std::size_t kMR = 8;
 #else
 constexpr std::size_t kMR = 6;
 #endif
-constexpr std::size_t kKC = 256;
 
 inline std::size_t lanes() { return hn::Lanes(DF()); }
 inline std::size_t nr() { return 2 * lanes(); }
@@ -73,33 +78,30 @@ HWY_INLINE void store_partial(DF d, VF v, float* p, std::size_t count) {
 
 // Applies the epilogue to one accumulator vector of C(i, j … j + count) and stores it.
 HWY_INLINE void finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::size_t j, std::size_t count) {
-  float* c = g.c + i * g.ldc + j;
-  if (!g.first) acc = hn::Add(acc, load_partial(d, c, count));
-  if (g.last) {
-    if (g.epi == Epilogue::bias_act) acc = activate_v(d, hn::Add(acc, load_partial(d, g.bias + j, count)), g.act);
-    else if (g.epi == Epilogue::slope) acc = hn::Mul(acc, slope_v(d, load_partial(d, g.y + i * g.ldy + j, count), g.act));
-  }
-  store_partial(d, acc, c, count);
+  if (g.epi == Epilogue::bias_act) acc = activate_v(d, hn::Add(acc, load_partial(d, g.bias + j, count)), g.act);
+  else if (g.epi == Epilogue::slope) acc = hn::Mul(acc, slope_v(d, load_partial(d, g.y + i * g.ldy + j, count), g.act));
+  store_partial(d, acc, g.c + i * g.ldc + j, count);
 }
 
-// C tile [R × NR] at (i, j): Σ_p A(i + r, p)·Bpanel(p, :). A(i + r, p) = a[p·ps + r]: both A layouts put a tile's R values
-// for one p side by side, so each is one broadcast from memory.
-template <std::size_t R>
-HWY_NOINLINE void micro_tile(const float* HWY_RESTRICT a, std::size_t ps, const float* HWY_RESTRICT b, std::size_t kc,
+// C tile [R × NR] at (i, j) = Σ_p A(i + r, p)·B(p, j … j + NR), B read as two vectors per p from b + p·ldb (the matrix
+// itself, or a packed panel with ldb = NR). A element (i + r, p) is one broadcast from memory:
+//   RowsA: a[r·lda + p] (A row-major, R row pointers);  otherwise a[p·lda + r] (A transposed, or a packed panel).
+template <std::size_t R, bool RowsA>
+HWY_NOINLINE void micro_tile(const float* HWY_RESTRICT a, std::size_t lda, const float* HWY_RESTRICT b, std::size_t ldb, std::size_t k,
                              const GemmBlock& g, std::size_t i, std::size_t j, std::size_t cols) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   VF c0[R], c1[R];
   for (std::size_t r = 0; r < R; ++r) c0[r] = c1[r] = hn::Zero(d);
-  for (std::size_t p = 0; p < kc; ++p) {
-    const VF b0 = hn::Load(d, b), b1 = hn::Load(d, b + N);
+  for (std::size_t p = 0; p < k; ++p) {
+    const VF b0 = hn::LoadU(d, b), b1 = hn::LoadU(d, b + N);
     for (std::size_t r = 0; r < R; ++r) {
-      const VF ar = hn::Set(d, a[r]);
+      const VF ar = hn::Set(d, RowsA ? a[r * lda + p] : a[r]);
       c0[r] = hn::MulAdd(ar, b0, c0[r]);
       c1[r] = hn::MulAdd(ar, b1, c1[r]);
     }
-    a += ps;
-    b += 2 * N;
+    if (!RowsA) a += lda;
+    b += ldb;
   }
   const std::size_t n0 = std::min(cols, N), n1 = cols > N ? cols - N : 0;
   for (std::size_t r = 0; r < R; ++r) {
@@ -108,80 +110,106 @@ HWY_NOINLINE void micro_tile(const float* HWY_RESTRICT a, std::size_t ps, const 
   }
 }
 
-template <std::size_t... Rs>
-constexpr auto make_tile_table(std::index_sequence<Rs...>) {
-  using Fn = void (*)(const float*, std::size_t, const float*, std::size_t, const GemmBlock&, std::size_t, std::size_t, std::size_t);
-  return std::array<Fn, sizeof...(Rs)>{&micro_tile<Rs + 1>...};
+using TileFn = void (*)(const float*, std::size_t, const float*, std::size_t, std::size_t, const GemmBlock&, std::size_t, std::size_t,
+                        std::size_t);
+
+template <bool RowsA, std::size_t... Rs>
+constexpr std::array<TileFn, sizeof...(Rs)> make_tile_table(std::index_sequence<Rs...>) {
+  return {&micro_tile<Rs + 1, RowsA>...};
 }
 
-void gemm_block(const GemmBlock& g) {
-  static constexpr auto tiles = make_tile_table(std::make_index_sequence<kMR>());
-  const std::size_t NR = nr();
-  for (std::size_t j = g.j0; j < g.j1; j += NR) {
-    const float* b = g.bpack + (j - g.j0) * g.kc;  // panel (j − j0)/NR, kc × NR each
-    const std::size_t cols = std::min(NR, g.j1 - j);
-    for (std::size_t i = g.i0; i < g.i1;) {
-      const std::size_t rows = std::min(kMR - (g.layout == ALayout::panels ? i % kMR : 0), g.i1 - i);
-      const float* a;
-      std::size_t ps;
-      if (g.layout == ALayout::panels) {
-        a = g.a + (i / kMR) * g.lda * kMR + g.p0 * kMR + i % kMR;
-        ps = kMR;
-      } else {
-        a = g.a + g.p0 * g.lda + i;
-        ps = g.lda;
+// B(p, j + c) for one NR-column panel into dst [k × NR], zero-padded past `cols`: from B row-major (partial panels) or
+// from the rows of the matrix B is the transpose of (B(p, j) = b[j·ldb + p], dX = dY·Wᵀ).
+void pack_panel(const GemmBlock& g, std::size_t j, std::size_t cols, float* HWY_RESTRICT dst) {
+  const std::size_t NR = nr(), k = g.k;
+  if (!g.b_trans) {
+    for (std::size_t p = 0; p < k; ++p)
+      for (std::size_t c = 0; c < NR; ++c) dst[p * NR + c] = c < cols ? g.b[p * g.ldb + j + c] : 0.0f;
+    return;
+  }
+  std::size_t c0 = 0;
+#if HWY_ARCH_X86 && (HWY_TARGET == HWY_AVX2 || HWY_TARGET <= HWY_AVX3)
+  // Eight source rows at a time, transposed in registers eight columns at a time.
+  for (; c0 + 8 <= cols; c0 += 8) {
+    const float* src = g.b + (j + c0) * g.ldb;
+    std::size_t p = 0;
+    for (; p + 8 <= k; p += 8) {
+      __m256 r[8], t[8], u[8];
+      for (std::size_t q = 0; q < 8; ++q) r[q] = _mm256_loadu_ps(src + q * g.ldb + p);
+      for (std::size_t q = 0; q < 8; q += 2) {
+        t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+        t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
       }
-      tiles[rows - 1](a, ps, b, g.kc, g, i, j, cols);
-      i += rows;
+      for (std::size_t q = 0; q < 8; q += 4) {
+        u[q] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+        u[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xEE);
+        u[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+        u[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+      }
+      for (std::size_t q = 0; q < 4; ++q) {
+        _mm256_storeu_ps(dst + (p + q) * NR + c0, _mm256_permute2f128_ps(u[q], u[q + 4], 0x20));
+        _mm256_storeu_ps(dst + (p + q + 4) * NR + c0, _mm256_permute2f128_ps(u[q], u[q + 4], 0x31));
+      }
     }
+    for (; p < k; ++p)
+      for (std::size_t c = 0; c < 8; ++c) dst[p * NR + c0 + c] = src[c * g.ldb + p];
+  }
+#endif
+  for (std::size_t c = c0; c < NR; ++c) {
+    const float* src = g.b + (j + c) * g.ldb;
+    for (std::size_t p = 0; p < k; ++p) dst[p * NR + c] = c < cols ? src[p] : 0.0f;
   }
 }
 
-void pack_b(const PackB& s) {
-  const DF d;
-  const std::size_t N = hn::Lanes(d), NR = 2 * N;
-  float* dst = s.dst;
-  for (std::size_t j = 0; j < s.nc; j += NR, dst += s.kc * NR) {
-    const std::size_t cols = std::min(NR, s.nc - j);
-    if (!s.trans) {
-      const float* src = s.b + s.p0 * s.ldb + s.j0 + j;
-      for (std::size_t p = 0; p < s.kc; ++p, src += s.ldb) {
-        hn::Store(load_partial(d, src, std::min(cols, N)), d, dst + p * NR);
-        hn::Store(cols > N ? load_partial(d, src + N, cols - N) : hn::Zero(d), d, dst + p * NR + N);
+void gemm_block(const GemmBlock& g) {
+  static constexpr auto rows_tiles = make_tile_table<true>(std::make_index_sequence<kMR>());
+  static constexpr auto cols_tiles = make_tile_table<false>(std::make_index_sequence<kMR>());
+  const std::size_t NR = nr();
+  for (std::size_t j = g.j0; j < g.j1; j += NR) {
+    const std::size_t cols = std::min(NR, g.j1 - j);
+    // Full panels of a row-major B are read in place; transposed or partial ones are packed first.
+    const float* b = g.b + j;
+    std::size_t ldb = g.ldb;
+    if (g.b_trans || cols < NR) {
+      pack_panel(g, j, cols, g.bpack);
+      b = g.bpack;
+      ldb = NR;
+    }
+    for (std::size_t i = g.i0; i < g.i1;) {
+      const bool packed = g.layout == ALayout::panels;
+      const std::size_t rows = std::min(kMR - (packed ? i % kMR : 0), g.i1 - i);
+      switch (g.layout) {
+        case ALayout::rows: rows_tiles[rows - 1](g.a + i * g.lda, g.lda, b, ldb, g.k, g, i, j, cols); break;
+        case ALayout::cols: cols_tiles[rows - 1](g.a + i, g.lda, b, ldb, g.k, g, i, j, cols); break;
+        case ALayout::panels: cols_tiles[rows - 1](g.a + (i / kMR) * g.k * kMR + i % kMR, kMR, b, ldb, g.k, g, i, j, cols); break;
       }
-    } else {
-      // B(p, j) = b[j·ldb + p]: each source row is contiguous in p, so walk it once and scatter into the panel's column.
-      for (std::size_t c = 0; c < NR; ++c) {
-        float* col = dst + c;
-        if (c >= cols) {
-          for (std::size_t p = 0; p < s.kc; ++p) col[p * NR] = 0.0f;
-          continue;
-        }
-        const float* src = s.b + (s.j0 + j + c) * s.ldb + s.p0;
-        for (std::size_t p = 0; p < s.kc; ++p) col[p * NR] = src[p];
-      }
+      i += rows;
     }
   }
 }
 
 void pack_a(const PackA& s) {
   for (std::size_t q = s.panel_begin; q < s.panel_end; ++q) {
-    float* dst = s.dst + q * s.k * kMR;
+    float* HWY_RESTRICT dst = s.dst + q * s.k * kMR;
+    const std::size_t i0 = q * kMR, rows = std::min(kMR, s.rows - i0);
+    const ImageBatch& x = *s.image;
+    if (s.trans) {
+      for (std::size_t p = 0; p < s.k; ++p)
+        for (std::size_t r = 0; r < kMR; ++r) {
+          const std::size_t i = i0 + r;
+          dst[p * kMR + r] = r >= rows ? 0.0f : i < x.width ? float(x.pixels[p * x.ld + i]) * (1.0f / 255.0f) : x.at<float>(p, i);
+        }
+      continue;
+    }
     for (std::size_t r = 0; r < kMR; ++r) {
-      const std::size_t i = q * kMR + r;
-      if (i >= s.rows) {
+      if (r >= rows) {
         for (std::size_t p = 0; p < s.k; ++p) dst[p * kMR + r] = 0.0f;
-      } else if (s.image && !s.image_trans) {
-        const std::uint8_t* px = s.image->pixels + i * s.image->ld;
-        const std::size_t w = std::min(s.image->width, s.k);
-        for (std::size_t p = 0; p < w; ++p) dst[p * kMR + r] = float(px[p]) * (1.0f / 255.0f);
-        for (std::size_t p = w; p < s.k; ++p) dst[p * kMR + r] = s.image->at<float>(i, p);
-      } else if (s.image) {
-        for (std::size_t p = 0; p < s.k; ++p) dst[p * kMR + r] = s.image->at<float>(p, i);
-      } else {
-        const float* src = s.a + i * s.lda;
-        for (std::size_t p = 0; p < s.k; ++p) dst[p * kMR + r] = src[p];
+        continue;
       }
+      const std::uint8_t* px = x.pixels + (i0 + r) * x.ld;
+      const std::size_t w = std::min(x.width, s.k);
+      for (std::size_t p = 0; p < w; ++p) dst[p * kMR + r] = float(px[p]) * (1.0f / 255.0f);
+      for (std::size_t p = w; p < s.k; ++p) dst[p * kMR + r] = x.at<float>(i0 + r, p);
     }
   }
 }
@@ -279,12 +307,40 @@ void reparam_backward(const float* head, const float* eps, const float* dz, std:
   }
 }
 
+void box_muller(const float* u, float* out, std::size_t n) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  const VF minus2 = hn::Set(d, -2.0f), two_pi = hn::Set(d, 6.283185307179586f);
+  HWY_ALIGN float even[hn::MaxLanes(DF())], odd[hn::MaxLanes(DF())], c[hn::MaxLanes(DF())], s[hn::MaxLanes(DF())];
+  std::size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    for (std::size_t q = 0; q < N; ++q) {
+      even[q] = u[i + 2 * q];
+      odd[q] = u[i + 2 * q + 1];
+    }
+    const VF radius = hn::Sqrt(hn::Mul(minus2, hn::Log(d, hn::Load(d, even))));
+    const VF angle = hn::Mul(two_pi, hn::Load(d, odd));
+    hn::Store(hn::Mul(radius, hn::Cos(d, angle)), d, c);
+    hn::Store(hn::Mul(radius, hn::Sin(d, angle)), d, s);
+    for (std::size_t q = 0; q < N; ++q) {
+      out[i + 2 * q] = c[q];
+      out[i + 2 * q + 1] = s[q];
+    }
+  }
+  for (; i + 1 < n; i += 2) {
+    const float radius = std::sqrt(-2.0f * std::log(u[i])), angle = 6.283185307179586f * u[i + 1];
+    out[i] = radius * std::cos(angle);
+    out[i + 1] = radius * std::sin(angle);
+  }
+}
+
 void adam(float* p, const float* g, float* m, float* v, std::size_t begin, std::size_t end, float lr_t, float beta1, float beta2,
           float eps_t) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   const VF b1 = hn::Set(d, beta1), b2 = hn::Set(d, beta2), c1 = hn::Set(d, 1.0f - beta1), c2 = hn::Set(d, 1.0f - beta2);
-  const VF lr = hn::Set(d, lr_t), ep = hn::Set(d, eps_t);
+  const VF lr = hn::Set(d, lr_t), ep = hn::Set(d, eps_t), two = hn::Set(d, 2.0f), half = hn::Set(d, 0.5f), three = hn::Set(d, 3.0f);
+  const VF tiny = hn::Set(d, 1e-37f);
   std::size_t i = begin;
   for (; i + N <= end; i += N) {
     const VF gi = hn::LoadU(d, g + i);
@@ -292,7 +348,15 @@ void adam(float* p, const float* g, float* m, float* v, std::size_t begin, std::
     const VF vi = hn::MulAdd(b2, hn::LoadU(d, v + i), hn::Mul(c2, hn::Mul(gi, gi)));
     hn::StoreU(mi, d, m + i);
     hn::StoreU(vi, d, v + i);
-    hn::StoreU(hn::NegMulAdd(lr, hn::Div(mi, hn::Add(hn::Sqrt(vi), ep)), hn::LoadU(d, p + i)), d, p + i);
+    // √v and 1/(√v + ε) from the hardware estimates, each refined by one Newton step to within 2 ulp: the divide and
+    // square root units would otherwise bound this pass, which touches every parameter.
+    const VF vs = hn::Max(vi, tiny);
+    VF r = hn::ApproximateReciprocalSqrt(vs);
+    r = hn::Mul(hn::Mul(half, r), hn::NegMulAdd(hn::Mul(vs, r), r, three));
+    const VF denom = hn::MulAdd(vi, r, ep);
+    VF q = hn::ApproximateReciprocal(denom);
+    q = hn::Mul(q, hn::NegMulAdd(denom, q, two));
+    hn::StoreU(hn::NegMulAdd(hn::Mul(lr, mi), q, hn::LoadU(d, p + i)), d, p + i);
   }
   for (; i < end; ++i) {
     m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
@@ -307,14 +371,13 @@ const Ops* get_ops() {
     o.target = hwy::TargetName(HWY_TARGET);
     o.mr = kMR;
     o.nr = nr();
-    o.kc = kKC;
     o.pack_a = &pack_a;
-    o.pack_b = &pack_b;
     o.gemm_block = &gemm_block;
     o.col_sums = &col_sums;
     o.bernoulli_rows = &bernoulli_rows;
     o.reparam_forward = &reparam_forward;
     o.reparam_backward = &reparam_backward;
+    o.box_muller = &box_muller;
     o.adam = &adam;
     return o;
   }();

@@ -11,46 +11,40 @@ namespace vae::simd {
 
 // One operand element A(i, p) of a GEMM, in one of the layouts the driver hands to the SIMD code.
 enum class ALayout {
-  panels,  // packed: MR-row panels, panel q holds A(q·MR + r, p) at a[q·lda·MR + p·MR + r]; lda = K
+  rows,    // A(i, p) = a[i·lda + p]: row-major, e.g. X in Y = X·W
   cols,    // A(i, p) = a[p·lda + i]: a transposed row-major matrix, e.g. Xᵀ in dW = Xᵀ·dY
+  panels,  // packed: MR-row panels, panel q holds A(q·MR + r, p) at a[q·k·MR + p·MR + r]
 };
 
-// B block [kc × nc] packed into NR-column panels, panel q at dst[q·kc·NR], row p of it at + p·NR; zero-padded to NR.
-struct PackB {
-  const float* b = nullptr;
-  std::size_t ldb = 0;
-  bool trans = false;  // B(p, j) = trans ? b[j·ldb + p] : b[p·ldb + j]
-  std::size_t p0 = 0, kc = 0, j0 = 0, nc = 0;
-  float* dst = nullptr;
-};
-
-// A [rows × k] packed into MR-row panels (the ALayout::panels form), from floats or from a uint8 image batch.
+// A [rows × k] packed into MR-row panels (the ALayout::panels form) from a uint8 image batch: the first layer's input,
+// converted to floats on the way.
 struct PackA {
-  const float* a = nullptr;  // A(i, p) = a[i·lda + p]
-  std::size_t lda = 0;
-  const ImageBatch* image = nullptr;  // instead of a: A(i, p) = image element (i, p), or (p, i) when image_trans
-  bool image_trans = false;
+  const ImageBatch* image = nullptr;
+  bool trans = false;  // A(i, p) = image element (i, p), or (p, i) when trans
   std::size_t rows = 0, k = 0;
   std::size_t panel_begin = 0, panel_end = 0;  // panels to pack (the driver splits them across threads)
   float* dst = nullptr;
 };
 
 enum class Epilogue {
-  none,      // C = A·B (or C += A·B for every K block after the first)
+  none,      // C = A·B
   bias_act,  // C = act(A·B + bias)
   slope,     // C = (A·B) ⊙ act'(y), act' taken from the activation's output y
 };
 
-// C[i0:i1, j0:j1] (+)= A[i0:i1, p0:p0+kc] · B[p0:p0+kc, j0:j1], with B packed for exactly columns [j0, j1).
+// C[i0:i1, j0:j1] = A[i0:i1, :k] · B[:k, j0:j1] and the epilogue.
 struct GemmBlock {
   const float* a = nullptr;
   std::size_t lda = 0;
-  ALayout layout = ALayout::panels;
-  const float* bpack = nullptr;
+  ALayout layout = ALayout::rows;
+  const float* b = nullptr;
+  std::size_t ldb = 0;
+  bool b_trans = false;      // B(p, j) = b_trans ? b[j·ldb + p] : b[p·ldb + j]
+  float* bpack = nullptr;    // [k × NR] scratch for a panel that must be packed (transposed or narrower than NR)
   float* c = nullptr;
   std::size_t ldc = 0;
-  std::size_t i0 = 0, i1 = 0, j0 = 0, j1 = 0, p0 = 0, kc = 0;
-  bool first = true, last = true;  // first K block overwrites C; the last applies the epilogue
+  std::size_t k = 0;
+  std::size_t i0 = 0, i1 = 0, j0 = 0, j1 = 0;
   Epilogue epi = Epilogue::none;
   const float* bias = nullptr;  // bias_act: [N]
   Activation act = Activation::identity;
@@ -61,9 +55,8 @@ struct GemmBlock {
 // Kernels of one instruction set. Every function works on a slice the driver gives it; none allocates or spawns threads.
 struct Ops {
   const char* target = "";
-  std::size_t mr = 0, nr = 0, kc = 0;  // micro-tile rows and columns, K block
+  std::size_t mr = 0, nr = 0;  // micro-tile rows and columns
   void (*pack_a)(const PackA&) = nullptr;
-  void (*pack_b)(const PackB&) = nullptr;
   void (*gemm_block)(const GemmBlock&) = nullptr;
   // column sums of y[rows × (j1 − j0)] (row stride ldy) into out[j0:j1]
   void (*col_sums)(const float* y, std::size_t ldy, std::size_t rows, std::size_t j0, std::size_t j1, float* out) = nullptr;
@@ -75,6 +68,8 @@ struct Ops {
                           std::size_t latent, double* row_kl) = nullptr;
   void (*reparam_backward)(const float* head, const float* eps, const float* dz, std::size_t ldz, float* dhead, std::size_t r0,
                            std::size_t r1, std::size_t latent, float scale, float beta) = nullptr;
+  // Box-Muller: out[2i] = √(−2 ln u[2i])·cos 2πu[2i+1], out[2i+1] = … sin …, for pairs i < n/2 (n even)
+  void (*box_muller)(const float* u, float* out, std::size_t n) = nullptr;
   void (*adam)(float* p, const float* g, float* m, float* v, std::size_t begin, std::size_t end, float lr_t, float beta1, float beta2,
                float eps_t) = nullptr;
 };

@@ -1,11 +1,13 @@
 // The training loop. A step reads as its phases: data, forward, loss, backward, allreduce, update.
 #include "vae/trainer.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 
@@ -20,6 +22,12 @@ constexpr std::uint64_t kEvalSeed = 0x5eed'e1b0ull;
 
 std::filesystem::path pick(const std::string& given, const std::string& dir, const char* name) {
   return given.empty() ? resolve_idx_path(dir, name) : std::filesystem::path(given);
+}
+
+double peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) * 1024.0;  // Linux reports KiB
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -95,7 +103,10 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     if (ec) throw UsageError(cfg_.run_dir + ": cannot create run directory: " + ec.message());
     metrics_ = LineFile((std::filesystem::path(cfg_.run_dir) / "metrics.jsonl").string(), false);
     if (!cfg_.step_log.empty()) step_log_ = LineFile(cfg_.step_log, false);
-    progress_ = cfg_.progress == Progress::always || (cfg_.progress == Progress::automatic && isatty(STDOUT_FILENO));
+    // mpirun hands its ranks a pseudo-terminal even when its own output goes to a job log, so under mpirun only a single
+    // process started by hand shows the live line automatically.
+    const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_RANK") || std::getenv("PMIX_RANK");
+    progress_ = cfg_.progress == Progress::always || (cfg_.progress == Progress::automatic && isatty(STDOUT_FILENO) && !launched);
   }
 }
 
@@ -117,15 +128,13 @@ void Trainer::print_header() const {
 
 void Trainer::load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order,
                         std::uint64_t eps_key, std::uint64_t eps_base) {
-  const std::size_t L = std::size_t(cfg_.arch.latent);
-  std::span<float> eps = net_->eps();
   for (std::size_t r = 0; r < n; ++r) {
     const std::size_t pos = first + r;
     const std::size_t row = order.empty() ? pos : order[pos];
     net_->load_example(r, data.image(row), data.label(row));
-    // ε depends on the sample's position in the global batch (or dataset), never on the rank that holds it.
-    Rng(hash_combine(eps_key, eps_base + pos)).normals(eps.subspan(r * L, L));
   }
+  // ε depends on the sample's position in the global batch (or dataset), never on the rank that holds it.
+  ctx_.kernels->gaussian_rows(net_->eps().data(), n, std::size_t(cfg_.arch.latent), eps_key, eps_base + first);
 }
 
 Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batch, double beta, double lr) {
@@ -260,6 +269,9 @@ void Trainer::run() {
       rec.val_elbo = evaluate(val_).elbo();
       scheduler_.observe(rec.val_elbo);
     }
+    double rss[1] = {peak_rss_bytes()};
+    comm_.allreduce_max(rss);
+    rec.peak_rss_bytes = rss[0];
     rec.samples_per_s = train_seconds > 0 ? double(steps * cfg_.batch) / train_seconds : 0;
     rec.epoch_seconds = seconds_since(t0);
     rec.elapsed_seconds = seconds_since(start_);

@@ -34,6 +34,7 @@ class Communicator {
 
   void allreduce_sum(std::span<float> data) const;
   void allreduce_sum(std::span<double> data) const;
+  void allreduce_max(std::span<double> data) const;
   void broadcast(void* data, std::size_t bytes, int root = 0) const;
   void barrier() const;
 

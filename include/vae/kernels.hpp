@@ -6,9 +6,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <numbers>
 #include <span>
 #include <string>
 #include <vector>
+
+#include "vae/rng.hpp"
 
 namespace vae {
 
@@ -62,6 +65,10 @@ class Kernels {
   // dhead from dz (row stride ldz) through the reparameterisation, plus β·scale·∂KL.
   virtual void reparam_kl_backward(const T* head, const T* eps, const T* dz, std::size_t ldz, T* dhead, std::size_t n, std::size_t latent,
                                    T scale, T beta) const = 0;
+  // Standard normals, row r of out [rows × cols] from its own generator Rng(hash_combine(key, first + r)): a row's values
+  // depend on its key alone, not on which rank or thread draws it. Box-Muller on pairs of uniform24(): for the pair
+  // (u, v), √(−2 ln u)·cos 2πv and √(−2 ln u)·sin 2πv; an odd last column takes the cosine of a final pair.
+  virtual void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const = 0;
   // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t.
   virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const = 0;
 
@@ -197,6 +204,19 @@ class ReferenceKernels final : public Kernels<T> {
         dhead[r * 2 * latent + j] = g + scale * beta * mu;
         dhead[r * 2 * latent + latent + j] = g * eps[r * latent + j] * T(0.5) * sd + scale * beta * T(0.5) * (sd * sd - T(1));
       }
+  }
+
+  void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {
+    for (std::size_t r = 0; r < rows; ++r) {
+      Rng rng(hash_combine(key, first + r));
+      T* row = out + r * cols;
+      for (std::size_t i = 0; i < cols; i += 2) {
+        const double u = rng.uniform24(), v = rng.uniform24();
+        const double radius = std::sqrt(-2.0 * std::log(u)), angle = 2.0 * std::numbers::pi * v;
+        row[i] = T(radius * std::cos(angle));
+        if (i + 1 < cols) row[i + 1] = T(radius * std::sin(angle));
+      }
+    }
   }
 
   void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const override {

@@ -19,6 +19,7 @@ struct EpochRecord {
   double val_elbo = -1;      // −ELBO per validation image, or −1 without a validation set
   double samples_per_s = 0;  // training samples per second (whole step)
   double epoch_seconds = 0, elapsed_seconds = 0;
+  double peak_rss_bytes = 0;  // the largest peak resident set of any rank so far
 };
 
 std::string format_console(const EpochRecord& r, int total_epochs);

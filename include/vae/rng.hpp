@@ -58,18 +58,8 @@ class Rng {
     }
     return static_cast<std::uint64_t>(m >> 64);
   }
-  // Standard normals in pairs (Box-Muller), written to out.
-  template <class T>
-  void normals(std::span<T> out) {
-    std::size_t i = 0;
-    for (; i + 1 < out.size(); i += 2) {
-      const double r = std::sqrt(-2.0 * std::log(uniform()));
-      const double t = 2.0 * std::numbers::pi * uniform();
-      out[i] = static_cast<T>(r * std::cos(t));
-      out[i + 1] = static_cast<T>(r * std::sin(t));
-    }
-    if (i < out.size()) out[i] = static_cast<T>(std::sqrt(-2.0 * std::log(uniform())) * std::cos(2.0 * std::numbers::pi * uniform()));
-  }
+  // Uniform in (0, 1) on a grid of 2^-24, exactly representable as a float: the input of the Gaussian kernels.
+  float uniform24() { return (static_cast<float>(next() >> 40) + 0.5f) * 0x1.0p-24f; }
 
  private:
   static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }

@@ -1,0 +1,70 @@
+// GFLOP/s of every dense-layer product of v1, v2, v3 at batch 64 and 256: our kernels, OpenBLAS and the reference, 1 and 2 threads.
+#include <benchmark/benchmark.h>
+
+#include <memory>
+
+#include "bench_common.hpp"
+#include "vae/aligned.hpp"
+#include "vae/kernels.hpp"
+
+namespace vae::bench {
+namespace {
+
+void bench_ours(benchmark::State& state, Product p, int threads) {
+  auto k = make_parallel_kernels(threads);
+  AlignedBuffer<std::byte> ws(k->workspace_bytes(p.batch, std::max(p.in, p.out)));
+  k->bind_workspace(ws.span(), p.batch, std::max(p.in, p.out));
+  Operands o(p);
+  for (auto _ : state) {
+    run_ours(*k, p, o);
+    benchmark::ClobberMemory();
+  }
+  state.counters["FLOPS"] = benchmark::Counter(p.flops(), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void bench_openblas(benchmark::State& state, Product p, int threads) {
+  openblas_set_num_threads(threads);
+  Operands o(p);
+  for (auto _ : state) {
+    run_openblas(p, o);
+    benchmark::ClobberMemory();
+  }
+  state.counters["FLOPS"] = benchmark::Counter(p.flops(), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void bench_reference(benchmark::State& state, Product p) {
+  ReferenceKernels<float> k;
+  Operands o(p);
+  for (auto _ : state) {
+    run_ours(k, p, o);
+    benchmark::ClobberMemory();
+  }
+  state.counters["FLOPS"] = benchmark::Counter(p.flops(), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void register_all() {
+  for (const char* preset : {"v1", "v2", "v3"}) {
+    const Arch arch = preset_config(preset).arch;
+    for (std::size_t batch : {64, 256})
+      for (const Product& p : step_products(arch, batch)) {
+        const std::string base = std::string("gemm/") + preset + "/b" + std::to_string(batch) + "/" + p.layer + "/" + op_name(p.op);
+        for (int t : {1, 2}) {
+          benchmark::RegisterBenchmark((base + "/ours/t" + std::to_string(t)).c_str(), bench_ours, p, t)->UseRealTime();
+          benchmark::RegisterBenchmark((base + "/openblas/t" + std::to_string(t)).c_str(), bench_openblas, p, t)->UseRealTime();
+        }
+        benchmark::RegisterBenchmark((base + "/reference/t1").c_str(), bench_reference, p)->UseRealTime()->Iterations(2);
+      }
+  }
+}
+
+}  // namespace
+}  // namespace vae::bench
+
+int main(int argc, char** argv) {
+  vae::bench::register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Runs every benchmark interleaved and prints the tables of docs/benchmarks.md (medians, ratios measured side by side).
+
+Usage: python3 bench/run.py [--repetitions N] [--skip-build] [--sections step,torch,memory,gemm] [--markdown FILE]
+Run it on an otherwise idle machine: a concurrent build or test halves every figure.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, "build", "bench")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def build():
+    subprocess.run(["cmake", "--preset", "bench"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", "--preset", "bench"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def gbench(exe, filt, reps, min_time):
+    """Runs a Google Benchmark binary with every repetition randomly interleaved; returns {name: [runs]}."""
+    out = sh([os.path.join(BUILD, "bench", exe), f"--benchmark_filter={filt}", f"--benchmark_repetitions={reps}",
+              "--benchmark_enable_random_interleaving=true", f"--benchmark_min_time={min_time}",
+              "--benchmark_format=json", "--benchmark_display_aggregates_only=false"])
+    runs = {}
+    for b in json.loads(out)["benchmarks"]:
+        if b.get("run_type") != "iteration":
+            continue
+        runs.setdefault(re.sub(r"(/iterations:\d+)?(/real_time)?$", "", b["run_name"]), []).append(b)
+    return runs
+
+
+def order(name):
+    """Sorts benchmark names by model, then batch and threads as numbers, then as registered."""
+    return [int(x) if x.isdigit() else x for x in re.split(r"[/bt]?(\d+)(?=/|$)", name)]
+
+
+def median(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def machine():
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    flags = open("/proc/cpuinfo").read()
+    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "SSE"
+    return f"{model}, {os.cpu_count()} cores, {isa}; {platform.platform()}"
+
+
+def gemm_table(reps):
+    runs = gbench("bench_kernels", "gemm/", reps, 0.05)
+    rows, worst = [], {1: 9.9, 2: 9.9}
+    ops = {"forward": 0, "weight_grad": 1, "input_grad": 2}
+
+    def step_order(key):  # model, batch, then the layers as the step runs them: encoder before decoder
+        _, preset, batch, layer, op = key.split("/")
+        return preset, int(batch[1:]), layer.startswith("dec"), layer.replace("head", "9").replace("out", "9"), ops[op]
+
+    keys = sorted({n.rsplit("/", 2)[0] for n in runs}, key=step_order)
+    for key in keys:
+        _, preset, batch, layer, op = key.split("/")
+        g = {impl: median(runs[f"{key}/{impl}"], "FLOPS") / 1e9 for impl in
+             ("ours/t1", "openblas/t1", "ours/t2", "openblas/t2", "reference/t1")}
+        r1, r2 = g["ours/t1"] / g["openblas/t1"], g["ours/t2"] / g["openblas/t2"]
+        worst[1], worst[2] = min(worst[1], r1), min(worst[2], r2)
+        rows.append(f"| {preset} | {batch[1:]} | {layer} | {op} | {g['ours/t1']:.1f} | {g['openblas/t1']:.1f} | {r1:.2f} "
+                    f"| {g['ours/t2']:.1f} | {g['openblas/t2']:.1f} | {r2:.2f} | {g['reference/t1']:.2f} |")
+    head = ["| model | batch | layer | product | ours 1t | OpenBLAS 1t | ratio | ours 2t | OpenBLAS 2t | ratio | reference 1t |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    return head + rows + ["", f"GFLOP/s, medians of {reps} interleaved repetitions. Lowest ratio ours/OpenBLAS: "
+                              f"{worst[1]:.2f} on 1 thread, {worst[2]:.2f} on 2 threads."]
+
+
+def step_table(reps):
+    runs = gbench("bench_step", "step/", reps, 0.5)
+    rows = []
+    keys = sorted({n.rsplit("/", 1)[0] for n in runs}, key=order)
+    for key in keys:
+        _, preset, batch, t = key.split("/")
+        ours = median(runs[key + "/ours"], "items_per_second")
+        blas = median(runs[key + "/openblas_gemms"], "items_per_second")
+        pool = runs[key + "/ours"][0].get("pool_bytes", 0)
+        rows.append(f"| {preset} | {batch[1:]} | {t[1:]} | {ours:,.0f} | {blas:,.0f} | {ours / blas:.2f} | {pool:,.0f} |")
+    head = ["| model | batch | threads | whole step, samples/s | OpenBLAS GEMMs only, samples/s | ratio | pool bytes |",
+            "|---|---|---|---|---|---|---|"]
+    return head + rows + ["", f"Medians of {reps} interleaved repetitions; one process, the real MNIST."]
+
+
+def torch_python():
+    """An interpreter that imports torch: this one, or Debian's (python3-torch installs there)."""
+    for py in (sys.executable, "/usr/bin/python3"):
+        if os.path.exists(py) and subprocess.run([py, "-c", "import torch"], capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def torch_table(reps):
+    py = torch_python()
+    if not py:
+        return ["PyTorch is not installed (`apt-get install python3-torch`); comparison skipped."]
+    version = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True).stdout.strip()
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="1")
+    ours, theirs = [], []
+    for _ in range(reps):
+        r = gbench("bench_step", "step/v3/b64/t2/ours", 1, 3.0)
+        ours.append(r["step/v3/b64/t2/ours"][0]["items_per_second"])
+        out = subprocess.run([py, os.path.join(ROOT, "bench", "torch_step.py"), "--threads", "1"], cwd=ROOT, env=env,
+                             check=True, text=True, capture_output=True).stdout
+        theirs.append(float(re.search(r"samples/s ([0-9.]+)", out).group(1)))
+    o, t = statistics.median(ours), statistics.median(theirs)
+    return ["| v3, batch 64 | samples/s (median) | runs |", "|---|---|---|",
+            f"| vae_dist, 1 process × 2 threads | {o:,.0f} | {', '.join(f'{x:,.0f}' for x in ours)} |",
+            f"| PyTorch {version}, 1 torch thread, OPENBLAS_NUM_THREADS=2 | {t:,.0f} | "
+            f"{', '.join(f'{x:,.0f}' for x in theirs)} |", "", f"Ratio {o / t:.2f}, alternating runs."]
+
+
+def memory_table():
+    exe = os.path.join(BUILD, "vae_dist")
+    flags = ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    rows = []
+    for ranks, threads in ((1, 2), (2, 1), (4, 1)):
+        with tempfile.TemporaryDirectory() as run:
+            out = subprocess.run([shutil.which("mpirun"), "-n", str(ranks), *flags, exe, "--preset", "v3", "--epochs", "1",
+                                  "--max-steps", "300", "--threads", str(threads), "--run-dir", run],
+                                 cwd=ROOT, check=True, capture_output=True, text=True).stdout
+            rec = json.loads(open(os.path.join(run, "metrics.jsonl")).read().splitlines()[-1])
+        pool = int(re.search(r"memory pool: ([0-9,]+) bytes", out).group(1).replace(",", ""))
+        rows.append(f"| {ranks} × {threads} | {pool:,} | {rec['peak_rss_bytes'] / 2**20:.0f} MiB |")
+    return ["| ranks × threads | pool bytes per rank | peak RSS (largest rank) |", "|---|---|---|"] + rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repetitions", type=int, default=5)
+    ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--sections", default="step,torch,memory,gemm", help="comma-separated subset of step,torch,memory,gemm")
+    ap.add_argument("--markdown", help="also write the tables to this file")
+    a = ap.parse_args()
+    if not a.skip_build:
+        build()
+    every = {"step": ("Whole training step", lambda: step_table(a.repetitions)),
+             "torch": ("Against PyTorch", lambda: torch_table(a.repetitions)),
+             "memory": ("Memory per rank (v3, batch 64)", memory_table),
+             "gemm": ("GEMMs", lambda: gemm_table(a.repetitions))}
+    sections = [every[name] for name in a.sections.split(",")]
+    out = [f"Machine: {machine()}", ""]
+    print(out[0], flush=True)
+    for title, table in sections:
+        lines = [f"## {title}", ""] + table() + [""]
+        print("\n".join(lines), flush=True)
+        out += lines
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""The same v3 CVAE training step in PyTorch (Debian python3-torch), timed in steady state: the yardstick of bench/run.py.
+
+Prints "samples/s N". Best setting on 2 cores: OPENBLAS_NUM_THREADS=2 with --threads 1 (PRODUCT.md).
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def load_images(data_dir, n):
+    with open(os.path.join(data_dir, "train-images-idx3-ubyte"), "rb") as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 784)[:n]
+    with open(os.path.join(data_dir, "train-labels-idx1-ubyte"), "rb") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)[:n]
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+class CVAE(nn.Module):
+    def __init__(self, hidden=(640, 320), latent=128):
+        super().__init__()
+        self.enc = nn.ModuleList()
+        d = 784 + 10
+        for h in hidden:
+            self.enc.append(nn.Linear(d, h))
+            d = h
+        self.head = nn.Linear(d, 2 * latent)
+        self.dec = nn.ModuleList()
+        d = latent + 10
+        for h in reversed(hidden):
+            self.dec.append(nn.Linear(d, h))
+            d = h
+        self.out = nn.Linear(d, 784)
+        self.latent = latent
+
+    def forward(self, x, y):
+        h = torch.cat([x, y], 1)
+        for layer in self.enc:
+            h = F.elu(layer(h))
+        mu, logvar = self.head(h).chunk(2, 1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        h = torch.cat([z, y], 1)
+        for layer in self.dec:
+            h = F.elu(layer(h))
+        logits = self.out(h)
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + logvar - mu * mu - logvar.exp())
+        return (rec + kl) / x.shape[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--data-dir", default="data/mnist")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    images, labels = load_images(a.data_dir, 60000)
+    model = CVAE()
+    opt = torch.optim.Adam(model.parameters(), lr=8e-4)
+    perm = torch.randperm(images.shape[0])
+
+    def step(s):
+        idx = perm[(s * a.batch) % (images.shape[0] - a.batch):][: a.batch]
+        x = images[idx].float() / 255.0
+        y = F.one_hot(labels[idx], 10).float()
+        opt.zero_grad(set_to_none=True)
+        loss = model(x, y)
+        loss.backward()
+        opt.step()
+
+    for s in range(30):
+        step(s)
+    t0 = time.perf_counter()
+    for s in range(a.steps):
+        step(s)
+    dt = time.perf_counter() - t0
+    print(f"samples/s {a.steps * a.batch / dt:.1f}")
+
+
+if __name__ == "__main__":
+    main()
