@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "vae/errors.hpp"
+#include "vae/version.hpp"
 
 namespace po = boost::program_options;
 
@@ -55,6 +56,7 @@ po::options_description make_options() {
   po::options_description general("General");
   general.add_options()
       ("help,h", "print this help and exit")
+      ("version", "print the version and the git commit it was built from, and exit")
       ("config", po::value<std::string>(), "INI file with any of these options (command line wins)")
       ("run-dir", po::value<std::string>()->default_value("runs/default"), "directory for metrics and checkpoints")
       ("seed", po::value<std::uint64_t>()->default_value(42), "seed for initialisation, shuffling and sampling")
@@ -255,6 +257,11 @@ ParsedArgs parse_args(int argc, const char* const* argv) {
       os << desc;
       out.help = true;
       out.help_text = os.str();
+      return out;
+    }
+    if (vm.count("version")) {
+      out.help = true;
+      out.help_text = std::string("vae_dist ") + version() + " (" + git_commit() + ")\n";
       return out;
     }
     if (vm.count("config")) {

@@ -80,42 +80,54 @@ HWY_INLINE void store_partial(DF d, VF v, float* p, std::size_t count) {
 HWY_INLINE void finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::size_t j, std::size_t count) {
   if (g.epi == Epilogue::bias_act) acc = activate_v(d, hn::Add(acc, load_partial(d, g.bias + j, count)), g.act);
   else if (g.epi == Epilogue::slope) acc = hn::Mul(acc, slope_v(d, load_partial(d, g.y + i * g.ldy + j, count), g.act));
-  store_partial(d, acc, g.c + i * g.ldc + j, count);
+  float* c = g.c + i * g.ldc + j;
+  // The weight gradient is written once and read by the allreduce and Adam only after the whole backward pass: streaming
+  // stores skip the read-for-ownership of lines that would be evicted before they are used.
+  if (g.epi == Epilogue::none && count == hn::Lanes(d) && reinterpret_cast<std::uintptr_t>(c) % (hn::Lanes(d) * sizeof(float)) == 0)
+    hn::Stream(acc, d, c);
+  else
+    store_partial(d, acc, c, count);
 }
 
-// C tile [R × NR] at (i, j) = Σ_p A(i + r, p)·B(p, j … j + NR), B read as two vectors per p from b + p·ldb (the matrix
-// itself, or a packed panel with ldb = NR). A element (i + r, p) is one broadcast from memory:
-//   RowsA: a[r·lda + p] (A row-major, R row pointers);  otherwise a[p·lda + r] (A transposed, or a packed panel).
+// `tiles` C tiles [R × NR] down from (i, j): C(i + r, j … j + NR) = Σ_p A(i + r, p)·B(p, j … j + NR), B read as two
+// vectors per p from b + p·ldb (the matrix itself, or a packed panel with ldb = NR). A element (i + r, p) is one broadcast
+// from memory: RowsA: a[r·lda + p] (A row-major); otherwise a[p·lda + r] (A transposed, or a packed panel). The next
+// tile's A starts a_step further on. Looping over tiles in here keeps the call and setup off the short-K products.
 template <std::size_t R, bool RowsA>
-HWY_NOINLINE void micro_tile(const float* HWY_RESTRICT a, std::size_t lda, const float* HWY_RESTRICT b, std::size_t ldb, std::size_t k,
-                             const GemmBlock& g, std::size_t i, std::size_t j, std::size_t cols) {
+HWY_NOINLINE void micro_tiles(const float* HWY_RESTRICT a, std::size_t lda, std::size_t a_step, std::size_t tiles,
+                              const float* HWY_RESTRICT b, std::size_t ldb, std::size_t k, const GemmBlock& g, std::size_t i,
+                              std::size_t j, std::size_t cols) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
-  VF c0[R], c1[R];
-  for (std::size_t r = 0; r < R; ++r) c0[r] = c1[r] = hn::Zero(d);
-  for (std::size_t p = 0; p < k; ++p) {
-    const VF b0 = hn::LoadU(d, b), b1 = hn::LoadU(d, b + N);
-    for (std::size_t r = 0; r < R; ++r) {
-      const VF ar = hn::Set(d, RowsA ? a[r * lda + p] : a[r]);
-      c0[r] = hn::MulAdd(ar, b0, c0[r]);
-      c1[r] = hn::MulAdd(ar, b1, c1[r]);
-    }
-    if (!RowsA) a += lda;
-    b += ldb;
-  }
   const std::size_t n0 = std::min(cols, N), n1 = cols > N ? cols - N : 0;
-  for (std::size_t r = 0; r < R; ++r) {
-    finish(d, c0[r], g, i + r, j, n0);
-    if (n1) finish(d, c1[r], g, i + r, j + N, n1);
+  for (std::size_t t = 0; t < tiles; ++t, a += a_step, i += R) {
+    VF c0[R], c1[R];
+    for (std::size_t r = 0; r < R; ++r) c0[r] = c1[r] = hn::Zero(d);
+    const float* ap = a;
+    const float* bp = b;
+    for (std::size_t p = 0; p < k; ++p) {
+      const VF b0 = hn::LoadU(d, bp), b1 = hn::LoadU(d, bp + N);
+      for (std::size_t r = 0; r < R; ++r) {
+        const VF ar = hn::Set(d, RowsA ? ap[r * lda + p] : ap[r]);
+        c0[r] = hn::MulAdd(ar, b0, c0[r]);
+        c1[r] = hn::MulAdd(ar, b1, c1[r]);
+      }
+      if (!RowsA) ap += lda;
+      bp += ldb;
+    }
+    for (std::size_t r = 0; r < R; ++r) {
+      finish(d, c0[r], g, i + r, j, n0);
+      if (n1) finish(d, c1[r], g, i + r, j + N, n1);
+    }
   }
 }
 
-using TileFn = void (*)(const float*, std::size_t, const float*, std::size_t, std::size_t, const GemmBlock&, std::size_t, std::size_t,
-                        std::size_t);
+using TileFn = void (*)(const float*, std::size_t, std::size_t, std::size_t, const float*, std::size_t, std::size_t, const GemmBlock&,
+                        std::size_t, std::size_t, std::size_t);
 
 template <bool RowsA, std::size_t... Rs>
 constexpr std::array<TileFn, sizeof...(Rs)> make_tile_table(std::index_sequence<Rs...>) {
-  return {&micro_tile<Rs + 1, RowsA>...};
+  return {&micro_tiles<Rs + 1, RowsA>...};
 }
 
 // B(p, j + c) for one NR-column panel into dst [k × NR], zero-padded past `cols`: from B row-major (partial panels) or
@@ -165,6 +177,7 @@ void gemm_block(const GemmBlock& g) {
   static constexpr auto rows_tiles = make_tile_table<true>(std::make_index_sequence<kMR>());
   static constexpr auto cols_tiles = make_tile_table<false>(std::make_index_sequence<kMR>());
   const std::size_t NR = nr();
+  const bool packed = g.layout == ALayout::panels;
   for (std::size_t j = g.j0; j < g.j1; j += NR) {
     const std::size_t cols = std::min(NR, g.j1 - j);
     // Full panels of a row-major B are read in place; transposed or partial ones are packed first.
@@ -175,15 +188,19 @@ void gemm_block(const GemmBlock& g) {
       b = g.bpack;
       ldb = NR;
     }
+    // Runs of whole kMR-row tiles in one call, then what is left (a packed panel's tiles must not straddle panels).
     for (std::size_t i = g.i0; i < g.i1;) {
-      const bool packed = g.layout == ALayout::panels;
-      const std::size_t rows = std::min(kMR - (packed ? i % kMR : 0), g.i1 - i);
+      const std::size_t offset = packed ? i % kMR : 0;
+      const std::size_t rows = offset ? std::min(kMR - offset, g.i1 - i) : std::min(kMR, g.i1 - i);
+      const std::size_t tiles = rows == kMR ? (g.i1 - i) / kMR : 1;
       switch (g.layout) {
-        case ALayout::rows: rows_tiles[rows - 1](g.a + i * g.lda, g.lda, b, ldb, g.k, g, i, j, cols); break;
-        case ALayout::cols: cols_tiles[rows - 1](g.a + i, g.lda, b, ldb, g.k, g, i, j, cols); break;
-        case ALayout::panels: cols_tiles[rows - 1](g.a + (i / kMR) * g.k * kMR + i % kMR, kMR, b, ldb, g.k, g, i, j, cols); break;
+        case ALayout::rows: rows_tiles[rows - 1](g.a + i * g.lda, g.lda, rows * g.lda, tiles, b, ldb, g.k, g, i, j, cols); break;
+        case ALayout::cols: cols_tiles[rows - 1](g.a + i, g.lda, rows, tiles, b, ldb, g.k, g, i, j, cols); break;
+        case ALayout::panels:
+          cols_tiles[rows - 1](g.a + (i / kMR) * g.k * kMR + offset, kMR, g.k * kMR, tiles, b, ldb, g.k, g, i, j, cols);
+          break;
       }
-      i += rows;
+      i += rows * tiles;
     }
   }
 }

@@ -14,6 +14,7 @@
 #include "vae/errors.hpp"
 #include "vae/optimizer.hpp"
 #include "vae/rng.hpp"
+#include "vae/version.hpp"
 
 namespace vae {
 namespace {
@@ -114,7 +115,7 @@ Trainer::~Trainer() = default;
 
 void Trainer::print_header() const {
   if (comm_.rank() != 0) return;
-  std::printf("vae_dist %s (%s): %d rank%s x %d thread%s, kernels %s\n", VAE_VERSION, VAE_GIT_COMMIT, comm_.size(),
+  std::printf("vae_dist %s (%s): %d rank%s x %d thread%s, kernels %s\n", version(), git_commit(), comm_.size(),
               comm_.size() > 1 ? "s" : "", threads_, threads_ > 1 ? "s" : "", kernels_->name().c_str());
   std::printf("model %s: %s; %s parameters\n", cfg_.preset.c_str(), cfg_.arch.describe().c_str(),
               with_commas(layout_.parameter_count()).c_str());

@@ -40,6 +40,12 @@ def case_help():
     assert code == 0 and "--batch" in out and "--fast.beta-start" in out, out
 
 
+def case_version():
+    code, out, _ = run(2, "--version")
+    assert code == 0 and out.startswith("vae_dist ") and out.count("vae_dist ") == 1, out  # rank 0 only
+    assert "(unknown)" not in out or not os.path.isdir(os.path.join(SOURCE, ".git")), out
+
+
 def case_bad_option():
     expect_usage_error(2, ["--bogus"], "vae_dist: error: unrecognised option '--bogus'")
 
