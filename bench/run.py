@@ -75,13 +75,16 @@ def gemm_table(reps):
     for key in keys:
         _, preset, batch, layer, op = key.split("/")
         g = {impl: median(runs[f"{key}/{impl}"], "FLOPS") / 1e9 for impl in
-             ("ours/t1", "openblas/t1", "ours/t2", "openblas/t2", "reference/t1")}
+             ("ours/t1", "openblas/t1", "ours/t2", "openblas/t2", "reference/t1", "ours_fused/t1", "ours_fused/t2")
+             if f"{key}/{impl}" in runs}
         r1, r2 = g["ours/t1"] / g["openblas/t1"], g["ours/t2"] / g["openblas/t2"]
         worst[1], worst[2] = min(worst[1], r1), min(worst[2], r2)
+        fused = f"{g['ours_fused/t1']:.1f} / {g['ours_fused/t2']:.1f}" if "ours_fused/t1" in g else ""
         rows.append(f"| {preset} | {batch[1:]} | {layer} | {op} | {g['ours/t1']:.1f} | {g['openblas/t1']:.1f} | {r1:.2f} "
-                    f"| {g['ours/t2']:.1f} | {g['openblas/t2']:.1f} | {r2:.2f} | {g['reference/t1']:.2f} |")
-    head = ["| model | batch | layer | product | ours 1t | OpenBLAS 1t | ratio | ours 2t | OpenBLAS 2t | ratio | reference 1t |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+                    f"| {g['ours/t2']:.1f} | {g['openblas/t2']:.1f} | {r2:.2f} | {fused} | {g['reference/t1']:.2f} |")
+    head = ["| model | batch | layer | product | ours 1t | OpenBLAS 1t | ratio | ours 2t | OpenBLAS 2t | ratio "
+            "| ours + fused ELU 1t / 2t | reference 1t |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     return head + rows + ["", f"GFLOP/s, medians of {reps} interleaved repetitions. Lowest ratio ours/OpenBLAS: "
                               f"{worst[1]:.2f} on 1 thread, {worst[2]:.2f} on 2 threads."]
 

@@ -36,10 +36,30 @@ constexpr std::size_t kMR = 6;
 inline std::size_t lanes() { return hn::Lanes(DF()); }
 inline std::size_t nr() { return 2 * lanes(); }
 
+// e^x − 1 for x ≤ 0 (positive lanes are clamped to 0): 2^n·p(r) − 1 with x = n·ln 2 + r, |r| ≤ ½ ln 2, and p a degree-6
+// Taylor polynomial (relative error < 2e-7 on that range). Absolute error ≤ 1.2e-7: what ELU needs, in half the
+// instructions of a general expm1, which matters when a short-K product spends its time in the epilogue.
+HWY_INLINE VF expm1_nonpositive(DF d, VF x) {
+  const hn::RebindToSigned<DF> di;
+  x = hn::Max(hn::Min(x, hn::Zero(d)), hn::Set(d, -87.0f));
+  const VF n = hn::Round(hn::Mul(x, hn::Set(d, 1.44269504088896341f)));
+  VF r = hn::NegMulAdd(n, hn::Set(d, 0.693145751953125f), x);
+  r = hn::NegMulAdd(n, hn::Set(d, 1.42860682030941723212e-6f), r);
+  VF p = hn::Set(d, 1.0f / 720.0f);
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f / 120.0f));
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f / 24.0f));
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f / 6.0f));
+  p = hn::MulAdd(p, r, hn::Set(d, 0.5f));
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f));
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f));
+  const VF scale = hn::BitCast(d, hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, n), hn::Set(di, 127))));
+  return hn::MulSub(p, scale, hn::Set(d, 1.0f));
+}
+
 HWY_INLINE VF activate_v(DF d, VF v, Activation act) {
   switch (act) {
     case Activation::identity: return v;
-    case Activation::elu: return hn::IfThenElse(hn::Gt(v, hn::Zero(d)), v, hn::Expm1(d, v));
+    case Activation::elu: return hn::IfThenElse(hn::Gt(v, hn::Zero(d)), v, expm1_nonpositive(d, v));
     case Activation::relu: return hn::Max(v, hn::Zero(d));
     case Activation::leaky_relu: return hn::IfThenElse(hn::Gt(v, hn::Zero(d)), v, hn::Mul(v, hn::Set(d, float(kLeakySlope))));
     case Activation::tanh: return hn::Tanh(d, v);
