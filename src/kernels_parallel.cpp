@@ -48,7 +48,7 @@ class ParallelKernels final : public Kernels<float> {
  public:
   ParallelKernels(int threads, const simd::Ops& ops) : arena_(threads), threads_(std::size_t(threads)), ops_(ops) {}
 
-  std::string name() const override { return std::string("simd ") + ops_.target + " x " + std::to_string(threads_) + " threads"; }
+  std::string name() const override { return std::string("simd ") + ops_.target; }
 
   std::size_t workspace_bytes(std::size_t max_rows, std::size_t max_dim) const override {
     Arena probe = Arena::measure();
