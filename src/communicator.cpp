@@ -61,6 +61,11 @@ void Communicator::allreduce_max(std::span<double> data) const {
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, data.data(), int(data.size()), MPI_DOUBLE, MPI_MAX, comm_), "MPI_Allreduce(max)");
 }
 
+int Communicator::allreduce_min(int value) const {
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MIN, comm_), "MPI_Allreduce(min)");
+  return value;
+}
+
 void Communicator::broadcast(void* data, std::size_t bytes, int root) const {
   check_mpi(MPI_Bcast(data, int(bytes), MPI_BYTE, root, comm_), "MPI_Bcast");
 }

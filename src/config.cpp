@@ -3,6 +3,7 @@
 
 #include <boost/program_options.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <iomanip>
 #include <set>
@@ -52,6 +53,26 @@ constexpr ModeSpec kDefaultModes[3] = {
     {0, 1.0, 1.0, 0, 0.25},
 };
 
+Fault parse_fault(const std::string& text) {
+  Fault f;
+  if (text.empty()) return f;
+  const auto first = text.find(':');
+  const std::string kind = text.substr(0, first);
+  if (kind == "throw") f.kind = Fault::Kind::exception;
+  else if (kind == "nan") f.kind = Fault::Kind::nan;
+  else if (kind == "kill") f.kind = Fault::Kind::kill;
+  else bad("inject-fault", "unknown kind '" + kind + "' (expected throw, nan or kill)");
+  if (first == std::string::npos) bad("inject-fault", "expected KIND:STEP[:RANK], got '" + text + "'");
+  std::string rest = text.substr(first + 1);
+  std::replace(rest.begin(), rest.end(), ':', ',');
+  const std::vector<int> numbers = parse_int_list(rest, "inject-fault");
+  if (numbers.empty() || numbers.size() > 2 || numbers[0] < 1 || (numbers.size() == 2 && numbers[1] < 0))
+    bad("inject-fault", "expected KIND:STEP[:RANK] with STEP ≥ 1, got '" + text + "'");
+  f.step = numbers[0];
+  f.rank = numbers.size() == 2 ? numbers[1] : 0;
+  return f;
+}
+
 po::options_description make_options() {
   po::options_description general("General");
   general.add_options()
@@ -92,7 +113,15 @@ po::options_description make_options() {
       ("adam-beta2", po::value<double>()->default_value(0.999), "Adam β2")
       ("adam-eps", po::value<double>()->default_value(1e-8), "Adam ε")
       ("epochs", po::value<int>()->default_value(10), "epochs to train")
-      ("max-steps", po::value<long>()->default_value(0), "stop after this many steps in total (0: no cap)");
+      ("max-steps", po::value<long>()->default_value(0), "stop after this many steps in total (0: no cap)")
+      ("nan-policy", po::value<std::string>()->default_value("stop"),
+       "a NaN or Inf in any rank's loss or gradient: stop (with an error naming step and rank) or skip (drop that step's update and count it)")
+      ("profile", po::bool_switch(), "print a per-phase time summary on rank 0 at the end");
+
+  po::options_description testing("Testing");
+  testing.add_options()
+      ("inject-fault", po::value<std::string>()->default_value(""),
+       "make a failure happen, for testing: KIND:STEP[:RANK] with KIND throw, nan or kill (rank 0 by default)");
 
   po::options_description modes("Progressive modes (β in ELBO units; β = 1 is the true ELBO)");
   for (int m = 0; m < 3; ++m) {
@@ -112,7 +141,7 @@ po::options_description make_options() {
       ("plateau.min-delta", po::value<double>()->default_value(0.002), "an improvement must exceed this fraction of the best validation loss");
 
   po::options_description all("vae_dist: distributed data-parallel conditional VAE trainer\n\nUsage: mpirun -n N vae_dist [options]\n");
-  all.add(general).add(model).add(data).add(train).add(modes);
+  all.add(general).add(model).add(data).add(train).add(modes).add(testing);
   return all;
 }
 
@@ -161,6 +190,12 @@ Config build(const po::variables_map& vm) {
   c.threads = get<int>(vm, "threads");
   c.run_dir = get<std::string>(vm, "run-dir");
   c.step_log = get<std::string>(vm, "step-log");
+  const std::string nan = get<std::string>(vm, "nan-policy");
+  if (nan == "stop") c.nan_policy = NanPolicy::stop;
+  else if (nan == "skip") c.nan_policy = NanPolicy::skip;
+  else bad("nan-policy", "unknown value '" + nan + "' (expected stop or skip)");
+  c.profile = vm["profile"].as<bool>();
+  c.fault = parse_fault(get<std::string>(vm, "inject-fault"));
   const std::string kernels = get<std::string>(vm, "kernels");
   if (kernels == "parallel") c.kernels = KernelChoice::parallel;
   else if (kernels == "reference") c.kernels = KernelChoice::reference;
@@ -294,7 +329,8 @@ std::string Config::to_ini() const {
   os << "batch = " << batch << "\nlr = " << lr << "\nadam-beta1 = " << adam_beta1 << "\nadam-beta2 = " << adam_beta2
      << "\nadam-eps = " << adam_eps << "\nepochs = " << epochs << "\nmax-steps = " << max_steps << "\nseed = " << seed
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir
-     << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel") << "\n";
+     << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")
+     << "\nnan-policy = " << (nan_policy == NanPolicy::skip ? "skip" : "stop") << "\n";
   for (int m = 0; m < 3; ++m) {
     const ModeSpec& s = modes[std::size_t(m)];
     os << "\n[" << kModeKeys[m] << "]\n";

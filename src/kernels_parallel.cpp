@@ -4,6 +4,7 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 
 #include "simd_ops.hpp"
@@ -137,6 +138,16 @@ class ParallelKernels final : public Kernels<float> {
                            std::size_t latent, float scale, float beta) const override {
     for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.reparam_backward(head, eps, dz, ldz, dhead, r0, r1, latent, scale, beta); },
              latent);
+  }
+
+  bool all_finite(const float* x, std::size_t n) const override {
+    std::atomic<bool> finite{true};
+    arena_.execute([&] {
+      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
+        if (!ops_.all_finite(x, r.begin(), r.end())) finite.store(false, std::memory_order_relaxed);
+      });
+    });
+    return finite.load();
   }
 
   void gaussian_rows(float* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {

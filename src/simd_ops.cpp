@@ -344,6 +344,21 @@ void reparam_backward(const float* head, const float* eps, const float* dz, std:
   }
 }
 
+bool all_finite(const float* x, std::size_t begin, std::size_t end) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  // x − x is 0 for a finite x and NaN for NaN or ±Inf: one subtraction and a running sum, then one test at the end.
+  VF acc = hn::Zero(d);
+  std::size_t i = begin;
+  for (; i + N <= end; i += N) {
+    const VF v = hn::LoadU(d, x + i);
+    acc = hn::Add(acc, hn::Sub(v, v));
+  }
+  float tail = 0.0f;
+  for (; i < end; ++i) tail += x[i] - x[i];
+  return hn::AllTrue(d, hn::Eq(acc, hn::Zero(d))) && tail == 0.0f;
+}
+
 void box_muller(const float* u, float* out, std::size_t n) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
@@ -414,6 +429,7 @@ const Ops* get_ops() {
     o.bernoulli_rows = &bernoulli_rows;
     o.reparam_forward = &reparam_forward;
     o.reparam_backward = &reparam_backward;
+    o.all_finite = &all_finite;
     o.box_muller = &box_muller;
     o.adam = &adam;
     return o;

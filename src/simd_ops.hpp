@@ -68,6 +68,8 @@ struct Ops {
                           std::size_t latent, double* row_kl) = nullptr;
   void (*reparam_backward)(const float* head, const float* eps, const float* dz, std::size_t ldz, float* dhead, std::size_t r0,
                            std::size_t r1, std::size_t latent, float scale, float beta) = nullptr;
+  // true when x[begin:end) has no NaN or ±Inf
+  bool (*all_finite)(const float* x, std::size_t begin, std::size_t end) = nullptr;
   // Box-Muller: out[2i] = √(−2 ln u[2i])·cos 2πu[2i+1], out[2i+1] = … sin …, for pairs i < n/2 (n even)
   void (*box_muller)(const float* u, float* out, std::size_t n) = nullptr;
   void (*adam)(float* p, const float* g, float* m, float* v, std::size_t begin, std::size_t end, float lr_t, float beta1, float beta2,

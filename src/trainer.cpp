@@ -4,6 +4,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <limits>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -142,27 +145,57 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   const Kernels<float>& k = *ctx_.kernels;
   const std::size_t n = local_batch_;
   const float scale = 1.0f / float(cfg_.batch);
+  const long step = step_ + 1;  // 1-based, as reported
+  const bool faulty = cfg_.fault.kind != Fault::Kind::none && cfg_.fault.step == step && cfg_.fault.rank == comm_.rank();
+  if (faulty && cfg_.fault.kind == Fault::Kind::exception)
+    throw std::runtime_error("injected fault at step " + std::to_string(step) + " (--inject-fault)");
+  if (faulty && cfg_.fault.kind == Fault::Kind::kill) std::raise(SIGKILL);
+  auto t = std::chrono::steady_clock::now();
+  auto lap = [&t](double& phase) {
+    const auto now = std::chrono::steady_clock::now();
+    phase += std::chrono::duration<double>(now - t).count();
+    t = now;
+  };
 
   // data: this rank's contiguous slice of the global batch
   const std::size_t first = std::size_t(comm_.rank()) * n;
   const std::uint64_t key = stream_key(cfg_.seed, Stream::reparam, std::uint64_t(step_));
   std::span<const std::uint32_t> slice = global_batch.subspan(first, n);
   load_rows(train_, 0, n, slice, key, first);
+  lap(phase_.data);
 
-  // forward
+  // forward and loss
   net_->forward(k, params_.data(), n);
-  // loss
   const Network<float>::Losses loss = net_->loss(k, n, scale);
+  lap(phase_.forward);
+
   // backward
   net_->backward(k, params_.data(), grads_.data(), n, scale, float(beta));
-  // allreduce: gradient sum over ranks = mean gradient of the global batch; loss sums with a non-finite flag
+  if (faulty && cfg_.fault.kind == Fault::Kind::nan) grads_[grads_.size() / 2] = std::numeric_limits<float>::quiet_NaN();
+  const bool finite = std::isfinite(loss.recon + loss.kl) && k.all_finite(grads_.data(), grads_.size());
+  lap(phase_.backward);
+
+  // allreduce: first a flag, so every rank learns in this step whether any rank's loss or gradient is not finite (and
+  // the lowest such rank) before anything is averaged; then the gradient sum = the mean gradient of the global batch.
+  step_ = step;
+  const int bad_rank = comm_.allreduce_min(finite ? comm_.size() : comm_.rank());
+  if (bad_rank < comm_.size()) {
+    lap(phase_.allreduce);
+    const std::string what = "non-finite loss or gradient at step " + std::to_string(step) + " on rank " + std::to_string(bad_rank);
+    if (cfg_.nan_policy == NanPolicy::stop)
+      throw AgreedError(what + "; nothing was updated (--nan-policy skip would drop the step and go on)", kExitDiverged);
+    ++skipped_;
+    return {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
+  }
   comm_.allreduce_sum(grads_);
-  double stats[3] = {loss.recon, loss.kl, std::isfinite(loss.recon + loss.kl) ? 0.0 : 1.0};
+  double stats[2] = {loss.recon, loss.kl};
   comm_.allreduce_sum(stats);
-  if (stats[2] != 0) throw std::runtime_error("non-finite loss at step " + std::to_string(step_ + 1));
+  lap(phase_.allreduce);
+
   // update
-  ++step_;
-  adam_step<float>(k, params_, grads_, adam_m_, adam_v_, step_, {lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps});
+  ++updates_;
+  adam_step<float>(k, params_, grads_, adam_m_, adam_v_, updates_, {lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps});
+  lap(phase_.update);
   return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
 }
 
@@ -202,6 +235,7 @@ void Trainer::initialize() {
   std::fill(adam_m_.begin(), adam_m_.end(), 0.0f);
   std::fill(adam_v_.begin(), adam_v_.end(), 0.0f);
   step_ = 0;
+  updates_ = 0;
 }
 
 long Trainer::steps_per_epoch() const { return long(train_.size() / std::size_t(cfg_.batch)); }
@@ -230,15 +264,19 @@ void Trainer::run() {
 
     const auto t0 = std::chrono::steady_clock::now();
     double recon = 0, kl = 0;
-    long steps = 0;
+    long steps = 0, applied = 0;
+    const long skipped_before = skipped_;
+    phase_ = {};
     auto last_progress = t0;
     for (long s = 0; s < per_epoch; ++s) {
       if (cfg_.max_steps > 0 && step_ >= cfg_.max_steps) break;
       const StepLoss l = step(epoch, s, plan.beta, lr);
+      ++steps;
+      step_losses_.push_back(l.recon + plan.beta * l.kl);  // NaN for a dropped step
+      if (std::isnan(l.recon)) continue;
       recon += l.recon;
       kl += l.kl;
-      ++steps;
-      step_losses_.push_back(l.recon + plan.beta * l.kl);
+      ++applied;
       if (step_log_.is_open()) {
         char line[160];
         std::snprintf(line, sizeof line, "{\"step\":%ld,\"recon\":%.9g,\"kl\":%.9g,\"loss\":%.9g}", step_, l.recon, l.kl,
@@ -247,7 +285,7 @@ void Trainer::run() {
       }
       if (progress_ && seconds_since(last_progress) > 0.5) {
         last_progress = std::chrono::steady_clock::now();
-        show_progress(epoch + 1, s + 1, per_epoch, recon / double(steps) + plan.beta * kl / double(steps),
+        show_progress(epoch + 1, s + 1, per_epoch, (recon + plan.beta * kl) / double(std::max(applied, 1L)),
                       double(steps * cfg_.batch) / seconds_since(t0), false);
       }
     }
@@ -260,8 +298,14 @@ void Trainer::run() {
     rec.mode = plan.mode;
     rec.beta = plan.beta;
     rec.lr = lr;
-    rec.train_recon = steps ? recon / double(steps) : 0;
-    rec.train_kl = steps ? kl / double(steps) : 0;
+    rec.train_recon = applied ? recon / double(applied) : 0;
+    rec.train_kl = applied ? kl / double(applied) : 0;
+    rec.skipped_steps = skipped_ - skipped_before;
+    double phases[6] = {phase_.data, phase_.forward, phase_.backward, phase_.allreduce, phase_.update, phase_.checkpoint};
+    comm_.allreduce_sum(phases);
+    for (double& x : phases) x /= comm_.size();
+    rec.time = {phases[0], phases[1], phases[2], phases[3], phases[4], phases[5]};
+    profile_ += rec.time;
     const EvalResult test = evaluate(test_);
     rec.test_elbo = test.elbo();
     rec.test_recon = test.recon;
@@ -282,6 +326,10 @@ void Trainer::run() {
       std::fflush(stdout);
       metrics_.write(format_json(rec));
     }
+  }
+  if (cfg_.profile && comm_.rank() == 0) {
+    std::printf("%s", format_profile(profile_, step_, cfg_.batch).c_str());
+    std::fflush(stdout);
   }
 }
 

@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 BIN, SOURCE, CASE = sys.argv[1], sys.argv[2], sys.argv[3]
 MPIEXEC = ["mpiexec", "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
@@ -74,7 +75,8 @@ def case_corrupt_labels():
 
 def case_smoke_real_mnist():
     with tempfile.TemporaryDirectory() as d:
-        code, out, err = run(2, "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--run-dir", d, timeout=600)
+        code, out, err = run(2, "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--run-dir", d, "--profile",
+                             timeout=600)
         assert code == 0, f"exit {code}\n{out}\n{err}"
         with open(os.path.join(d, "metrics.jsonl")) as f:
             rows = [json.loads(l) for l in f]
@@ -84,6 +86,54 @@ def case_smoke_real_mnist():
         assert last < first, f"test -ELBO did not fall: {first} -> {last}"
         assert 60 < last < 250, f"implausible test -ELBO {last}"
         assert out.count("epoch ") >= len(rows), out  # one console line per epoch, from rank 0 only
+        assert out.count("profile: ") == 1 and "allreduce wait" in out, out
+        phases = ["time_data", "time_forward", "time_backward", "time_allreduce_wait", "time_update"]
+        assert all(r[p] > 0 for r in rows for p in phases), rows
+
+
+def run_fault(fault, *extra, ranks=2):
+    """Trains smoke.ini with a fault injected; returns (exit code, stdout, stderr, seconds until every process is gone)."""
+    with tempfile.TemporaryDirectory() as d:
+        marker = os.path.join(d, "run")
+        start = time.monotonic()
+        code, out, err = run(ranks, "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--run-dir", marker,
+                             "--inject-fault", fault, *extra, timeout=60)
+        while subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0:
+            assert time.monotonic() - start < 30, "processes still running 30 s after the fault"
+            time.sleep(0.1)
+        seconds = time.monotonic() - start
+        metrics = os.path.join(marker, "metrics.jsonl")
+        rows = [json.loads(l) for l in open(metrics)] if os.path.exists(metrics) else []
+    return code, out, err, seconds, rows
+
+
+def case_fault_throw():
+    code, out, err, seconds, _ = run_fault("throw:5:1")
+    assert code != 0, f"exit {code}"
+    assert "vae_dist: rank 1: error: injected fault at step 5" in err, err
+    assert seconds < 10, f"{seconds:.1f} s until every process exited"
+
+
+def case_fault_kill():
+    code, out, err, seconds, _ = run_fault("kill:5:1")
+    assert code != 0, f"exit {code}"
+    assert seconds < 10, f"{seconds:.1f} s until every process exited"
+
+
+def case_fault_nan_stop():
+    code, out, err, seconds, rows = run_fault("nan:5:1")
+    assert code == 3, f"exit {code}, expected 3\n{err}"
+    lines = our_errors(err)
+    assert len(lines) == 1 and "non-finite loss or gradient at step 5 on rank 1" in lines[0], lines
+    assert rows == [], "an epoch finished after the failure"
+    assert seconds < 10, f"{seconds:.1f} s"
+
+
+def case_fault_nan_skip():
+    code, out, err, seconds, rows = run_fault("nan:5:1", "--nan-policy", "skip", "--epochs", "1")
+    assert code == 0, f"exit {code}\n{err}"
+    assert [r["skipped_steps"] for r in rows] == [1], rows
+    assert all(r["test_elbo"] == r["test_elbo"] and r["train_loss"] == r["train_loss"] for r in rows), rows  # no NaN
 
 
 globals()["case_" + CASE]()

@@ -35,6 +35,7 @@ class Communicator {
   void allreduce_sum(std::span<float> data) const;
   void allreduce_sum(std::span<double> data) const;
   void allreduce_max(std::span<double> data) const;
+  int allreduce_min(int value) const;
   void broadcast(void* data, std::size_t bytes, int root = 0) const;
   void barrier() const;
 

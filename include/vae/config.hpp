@@ -13,6 +13,15 @@
 namespace vae {
 
 enum class Progress { automatic, always, never };
+enum class NanPolicy { stop, skip };
+
+// A failure made to happen on purpose (--inject-fault), so the tests can check what the job does about it.
+struct Fault {
+  enum class Kind { none, exception, nan, kill };
+  Kind kind = Kind::none;
+  long step = 0;  // 1-based global step
+  int rank = 0;
+};
 
 struct Config {
   std::string config_file;
@@ -35,6 +44,9 @@ struct Config {
   KernelChoice kernels = KernelChoice::parallel;
   Progress progress = Progress::automatic;
   std::string step_log;  // optional per-step loss log (JSON lines), written by rank 0
+  NanPolicy nan_policy = NanPolicy::stop;
+  bool profile = false;
+  Fault fault;
   std::array<ModeSpec, 3> modes;
   PlateauSpec plateau;
 

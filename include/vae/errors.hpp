@@ -12,7 +12,20 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-inline constexpr int kExitUsage = 2;
-inline constexpr int kExitFailure = 1;
+// A failure every rank has learned of in the same collective (a non-finite loss, say): each rank throws it, rank 0
+// prints it, and all exit with `code` together, so no MPI_Abort is needed.
+class AgreedError : public std::runtime_error {
+ public:
+  AgreedError(const std::string& what, int code) : std::runtime_error(what), code_(code) {}
+  int code() const { return code_; }
+
+ private:
+  int code_;
+};
+
+// Exit codes, documented in the README: job scripts branch on them.
+inline constexpr int kExitFailure = 1;   // an error on some rank; the job was aborted
+inline constexpr int kExitUsage = 2;     // a bad option or input file; nothing was trained
+inline constexpr int kExitDiverged = 3;  // a NaN or Inf in a loss or gradient with --nan-policy stop
 
 }  // namespace vae

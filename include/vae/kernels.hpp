@@ -65,6 +65,8 @@ class Kernels {
   // dhead from dz (row stride ldz) through the reparameterisation, plus β·scale·∂KL.
   virtual void reparam_kl_backward(const T* head, const T* eps, const T* dz, std::size_t ldz, T* dhead, std::size_t n, std::size_t latent,
                                    T scale, T beta) const = 0;
+  // True when every one of the n values is finite (no NaN, no ±Inf).
+  virtual bool all_finite(const T* x, std::size_t n) const = 0;
   // Standard normals, row r of out [rows × cols] from its own generator Rng(hash_combine(key, first + r)): a row's values
   // depend on its key alone, not on which rank or thread draws it. Box-Muller on pairs of uniform24(): for the pair
   // (u, v), √(−2 ln u)·cos 2πv and √(−2 ln u)·sin 2πv; an odd last column takes the cosine of a final pair.
@@ -204,6 +206,12 @@ class ReferenceKernels final : public Kernels<T> {
         dhead[r * 2 * latent + j] = g + scale * beta * mu;
         dhead[r * 2 * latent + latent + j] = g * eps[r * latent + j] * T(0.5) * sd + scale * beta * T(0.5) * (sd * sd - T(1));
       }
+  }
+
+  bool all_finite(const T* x, std::size_t n) const override {
+    for (std::size_t i = 0; i < n; ++i)
+      if (!std::isfinite(x[i])) return false;
+    return true;
   }
 
   void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {

@@ -9,6 +9,18 @@
 
 namespace vae {
 
+// Seconds spent in each phase of the training steps of one epoch, averaged over ranks. allreduce counts only the time a
+// rank waits for collectives to finish, not the time they are in flight behind computation.
+struct PhaseTimes {
+  double data = 0, forward = 0, backward = 0, allreduce = 0, update = 0, checkpoint = 0;
+  PhaseTimes& operator+=(const PhaseTimes& o) {
+    data += o.data, forward += o.forward, backward += o.backward, allreduce += o.allreduce, update += o.update,
+        checkpoint += o.checkpoint;
+    return *this;
+  }
+  double total() const { return data + forward + backward + allreduce + update + checkpoint; }
+};
+
 struct EpochRecord {
   int epoch = 0;             // 1-based: epochs completed
   long step = 0;             // global steps completed
@@ -20,7 +32,12 @@ struct EpochRecord {
   double samples_per_s = 0;  // training samples per second (whole step)
   double epoch_seconds = 0, elapsed_seconds = 0;
   double peak_rss_bytes = 0;  // the largest peak resident set of any rank so far
+  long skipped_steps = 0;     // steps whose update was dropped for a non-finite loss or gradient (--nan-policy skip)
+  PhaseTimes time;
 };
+
+// The --profile summary: each phase's total over the run and its share of the step.
+std::string format_profile(const PhaseTimes& total, long steps, int global_batch);
 
 std::string format_console(const EpochRecord& r, int total_epochs);
 std::string format_json(const EpochRecord& r);

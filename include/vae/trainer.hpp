@@ -84,7 +84,10 @@ class Trainer {
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
 
   ModeScheduler scheduler_;
-  long step_ = 0;  // global steps completed
+  long step_ = 0;     // global steps completed (applied or dropped)
+  long updates_ = 0;  // Adam updates applied: the t of its bias correction
+  long skipped_ = 0;  // steps dropped for a non-finite loss or gradient
+  PhaseTimes phase_, profile_;  // this epoch's phase times on this rank; the run's, averaged over ranks
   std::vector<double> step_losses_;
   std::vector<EpochRecord> history_;
   LineFile metrics_, step_log_;

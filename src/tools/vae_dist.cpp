@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
     }
     if (comm.any_failed(error, "vae_dist")) return vae::kExitUsage;
     trainer->run();
+  } catch (const vae::AgreedError& e) {
+    if (comm.rank() == 0) std::fprintf(stderr, "vae_dist: error: %s\n", e.what());
+    return e.code();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vae_dist: rank %d: error: %s\n", comm.rank(), e.what());
     comm.abort(vae::kExitFailure);
