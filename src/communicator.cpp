@@ -53,6 +53,22 @@ void Communicator::allreduce_sum(std::span<float> data) const {
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, data.data(), int(data.size()), MPI_FLOAT, MPI_SUM, comm_), "MPI_Allreduce(float)");
 }
 
+MPI_Request Communicator::start_allreduce_sum(std::span<float> data) const {
+  MPI_Request r = MPI_REQUEST_NULL;
+  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data.data(), int(data.size()), MPI_FLOAT, MPI_SUM, comm_, &r), "MPI_Iallreduce");
+  return r;
+}
+
+bool Communicator::test_all(std::span<MPI_Request> requests) const {
+  int done = 0;
+  check_mpi(MPI_Testall(int(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+  return done != 0;
+}
+
+void Communicator::wait_all(std::span<MPI_Request> requests) const {
+  check_mpi(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+}
+
 void Communicator::allreduce_sum(std::span<double> data) const {
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, data.data(), int(data.size()), MPI_DOUBLE, MPI_SUM, comm_), "MPI_Allreduce(double)");
 }

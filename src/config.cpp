@@ -116,6 +116,8 @@ po::options_description make_options() {
       ("max-steps", po::value<long>()->default_value(0), "stop after this many steps in total (0: no cap)")
       ("nan-policy", po::value<std::string>()->default_value("stop"),
        "a NaN or Inf in any rank's loss or gradient: stop (with an error naming step and rank) or skip (drop that step's update and count it)")
+      ("bucket-mb", po::value<double>()->default_value(1.0),
+       "gradient allreduce bucket size in MiB: each bucket is reduced while the backward pass goes on")
       ("profile", po::bool_switch(), "print a per-phase time summary on rank 0 at the end");
 
   po::options_description testing("Testing");
@@ -195,6 +197,7 @@ Config build(const po::variables_map& vm) {
   else if (nan == "skip") c.nan_policy = NanPolicy::skip;
   else bad("nan-policy", "unknown value '" + nan + "' (expected stop or skip)");
   c.profile = vm["profile"].as<bool>();
+  c.bucket_mb = get<double>(vm, "bucket-mb");
   c.fault = parse_fault(get<std::string>(vm, "inject-fault"));
   const std::string kernels = get<std::string>(vm, "kernels");
   if (kernels == "parallel") c.kernels = KernelChoice::parallel;
@@ -231,6 +234,7 @@ void validate(const Config& c) {
   if (!(c.adam_eps > 0)) bad("adam-eps", "must be positive");
   if (c.epochs < 0) bad("epochs", "must not be negative, got " + std::to_string(c.epochs));
   if (c.max_steps < 0) bad("max-steps", "must not be negative");
+  if (!(c.bucket_mb > 0 && c.bucket_mb <= 4096)) bad("bucket-mb", "must be in (0, 4096]");
   if (c.threads < 0 || c.threads > 1024) bad("threads", "must be in 0-1024, got " + std::to_string(c.threads));
   if (c.val_size < 0) bad("val-size", "must not be negative");
   if (c.train_limit < 0) bad("train-limit", "must not be negative");
@@ -330,7 +334,7 @@ std::string Config::to_ini() const {
      << "\nadam-eps = " << adam_eps << "\nepochs = " << epochs << "\nmax-steps = " << max_steps << "\nseed = " << seed
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir
      << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")
-     << "\nnan-policy = " << (nan_policy == NanPolicy::skip ? "skip" : "stop") << "\n";
+     << "\nnan-policy = " << (nan_policy == NanPolicy::skip ? "skip" : "stop") << "\nbucket-mb = " << bucket_mb << "\n";
   for (int m = 0; m < 3; ++m) {
     const ModeSpec& s = modes[std::size_t(m)];
     os << "\n[" << kModeKeys[m] << "]\n";

@@ -144,7 +144,7 @@ void Network<T>::chain_forward(const Kernels<T>& k, const T* params, std::size_t
 
 template <class T>
 void Network<T>::chain_backward(const Kernels<T>& k, const T* params, T* grads, std::size_t first, std::size_t last, T* d_top,
-                                T* d_input, std::size_t d_cols, std::size_t n) {
+                                T* d_input, std::size_t d_cols, std::size_t n, BackwardListener* listener) {
   T* dy = d_top;
   int pp = 0;
   for (std::size_t l = last; l-- > first;) {
@@ -154,6 +154,7 @@ void Network<T>::chain_backward(const Kernels<T>& k, const T* params, T* grads, 
     T* db = grads + s.spec->b_offset;
     if (s.in) k.dense_weight_grad(s.in, s.ld_in, dy, dw, db, n, s.spec->in, s.spec->out);
     else k.dense_weight_grad_image(images_, dy, dw, db, n, s.spec->out);
+    if (listener) listener->layer_done(l);
     if (l == first && !d_input) break;
     const bool inner = l > first;
     T* dx = inner ? dpp_[pp].data() : d_input;
@@ -183,13 +184,13 @@ typename Network<T>::Losses Network<T>::loss(const Kernels<T>& k, std::size_t n,
 }
 
 template <class T>
-void Network<T>::backward(const Kernels<T>& k, const T* params, T* grads, std::size_t n, T scale, T beta) {
+void Network<T>::backward(const Kernels<T>& k, const T* params, T* grads, std::size_t n, T scale, T beta, BackwardListener* listener) {
   const std::size_t enc_end = arch_.hidden.size() + 1;
   const std::size_t L = std::size_t(arch_.latent);
-  chain_backward(k, params, grads, enc_end, stages_.size(), dlogits_.data(), dz_.data(), L, n);
+  chain_backward(k, params, grads, enc_end, stages_.size(), dlogits_.data(), dz_.data(), L, n, listener);
   // dhead [n × 2L] from dz [n × L] and β·∂KL
   k.reparam_kl_backward(head_.data(), eps_.data(), dz_.data(), L, dhead_.data(), n, L, scale, beta);
-  chain_backward(k, params, grads, 0, enc_end, dhead_.data(), nullptr, 0, n);
+  chain_backward(k, params, grads, 0, enc_end, dhead_.data(), nullptr, 0, n, listener);
 }
 
 template <class T>

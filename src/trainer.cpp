@@ -97,6 +97,19 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
   carve(pool_);
   kernels_->bind_workspace(workspace_, local_batch_, layout_.max_dim());
 
+  // Buckets of at least --bucket-mb, whole layers each, in the order the backward pass finishes them.
+  const auto& layers = layout_.layers();
+  const std::size_t bucket_floats = std::max<std::size_t>(1, std::size_t(cfg_.bucket_mb * 1024 * 1024 / sizeof(float)));
+  std::size_t begin = 0;
+  for (std::size_t l = layers.size(); l-- > 0;) {
+    const std::size_t end = l > 0 ? layers[l - 1].b_offset : layout_.padded_size();
+    if (end - begin >= bucket_floats || l == 0) {
+      buckets_.push_back({begin, end, l});
+      begin = end;
+    }
+  }
+  requests_.assign(buckets_.size(), MPI_REQUEST_NULL);
+
   long total = steps_per_epoch() * cfg_.epochs;
   if (cfg_.max_steps > 0) total = std::min(total, cfg_.max_steps);
   step_losses_.reserve(std::size_t(total));
@@ -169,16 +182,19 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   const Network<float>::Losses loss = net_->loss(k, n, scale);
   lap(phase_.forward);
 
-  // backward
-  net_->backward(k, params_.data(), grads_.data(), n, scale, float(beta));
-  if (faulty && cfg_.fault.kind == Fault::Kind::nan) grads_[grads_.size() / 2] = std::numeric_limits<float>::quiet_NaN();
-  const bool finite = std::isfinite(loss.recon + loss.kl) && k.all_finite(grads_.data(), grads_.size());
+  // backward, with each bucket's allreduce started as soon as its layers are done (layer_done)
+  next_bucket_ = 0;
+  grads_finite_ = true;
+  inject_nan_ = faulty && cfg_.fault.kind == Fault::Kind::nan;
+  net_->backward(k, params_.data(), grads_.data(), n, scale, float(beta), this);
+  const bool finite = grads_finite_ && std::isfinite(loss.recon + loss.kl);
   lap(phase_.backward);
 
-  // allreduce: first a flag, so every rank learns in this step whether any rank's loss or gradient is not finite (and
-  // the lowest such rank) before anything is averaged; then the gradient sum = the mean gradient of the global batch.
+  // allreduce: a flag, so every rank learns in this step whether any rank's loss or gradient is not finite (and the lowest
+  // such rank), then the wait for the buckets in flight: the gradient sum is the mean gradient of the global batch.
   step_ = step;
   const int bad_rank = comm_.allreduce_min(finite ? comm_.size() : comm_.rank());
+  comm_.wait_all(requests_);
   if (bad_rank < comm_.size()) {
     lap(phase_.allreduce);
     const std::string what = "non-finite loss or gradient at step " + std::to_string(step) + " on rank " + std::to_string(bad_rank);
@@ -187,7 +203,6 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
     ++skipped_;
     return {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
   }
-  comm_.allreduce_sum(grads_);
   double stats[2] = {loss.recon, loss.kl};
   comm_.allreduce_sum(stats);
   lap(phase_.allreduce);
@@ -197,6 +212,21 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   adam_step<float>(k, params_, grads_, adam_m_, adam_v_, updates_, {lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps});
   lap(phase_.update);
   return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
+}
+
+void Trainer::layer_done(std::size_t layer) {
+  if (next_bucket_ == buckets_.size() || buckets_[next_bucket_].last_layer != layer) return;
+  const GradBucket& b = buckets_[next_bucket_];
+  const std::span<float> g = grads_.subspan(b.begin, b.end - b.begin);
+  if (inject_nan_) {
+    g[g.size() / 2] = std::numeric_limits<float>::quiet_NaN();
+    inject_nan_ = false;
+  }
+  // Checked before it leaves: once the allreduce has started, the buffer is MPI's until it completes.
+  grads_finite_ = grads_finite_ && ctx_.kernels->all_finite(g.data(), g.size());
+  if (comm_.size() > 1) requests_[next_bucket_] = comm_.start_allreduce_sum(g);
+  ++next_bucket_;
+  comm_.test_all(std::span<MPI_Request>(requests_).first(next_bucket_));
 }
 
 EvalResult Trainer::evaluate(const Dataset& data) {

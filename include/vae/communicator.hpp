@@ -33,6 +33,11 @@ class Communicator {
   int local_size() const { return local_size_; }  // ranks sharing this node
 
   void allreduce_sum(std::span<float> data) const;
+  // Non-blocking sum in place; complete it with test_all or wait_all. Every rank must start the same ones in the same order.
+  MPI_Request start_allreduce_sum(std::span<float> data) const;
+  // Drives outstanding requests forward (Open MPI progresses them only inside MPI calls); true when all are complete.
+  bool test_all(std::span<MPI_Request> requests) const;
+  void wait_all(std::span<MPI_Request> requests) const;
   void allreduce_sum(std::span<double> data) const;
   void allreduce_max(std::span<double> data) const;
   int allreduce_min(int value) const;

@@ -45,6 +45,7 @@ struct Config {
   Progress progress = Progress::automatic;
   std::string step_log;  // optional per-step loss log (JSON lines), written by rank 0
   NanPolicy nan_policy = NanPolicy::stop;
+  double bucket_mb = 1.0;  // gradient allreduce bucket size
   bool profile = false;
   Fault fault;
   std::array<ModeSpec, 3> modes;

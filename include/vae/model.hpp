@@ -58,6 +58,16 @@ class ParamLayout {
 template <class T>
 void init_parameters(const ParamLayout& layout, std::uint64_t seed, std::span<T> params);
 
+// Told by the backward pass when a layer's weight and bias gradients are final (layers in backward order), so gradient
+// synchronisation can start while the rest of the backward pass runs.
+class BackwardListener {
+ public:
+  virtual void layer_done(std::size_t layer) = 0;
+
+ protected:
+  ~BackwardListener() = default;
+};
+
 template <class T>
 class Network {
  public:
@@ -85,8 +95,9 @@ class Network {
   double forward(const Kernels<T>& k, const T* params, std::size_t n);
   // loss: Σ reconstruction NLL; writes dlogits = scale·∂/∂logits (scale = 1/global batch averages over ranks).
   Losses loss(const Kernels<T>& k, std::size_t n, T scale);
-  // backward: gradients of scale·(recon + beta·KL) into grads (overwritten, same layout as params).
-  void backward(const Kernels<T>& k, const T* params, T* grads, std::size_t n, T scale, T beta);
+  // backward: gradients of scale·(recon + beta·KL) into grads (overwritten, same layout as params); the listener, if any,
+  // hears of each layer as its gradients are done.
+  void backward(const Kernels<T>& k, const T* params, T* grads, std::size_t n, T scale, T beta, BackwardListener* listener = nullptr);
   // decode: decoder only, from decoder_input() rows [0, n) to logits.
   void decode(const Kernels<T>& k, const T* params, std::size_t n);
 
@@ -100,7 +111,7 @@ class Network {
   };
   void chain_forward(const Kernels<T>& k, const T* params, std::size_t first, std::size_t last, std::size_t n);
   void chain_backward(const Kernels<T>& k, const T* params, T* grads, std::size_t first, std::size_t last, T* d_top, T* d_input,
-                      std::size_t d_cols, std::size_t n);
+                      std::size_t d_cols, std::size_t n, BackwardListener* listener);
 
   Arch arch_;
   std::size_t max_batch_;

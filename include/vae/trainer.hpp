@@ -30,7 +30,7 @@ struct EvalResult {
   double elbo() const { return recon + kl; }
 };
 
-class Trainer {
+class Trainer : private BackwardListener {
  public:
   // Loads data and sizes the memory pool. Local work only (no collectives), so a UsageError here can be agreed on first.
   Trainer(const Config& config, const Communicator& comm, int threads);
@@ -59,6 +59,13 @@ class Trainer {
   const Dataset& test_set() const { return test_; }
 
  private:
+  // A contiguous range of the flat gradient buffer, synchronised by one non-blocking allreduce as soon as its last layer
+  // (in backward order) has its gradients.
+  struct GradBucket {
+    std::size_t begin = 0, end = 0;  // floats
+    std::size_t last_layer = 0;      // forward index of the layer that completes it
+  };
+  void layer_done(std::size_t layer) override;
   StepLoss train_step(std::span<const std::uint32_t> global_batch, double beta, double lr);
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
                  std::uint64_t eps_base);
@@ -82,6 +89,11 @@ class Trainer {
   int order_epoch_ = -1;
   std::unique_ptr<Network<float>> net_;
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
+  std::vector<GradBucket> buckets_;                    // in backward order, covering the gradient buffer
+  std::vector<MPI_Request> requests_;                  // one per bucket
+  std::size_t next_bucket_ = 0;
+  bool grads_finite_ = true;                           // every bucket started so far was finite on this rank
+  bool inject_nan_ = false;                            // --inject-fault nan: spoil the next bucket
 
   ModeScheduler scheduler_;
   long step_ = 0;     // global steps completed (applied or dropped)
