@@ -4,9 +4,11 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 namespace vae {
 
@@ -40,6 +42,27 @@ Communicator Communicator::world() {
   check_mpi(MPI_Comm_size(local, &c.local_size_), "MPI_Comm_size(local)");
   MPI_Comm_free(&local);
   return c;
+}
+
+Communicator Communicator::split(int colour) const {
+  Communicator c;
+  check_mpi(MPI_Comm_split(comm_, colour, rank_, &c.comm_), "MPI_Comm_split");
+  c.owned_ = true;
+  check_mpi(MPI_Comm_set_errhandler(c.comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  check_mpi(MPI_Comm_rank(c.comm_, &c.rank_), "MPI_Comm_rank");
+  check_mpi(MPI_Comm_size(c.comm_, &c.size_), "MPI_Comm_size");
+  c.local_size_ = std::min(local_size_, c.size_);
+  return c;
+}
+
+Communicator::Communicator(Communicator&& o) noexcept
+    : comm_(std::exchange(o.comm_, MPI_COMM_NULL)), owned_(std::exchange(o.owned_, false)), rank_(o.rank_), size_(o.size_),
+      local_size_(o.local_size_) {}
+
+Communicator::~Communicator() {
+  int finalized = 1;
+  MPI_Finalized(&finalized);
+  if (owned_ && comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
 }
 
 Communicator Communicator::self() {

@@ -28,6 +28,15 @@ class Communicator {
   // A communicator of this process alone: the single-process run that distributed runs must reproduce.
   static Communicator self();
 
+  // The ranks of this communicator with the same colour, in the same order (a new communicator, freed with the object).
+  // Collective over this communicator.
+  Communicator split(int colour) const;
+
+  Communicator(Communicator&& o) noexcept;
+  Communicator& operator=(Communicator&&) = delete;
+  Communicator(const Communicator&) = delete;
+  ~Communicator();
+
   int rank() const { return rank_; }
   int size() const { return size_; }
   int local_size() const { return local_size_; }  // ranks sharing this node
@@ -51,7 +60,9 @@ class Communicator {
   [[noreturn]] void abort(int code) const;
 
  private:
+  Communicator() = default;
   MPI_Comm comm_ = MPI_COMM_NULL;
+  bool owned_ = false;
   int rank_ = 0, size_ = 1, local_size_ = 1;
 };
 
