@@ -40,6 +40,7 @@ Communicator Communicator::world() {
   MPI_Comm local = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split_type(c.comm_, MPI_COMM_TYPE_SHARED, c.rank_, MPI_INFO_NULL, &local), "MPI_Comm_split_type");
   check_mpi(MPI_Comm_size(local, &c.local_size_), "MPI_Comm_size(local)");
+  check_mpi(MPI_Comm_rank(local, &c.local_rank_), "MPI_Comm_rank(local)");
   MPI_Comm_free(&local);
   return c;
 }
@@ -52,12 +53,13 @@ Communicator Communicator::split(int colour) const {
   check_mpi(MPI_Comm_rank(c.comm_, &c.rank_), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(c.comm_, &c.size_), "MPI_Comm_size");
   c.local_size_ = std::min(local_size_, c.size_);
+  c.local_rank_ = std::min(local_rank_, c.size_ - 1);
   return c;
 }
 
 Communicator::Communicator(Communicator&& o) noexcept
     : comm_(std::exchange(o.comm_, MPI_COMM_NULL)), owned_(std::exchange(o.owned_, false)), rank_(o.rank_), size_(o.size_),
-      local_size_(o.local_size_) {}
+      local_size_(o.local_size_), local_rank_(o.local_rank_) {}
 
 Communicator::~Communicator() {
   int finalized = 1;

@@ -1,12 +1,20 @@
 // IDX reading and validation; all parsing of untrusted bytes happens here.
 #include "vae/idx.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <sstream>
+#include <utility>
 
 #include "vae/errors.hpp"
 
@@ -65,7 +73,7 @@ std::vector<std::uint8_t> read_gzip(const std::filesystem::path& path) {
 }
 
 // Checks the header and returns the item count; dims receives the dimensions after the count.
-std::uint32_t check_header(const std::filesystem::path& path, const std::vector<std::uint8_t>& bytes, std::uint32_t magic,
+std::uint32_t check_header(const std::filesystem::path& path, std::span<const std::uint8_t> bytes, std::uint32_t magic,
                            std::vector<std::uint32_t>& dims) {
   const std::uint32_t rank = magic & 0xff;
   const char* what = rank == 3 ? "images" : "labels";
@@ -93,7 +101,111 @@ std::uint32_t check_header(const std::filesystem::path& path, const std::vector<
   return dims[0];
 }
 
+// Writes bytes to path atomically: a temporary file in the same directory, flushed to disk, renamed over path, and the
+// directory flushed, so a reader sees the whole file or none. Returns false (and leaves nothing) if the directory is not
+// writable; other failures throw.
+bool write_atomically(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
+  std::string tmp = path.string() + ".tmp.XXXXXX";
+  const int fd = mkstemp(tmp.data());
+  if (fd < 0) {
+    if (errno == EACCES || errno == EROFS || errno == EPERM) return false;
+    fail(path, std::string("cannot create a temporary file: ") + std::strerror(errno));
+  }
+  ::fchmod(fd, 0644);  // readable by everyone who can read the data beside it, as a cache should be
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      fail(path, "cannot write the decompressed cache: " + why);
+    }
+    done += std::size_t(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    ::unlink(tmp.c_str());
+    fail(path, std::string("cannot flush the decompressed cache: ") + std::strerror(errno));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    ::unlink(tmp.c_str());
+    fail(path, "cannot rename the decompressed cache into place: " + why);
+  }
+  const int dir = ::open(path.parent_path().empty() ? "." : path.parent_path().c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+  return true;
+}
+
 }  // namespace
+
+MappedFile::MappedFile(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const std::string why = std::strerror(errno);
+    ::close(fd);
+    fail(path, "cannot stat: " + why);
+  }
+  size_ = std::size_t(st.st_size);
+  if (size_ > 0) {
+    data_ = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    if (data_ == MAP_FAILED) {
+      data_ = nullptr;
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      fail(path, "cannot map: " + why);
+    }
+  }
+  ::close(fd);
+}
+
+MappedFile::MappedFile(MappedFile&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
+  std::swap(data_, o.data_);
+  std::swap(size_, o.size_);
+  return *this;
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(data_, size_);
+}
+
+IdxPair IdxPair::from_memory(const std::vector<std::uint8_t>& pixels, const std::vector<std::uint8_t>& labels) {
+  IdxPair p;
+  p.count = labels.size();
+  p.owned = pixels;
+  p.owned.insert(p.owned.end(), labels.begin(), labels.end());
+  p.pixels = std::span<const std::uint8_t>(p.owned).first(pixels.size());
+  p.labels = std::span<const std::uint8_t>(p.owned).subspan(pixels.size());
+  return p;
+}
+
+std::filesystem::path decompressed_cache(const std::filesystem::path& path) {
+  if (!ends_with_gz(path)) return path;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) fail(path, "no such file");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail(path, std::string("cannot stat: ") + std::strerror(errno));
+  const std::string name = "." + path.stem().string() + "." + std::to_string(st.st_size) + "-" + std::to_string(st.st_mtim.tv_sec) + "-" +
+                           std::to_string(st.st_mtim.tv_nsec) + ".raw";
+  const std::filesystem::path beside = path.parent_path() / name;
+  if (std::filesystem::exists(beside, ec)) return beside;
+  const std::filesystem::path tmpdir = std::filesystem::temp_directory_path(ec);
+  const std::filesystem::path elsewhere =
+      tmpdir / ("vae_dist-" + std::to_string(std::hash<std::string>{}(std::filesystem::absolute(path, ec).string())) + name);
+  if (std::filesystem::exists(elsewhere, ec)) return elsewhere;
+  const std::vector<std::uint8_t> bytes = read_gzip(path);
+  if (write_atomically(beside, bytes)) return beside;
+  if (write_atomically(elsewhere, bytes)) return elsewhere;
+  fail(path, "cannot write a decompressed cache next to it or in " + tmpdir.string());
+}
 
 std::vector<std::uint8_t> read_maybe_gzip(const std::filesystem::path& path) {
   std::error_code ec;
@@ -107,19 +219,24 @@ IdxPair load_idx_pair(const std::filesystem::path& images, const std::filesystem
   pair.labels_path = labels.string();
   std::vector<std::uint32_t> dims;
 
-  std::vector<std::uint8_t> img = read_maybe_gzip(images);
+  std::error_code ec;
+  for (const auto& p : {images, labels})
+    if (!std::filesystem::is_regular_file(p, ec)) fail(p, "no such file");
+  pair.image_file = MappedFile(decompressed_cache(images));
+  const std::span<const std::uint8_t> img = pair.image_file.bytes();
   const std::uint32_t n = check_header(images, img, 0x00000803u, dims);
   if (dims[1] != kImageSide || dims[2] != kImageSide)
     fail(images, "images are " + std::to_string(dims[1]) + "x" + std::to_string(dims[2]) + ", expected 28x28");
   if (n == 0) fail(images, "holds no images");
 
-  std::vector<std::uint8_t> lab = read_maybe_gzip(labels);
+  pair.label_file = MappedFile(decompressed_cache(labels));
+  const std::span<const std::uint8_t> lab = pair.label_file.bytes();
   const std::uint32_t m = check_header(labels, lab, 0x00000801u, dims);
   if (m != n) fail(labels, "holds " + std::to_string(m) + " labels but " + images.string() + " holds " + std::to_string(n) + " images");
 
   pair.count = n;
-  pair.pixels.assign(img.begin() + 16, img.end());
-  pair.labels.assign(lab.begin() + 8, lab.end());
+  pair.pixels = img.subspan(16);
+  pair.labels = lab.subspan(8);
   for (std::size_t i = 0; i < pair.labels.size(); ++i)
     if (pair.labels[i] >= kNumClasses)
       fail(labels, "label " + std::to_string(pair.labels[i]) + " at index " + std::to_string(i) + " is outside 0-9");

@@ -46,6 +46,12 @@ std::string with_commas(std::size_t n) {
 
 }  // namespace
 
+void Trainer::prepare_data(const Config& cfg) {
+  for (const auto& [given, name] : {std::pair{cfg.train_images, "train-images-idx3-ubyte"}, std::pair{cfg.train_labels, "train-labels-idx1-ubyte"},
+                                    std::pair{cfg.test_images, "t10k-images-idx3-ubyte"}, std::pair{cfg.test_labels, "t10k-labels-idx1-ubyte"}})
+    decompressed_cache(pick(given, cfg.data_dir, name));
+}
+
 Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     : cfg_(config),
       comm_(comm),

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 
 #include "test_util.hpp"
 #include "vae/dataset.hpp"
@@ -39,16 +40,34 @@ TEST_F(IdxFiles, ReadsRawFile) {
   write(make_idx_images(pixels, 7), make_idx_labels(labels));
   IdxPair p = load_idx_pair(images(), labs());
   EXPECT_EQ(p.count, 7u);
-  EXPECT_EQ(p.pixels, pixels);
-  EXPECT_EQ(p.labels, labels);
+  EXPECT_EQ(std::vector<std::uint8_t>(p.pixels.begin(), p.pixels.end()), pixels);
+  EXPECT_EQ(std::vector<std::uint8_t>(p.labels.begin(), p.labels.end()), labels);
 }
 
 TEST_F(IdxFiles, ReadsGzipFile) {
   test::write_gzip(dir / "img.gz", make_idx_images(pixels, 7));
   test::write_gzip(dir / "lab.gz", make_idx_labels(labels));
   IdxPair p = load_idx_pair(dir / "img.gz", dir / "lab.gz");
-  EXPECT_EQ(p.pixels, pixels);
-  EXPECT_EQ(p.labels, labels);
+  EXPECT_EQ(std::vector<std::uint8_t>(p.pixels.begin(), p.pixels.end()), pixels);
+  EXPECT_EQ(std::vector<std::uint8_t>(p.labels.begin(), p.labels.end()), labels);
+}
+
+// A .gz is decompressed once into a cache file beside it (atomically: no temporary left), which later loads map; a
+// changed .gz gets a new cache.
+TEST_F(IdxFiles, GzipIsDecompressedOnceIntoACache) {
+  test::write_gzip(dir / "img.gz", make_idx_images(pixels, 7));
+  const std::filesystem::path cache = decompressed_cache(dir / "img.gz");
+  EXPECT_EQ(cache.parent_path(), dir.path());
+  EXPECT_EQ(std::filesystem::file_size(cache), 16 + pixels.size());
+  EXPECT_EQ(decompressed_cache(dir / "img.gz"), cache);
+  for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+    EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();
+  std::vector<std::uint8_t> other = pixels;
+  other[0] ^= 1;
+  test::write_gzip(dir / "img.gz", make_idx_images(other, 7));
+  std::filesystem::last_write_time(dir / "img.gz", std::filesystem::last_write_time(cache) + std::chrono::seconds(5));
+  EXPECT_NE(decompressed_cache(dir / "img.gz"), cache);
+  EXPECT_EQ(decompressed_cache(dir / "img"), dir / "img");  // raw files are used as they are
 }
 
 TEST_F(IdxFiles, ResolvesGzipWhenRawIsMissing) {
@@ -137,10 +156,7 @@ TEST_F(IdxFiles, TruncatedGzip) {
 }
 
 TEST(DatasetTest, SelectsDigitsAndSplitsTail) {
-  IdxPair p;
-  p.count = 6;
-  p.labels = {0, 1, 2, 1, 0, 1};
-  p.pixels.assign(6 * kImagePixels, 0);
+  IdxPair p = IdxPair::from_memory(std::vector<std::uint8_t>(6 * kImagePixels, 0), {0, 1, 2, 1, 0, 1});
   const int binary[] = {0, 1};
   Dataset d = Dataset::select_digits(p, binary);
   ASSERT_EQ(d.size(), 5u);

@@ -40,6 +40,7 @@ class Communicator {
   int rank() const { return rank_; }
   int size() const { return size_; }
   int local_size() const { return local_size_; }  // ranks sharing this node
+  int local_rank() const { return local_rank_; }  // this rank's place among them
 
   void allreduce_sum(std::span<float> data) const;
   // Non-blocking sum in place; complete it with test_all or wait_all. Every rank must start the same ones in the same order.
@@ -63,7 +64,7 @@ class Communicator {
   Communicator() = default;
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool owned_ = false;
-  int rank_ = 0, size_ = 1, local_size_ = 1;
+  int rank_ = 0, size_ = 1, local_size_ = 1, local_rank_ = 0;
 };
 
 // Threads per rank when the user gives none: the cores this rank may run on (its affinity mask, which mpirun's binding

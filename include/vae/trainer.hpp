@@ -32,6 +32,10 @@ struct EvalResult {
 
 class Trainer : private BackwardListener {
  public:
+  // Decompresses any .gz data file into its cache (see decompressed_cache). Call it on one rank per node, before the
+  // Trainers of that node are made, so each node decompresses once. Local work; throws UsageError.
+  static void prepare_data(const Config& config);
+
   // Loads data and sizes the memory pool. Local work only (no collectives), so a UsageError here can be agreed on first.
   Trainer(const Config& config, const Communicator& comm, int threads);
   ~Trainer();

@@ -25,6 +25,15 @@ int main(int argc, char** argv) {
       if (comm.rank() == 0) std::fputs(args.help_text.c_str(), stdout);
       return 0;
     }
+    // One rank per node decompresses .gz data into its cache; the agreement that follows is the others' cue to map it.
+    if (comm.local_rank() == 0) {
+      try {
+        vae::Trainer::prepare_data(args.config);
+      } catch (const vae::UsageError& e) {
+        error = e.what();
+      }
+    }
+    if (comm.any_failed(error, "vae_dist")) return vae::kExitUsage;
     const int threads = args.config.threads > 0 ? args.config.threads : vae::default_threads(comm);
     std::unique_ptr<vae::Trainer> trainer;
     try {
