@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <stdexcept>
+#include <thread>
 
 #include "simd_ops.hpp"
 #include "vae/aligned.hpp"
@@ -62,6 +63,11 @@ class ParallelKernels final : public Kernels<float> {
     ws_ = carve(arena, max_rows, max_dim);
     max_rows_ = max_rows;
     panel_floats_ = panel_floats(max_rows, max_dim);
+  }
+
+  void set_progress_hook(ProgressHook hook, void* context) override {
+    hook_ = hook;
+    hook_context_ = context;
   }
 
   void dense_forward(const float* x, std::size_t ldx, const float* w, const float* b, float* y, std::size_t n, std::size_t k, std::size_t m,
@@ -170,6 +176,7 @@ class ParallelKernels final : public Kernels<float> {
                    float eps_t) const override {
     arena_.execute([&] {
       tbb::parallel_for(tbb::blocked_range<std::size_t>(0, count, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
+        if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
         ops_.adam(p, g, m, v, r.begin(), r.end(), lr_t, beta1, beta2, eps_t);
       });
     });
@@ -286,6 +293,7 @@ class ParallelKernels final : public Kernels<float> {
   // One task: rows [i0, i1) × columns [j0, j1).
   void block(const Gemm& g, bool a_packed, std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1, bool first_row_block) const {
     const std::size_t slot = std::size_t(tbb::this_task_arena::current_thread_index());
+    if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
     if (first_row_block && g.b_col_sums) ops_.col_sums(g.b, g.ldb, g.K, j0, j1, g.b_col_sums);
     simd::GemmBlock gb;
     gb.a = a_packed ? ws_.a_pack.data() : g.a;
@@ -325,6 +333,9 @@ class ParallelKernels final : public Kernels<float> {
   const simd::Ops& ops_;
   std::size_t max_rows_ = 0, panel_floats_ = 0;
   Workspace ws_;
+  ProgressHook hook_ = nullptr;
+  void* hook_context_ = nullptr;
+  std::thread::id caller_ = std::this_thread::get_id();  // the thread that made the kernels: the trainer's
 };
 
 const simd::Ops& ops_named(const std::string& isa) {

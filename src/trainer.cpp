@@ -115,6 +115,8 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     }
   }
   requests_.assign(buckets_.size(), MPI_REQUEST_NULL);
+  if (comm_.size() > 1)
+    kernels_->set_progress_hook([](void* self) { static_cast<Trainer*>(self)->progress(); }, this);
 
   long total = steps_per_epoch() * cfg_.epochs;
   if (cfg_.max_steps > 0) total = std::min(total, cfg_.max_steps);
@@ -200,8 +202,8 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   // such rank), then the wait for the buckets in flight: the gradient sum is the mean gradient of the global batch.
   step_ = step;
   const int bad_rank = comm_.allreduce_min(finite ? comm_.size() : comm_.rank());
-  comm_.wait_all(requests_);
   if (bad_rank < comm_.size()) {
+    comm_.wait_all(requests_);
     lap(phase_.allreduce);
     const std::string what = "non-finite loss or gradient at step " + std::to_string(step) + " on rank " + std::to_string(bad_rank);
     if (cfg_.nan_policy == NanPolicy::stop)
@@ -213,11 +215,23 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   comm_.allreduce_sum(stats);
   lap(phase_.allreduce);
 
-  // update
+  // update, bucket by bucket in the order their allreduces were started: the first buckets are updated while the last,
+  // finished by the backward pass just now, is still in flight.
   ++updates_;
-  adam_step<float>(k, params_, grads_, adam_m_, adam_v_, updates_, {lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps});
-  lap(phase_.update);
+  const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
+  for (std::size_t b = 0; b < buckets_.size(); ++b) {
+    comm_.wait_all(std::span<MPI_Request>(requests_).subspan(b, 1));
+    lap(phase_.allreduce);
+    const std::size_t begin = buckets_[b].begin, count = buckets_[b].end - begin;
+    adam_step<float>(k, params_.subspan(begin, count), grads_.subspan(begin, count), adam_m_.subspan(begin, count),
+                     adam_v_.subspan(begin, count), updates_, adam);
+    lap(phase_.update);
+  }
   return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
+}
+
+void Trainer::progress() {
+  if (next_bucket_ > 0) comm_.test_all(std::span<MPI_Request>(requests_).first(next_bucket_));
 }
 
 void Trainer::layer_done(std::size_t layer) {
@@ -232,7 +246,7 @@ void Trainer::layer_done(std::size_t layer) {
   grads_finite_ = grads_finite_ && ctx_.kernels->all_finite(g.data(), g.size());
   if (comm_.size() > 1) requests_[next_bucket_] = comm_.start_allreduce_sum(g);
   ++next_bucket_;
-  comm_.test_all(std::span<MPI_Request>(requests_).first(next_bucket_));
+  progress();
 }
 
 EvalResult Trainer::evaluate(const Dataset& data) {

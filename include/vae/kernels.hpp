@@ -78,6 +78,11 @@ class Kernels {
   // it from its memory pool and binds it before the first call, so no kernel ever allocates.
   virtual std::size_t workspace_bytes(std::size_t /*max_rows*/, std::size_t /*max_dim*/) const { return 0; }
   virtual void bind_workspace(std::span<std::byte> /*memory*/, std::size_t /*max_rows*/, std::size_t /*max_dim*/) {}
+
+  // Called now and then from the thread that called the kernel (the one MPI may be called from), between pieces of
+  // work: the trainer uses it to drive non-blocking allreduces while the kernels compute. Null to stop.
+  using ProgressHook = void (*)(void* context);
+  virtual void set_progress_hook(ProgressHook /*hook*/, void* /*context*/) {}
 };
 
 template <class T>

@@ -70,6 +70,7 @@ class Trainer : private BackwardListener {
     std::size_t last_layer = 0;      // forward index of the layer that completes it
   };
   void layer_done(std::size_t layer) override;
+  void progress();  // drives the buckets in flight; called between layers and from inside the kernels
   StepLoss train_step(std::span<const std::uint32_t> global_batch, double beta, double lr);
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
                  std::uint64_t eps_base);
