@@ -59,7 +59,7 @@ struct Operands {
 inline void run_ours(const Kernels<float>& k, const Product& p, Operands& o) {
   switch (p.op) {
     case Op::forward: return k.dense_forward(o.x.data(), p.in, o.w.data(), o.b.data(), o.y.data(), p.batch, p.in, p.out, p.act);
-    case Op::weight_grad: return k.dense_weight_grad(o.x.data(), p.in, o.dy.data(), o.dw.data(), o.db.data(), p.batch, p.in, p.out);
+    case Op::weight_grad: k.dense_weight_grad(o.x.data(), p.in, o.dy.data(), o.dw.data(), o.db.data(), p.batch, p.in, p.out); return;
     case Op::input_grad:
       return k.dense_input_grad(o.dy.data(), o.w.data(), o.dx.data(), p.cols, p.batch, p.cols, p.out, p.act,
                                 p.act == Activation::identity ? nullptr : o.y_prev.data());

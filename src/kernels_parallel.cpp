@@ -41,6 +41,7 @@ struct Gemm {
   const float* y = nullptr;
   std::size_t ldy = 0;
   float* b_col_sums = nullptr;  // if set: Σ_p B(p, j) for every column (the bias gradient of dW = xᵀ·dy)
+  bool check_finite = false;    // note any NaN or ±Inf written to C in the per-thread flags
 };
 
 // Splits [0, n) into `parts` nearly equal contiguous ranges; returns range i.
@@ -86,20 +87,20 @@ class ParallelKernels final : public Kernels<float> {
     forward_into(g, w, b, y, n, x.cols(), m, act);
   }
 
-  void dense_weight_grad(const float* x, std::size_t ldx, const float* dy, float* dw, float* db, std::size_t n, std::size_t k,
+  bool dense_weight_grad(const float* x, std::size_t ldx, const float* dy, float* dw, float* db, std::size_t n, std::size_t k,
                          std::size_t m) const override {
     Gemm g;
     g.a_source = Gemm::ASource::cols;
     g.a = x;
     g.lda = ldx;
-    weight_grad_into(g, dy, dw, db, n, k, m);
+    return weight_grad_into(g, dy, dw, db, n, k, m);
   }
 
-  void dense_weight_grad_image(const ImageBatch& x, const float* dy, float* dw, float* db, std::size_t n, std::size_t m) const override {
+  bool dense_weight_grad_image(const ImageBatch& x, const float* dy, float* dw, float* db, std::size_t n, std::size_t m) const override {
     Gemm g;
     g.a_source = Gemm::ASource::image_trans;
     g.image = &x;
-    weight_grad_into(g, dy, dw, db, n, x.cols(), m);
+    return weight_grad_into(g, dy, dw, db, n, x.cols(), m);
   }
 
   void dense_input_grad(const float* dy, const float* w, float* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
@@ -187,6 +188,7 @@ class ParallelKernels final : public Kernels<float> {
     std::span<float> a_pack;     // the first layer's image input in MR-row panels: [round_up(rows, MR) × K]
     std::span<float> b_pack;     // per thread: one packed B panel, [K × NR]
     std::span<double> row_sums;  // [max_rows]
+    std::span<bool> nonfinite;   // one flag per thread, a cache line apart: [threads × kFlagStride]
   };
 
   // Sized for the largest product of the model: A is at most max_rows × max_dim, or its transpose.
@@ -196,6 +198,7 @@ class ParallelKernels final : public Kernels<float> {
     w.a_pack = arena.take<float>(std::max(round_up(max_rows, mr) * max_dim, round_up(max_dim, mr) * max_rows));
     w.b_pack = arena.take<float>(threads_ * panel_floats(max_rows, max_dim));
     w.row_sums = arena.take<double>(max_rows);
+    w.nonfinite = arena.take<bool>(threads_ * kFlagStride);
     return w;
   }
 
@@ -220,7 +223,7 @@ class ParallelKernels final : public Kernels<float> {
     run(g);
   }
 
-  void weight_grad_into(Gemm& g, const float* dy, float* dw, float* db, std::size_t n, std::size_t k, std::size_t m) const {
+  bool weight_grad_into(Gemm& g, const float* dy, float* dw, float* db, std::size_t n, std::size_t k, std::size_t m) const {
     // dw [k × m] = xᵀ [k × n] · dy [n × m]
     g.b = dy;
     g.ldb = m;
@@ -230,7 +233,13 @@ class ParallelKernels final : public Kernels<float> {
     g.N = m;
     g.K = n;
     g.b_col_sums = db;
+    // One flag per thread slot, so tasks never write the same byte; the bias gradient is checked after.
+    for (std::size_t t = 0; t < threads_; ++t) ws_.nonfinite[t * kFlagStride] = false;
+    g.check_finite = true;
     run(g);
+    bool finite = ops_.all_finite(db, 0, m);
+    for (std::size_t t = 0; t < threads_; ++t) finite = finite && !ws_.nonfinite[t * kFlagStride];
+    return finite;
   }
 
   // Rows in parallel when there is enough work per row (elements) to pay for waking the other threads.
@@ -315,6 +324,7 @@ class ParallelKernels final : public Kernels<float> {
     gb.act = g.act;
     gb.y = g.y;
     gb.ldy = g.ldy;
+    if (g.check_finite) gb.nonfinite = &ws_.nonfinite[slot * kFlagStride];
     ops_.gemm_block(gb);
   }
 
@@ -333,6 +343,7 @@ class ParallelKernels final : public Kernels<float> {
   const simd::Ops& ops_;
   std::size_t max_rows_ = 0, panel_floats_ = 0;
   Workspace ws_;
+  static constexpr std::size_t kFlagStride = 64;  // a cache line per thread's flag
   ProgressHook hook_ = nullptr;
   void* hook_context_ = nullptr;
   std::thread::id caller_ = std::this_thread::get_id();  // the thread that made the kernels: the trainer's

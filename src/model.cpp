@@ -152,9 +152,9 @@ void Network<T>::chain_backward(const Kernels<T>& k, const T* params, T* grads, 
     // dW [s.in × s.out] = inᵀ · dy,  db [s.out] = Σ dy
     T* dw = grads + s.spec->w_offset;
     T* db = grads + s.spec->b_offset;
-    if (s.in) k.dense_weight_grad(s.in, s.ld_in, dy, dw, db, n, s.spec->in, s.spec->out);
-    else k.dense_weight_grad_image(images_, dy, dw, db, n, s.spec->out);
-    if (listener) listener->layer_done(l);
+    const bool finite = s.in ? k.dense_weight_grad(s.in, s.ld_in, dy, dw, db, n, s.spec->in, s.spec->out)
+                             : k.dense_weight_grad_image(images_, dy, dw, db, n, s.spec->out);
+    if (listener) listener->layer_done(l, finite);
     if (l == first && !d_input) break;
     const bool inner = l > first;
     T* dx = inner ? dpp_[pp].data() : d_input;

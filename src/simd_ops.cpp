@@ -120,6 +120,7 @@ HWY_NOINLINE void micro_tiles(const float* HWY_RESTRICT a, std::size_t lda, std:
   const DF d;
   const std::size_t N = hn::Lanes(d);
   const std::size_t n0 = std::min(cols, N), n1 = cols > N ? cols - N : 0;
+  VF check = hn::Zero(d);  // stays 0 while every value written is finite: x − x is NaN for NaN and ±Inf
   for (std::size_t t = 0; t < tiles; ++t, a += a_step, i += R) {
     VF c0[R], c1[R];
     for (std::size_t r = 0; r < R; ++r) c0[r] = c1[r] = hn::Zero(d);
@@ -135,11 +136,14 @@ HWY_NOINLINE void micro_tiles(const float* HWY_RESTRICT a, std::size_t lda, std:
       if (!RowsA) ap += lda;
       bp += ldb;
     }
+    if (g.nonfinite)
+      for (std::size_t r = 0; r < R; ++r) check = hn::Add(check, hn::Add(hn::Sub(c0[r], c0[r]), hn::Sub(c1[r], c1[r])));
     for (std::size_t r = 0; r < R; ++r) {
       finish(d, c0[r], g, i + r, j, n0);
       if (n1) finish(d, c1[r], g, i + r, j + N, n1);
     }
   }
+  if (g.nonfinite && !hn::AllTrue(d, hn::Eq(check, hn::Zero(d)))) *g.nonfinite = true;
 }
 
 using TileFn = void (*)(const float*, std::size_t, std::size_t, std::size_t, const float*, std::size_t, std::size_t, const GemmBlock&,

@@ -50,6 +50,7 @@ struct GemmBlock {
   Activation act = Activation::identity;
   const float* y = nullptr;  // slope: y(i, j) = y[i·ldy + j]
   std::size_t ldy = 0;
+  bool* nonfinite = nullptr;  // if set (Epilogue::none): becomes true when a NaN or ±Inf is written (never reset)
 };
 
 // Kernels of one instruction set. Every function works on a slice the driver gives it; none allocates or spawns threads.

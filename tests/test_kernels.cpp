@@ -2,6 +2,7 @@
 // awkward shapes, and the real model shapes.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 #include <string>
 #include <tuple>
@@ -123,6 +124,26 @@ TEST(KernelsByHand, ImageBatchIsPixelsOver255ThenOneHot) {
     const float want[5] = {1 + 0.4f, 0.8f, 0, 1, 2};
     for (int i = 0; i < 5; ++i) EXPECT_FLOAT_EQ(dw[i], want[i]) << i;
     EXPECT_FLOAT_EQ(db[0], 3);
+  });
+}
+
+// The weight-gradient kernels report whether what they wrote is finite: a NaN or Inf anywhere in x or dy must show.
+TEST(KernelsByHand, WeightGradientReportsNonFinite) {
+  const std::size_t n = 9, k = 37, m = 70;
+  auto x = random_floats(n * k, 1), dy = random_floats(n * m, 2);
+  ReferenceKernels<float> ref;
+  for_each_fast(n, std::max(k, m), [&](const Fast& fast) {
+    for (const Kernels<float>* kern : {static_cast<const Kernels<float>*>(&ref), &*fast}) {
+      std::vector<float> dw(k * m), db(m);
+      EXPECT_TRUE(kern->dense_weight_grad(x.data(), k, dy.data(), dw.data(), db.data(), n, k, m)) << kern->name();
+      for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+        auto x2 = x, dy2 = dy;
+        x2[5 * k + 36] = bad;  // a single element, in the last column of x: one row of dw
+        EXPECT_FALSE(kern->dense_weight_grad(x2.data(), k, dy.data(), dw.data(), db.data(), n, k, m)) << kern->name() << " x " << bad;
+        dy2[8 * m + 69] = bad;  // the last element of dy: one column of dw and db
+        EXPECT_FALSE(kern->dense_weight_grad(x.data(), k, dy2.data(), dw.data(), db.data(), n, k, m)) << kern->name() << " dy " << bad;
+      }
+    }
   });
 }
 

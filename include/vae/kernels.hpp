@@ -49,10 +49,11 @@ class Kernels {
   // y = act(x · w + b) with x an image batch: the first layer.          x [n × x.cols()], w [x.cols() × m], y [n × m]
   virtual void dense_forward_image(const ImageBatch& x, const T* w, const T* b, T* y, std::size_t n, std::size_t m, Activation act) const = 0;
   // dw = xᵀ · dy,  db = Σ_rows dy                           x [n × k] (ldx), dy [n × m], dw [k × m], db [m]
-  virtual void dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
+  // Both weight-gradient kernels return whether every element of dw and db is finite, found while they are written.
+  virtual bool dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
                                  std::size_t m) const = 0;
   // dw = xᵀ · dy,  db = Σ_rows dy with x an image batch.                  dw [x.cols() × m]
-  virtual void dense_weight_grad_image(const ImageBatch& x, const T* dy, T* dw, T* db, std::size_t n, std::size_t m) const = 0;
+  virtual bool dense_weight_grad_image(const ImageBatch& x, const T* dy, T* dw, T* db, std::size_t n, std::size_t m) const = 0;
   // dx = (dy · wᵀ) ⊙ act'(y_prev)                          dy [n × m], w [k × m], dx [n × k] (ldx), y_prev [n × k] (ldx)
   // y_prev is the previous layer's output, from which its activation's derivative is computed (nullptr with identity).
   virtual void dense_input_grad(const T* dy, const T* w, T* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
@@ -147,7 +148,7 @@ class ReferenceKernels final : public Kernels<T> {
       }
   }
 
-  void dense_weight_grad_image(const ImageBatch& x, const T* dy, T* dw, T* db, std::size_t n, std::size_t m) const override {
+  bool dense_weight_grad_image(const ImageBatch& x, const T* dy, T* dw, T* db, std::size_t n, std::size_t m) const override {
     const std::size_t k = x.cols();
     for (std::size_t i = 0; i < k; ++i)
       for (std::size_t j = 0; j < m; ++j) {
@@ -156,9 +157,10 @@ class ReferenceKernels final : public Kernels<T> {
         dw[i * m + j] = s;
       }
     column_sums(dy, db, n, m);
+    return all_finite(dw, k * m) && all_finite(db, m);
   }
 
-  void dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
+  bool dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
                          std::size_t m) const override {
     for (std::size_t i = 0; i < k; ++i)
       for (std::size_t j = 0; j < m; ++j) {
@@ -167,6 +169,7 @@ class ReferenceKernels final : public Kernels<T> {
         dw[i * m + j] = s;
       }
     column_sums(dy, db, n, m);
+    return all_finite(dw, k * m) && all_finite(db, m);
   }
 
   void dense_input_grad(const T* dy, const T* w, T* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,

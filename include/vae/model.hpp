@@ -62,7 +62,8 @@ void init_parameters(const ParamLayout& layout, std::uint64_t seed, std::span<T>
 // synchronisation can start while the rest of the backward pass runs.
 class BackwardListener {
  public:
-  virtual void layer_done(std::size_t layer) = 0;
+  // finite: every element of the layer's weight and bias gradients is finite (no NaN, no ±Inf)
+  virtual void layer_done(std::size_t layer, bool finite) = 0;
 
  protected:
   ~BackwardListener() = default;
@@ -87,6 +88,7 @@ class Network {
   const ImageBatch& images() const { return images_; }
   std::span<T> eps() { return eps_; }          // [max_batch × latent], filled by the caller before forward()
   std::span<const T> logits() const { return logits_; }  // [max_batch × 784]
+  std::span<T> loss_gradient() { return dlogits_; }       // [max_batch × 784], written by loss()
   std::span<const T> head() const { return head_; }       // [max_batch × 2·latent] = [μ | log σ²]
   std::span<T> decoder_input() { return z_in_; }          // [max_batch × dec_in]
   std::size_t max_batch() const { return max_batch_; }

@@ -69,7 +69,7 @@ class Trainer : private BackwardListener {
     std::size_t begin = 0, end = 0;  // floats
     std::size_t last_layer = 0;      // forward index of the layer that completes it
   };
-  void layer_done(std::size_t layer) override;
+  void layer_done(std::size_t layer, bool finite) override;
   void progress();  // drives the buckets in flight; called between layers and from inside the kernels
   StepLoss train_step(std::span<const std::uint32_t> global_batch, double beta, double lr);
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
@@ -97,8 +97,7 @@ class Trainer : private BackwardListener {
   std::vector<GradBucket> buckets_;                    // in backward order, covering the gradient buffer
   std::vector<MPI_Request> requests_;                  // one per bucket
   std::size_t next_bucket_ = 0;
-  bool grads_finite_ = true;                           // every bucket started so far was finite on this rank
-  bool inject_nan_ = false;                            // --inject-fault nan: spoil the next bucket
+  bool grads_finite_ = true;                           // every layer gradient so far was finite on this rank
 
   ModeScheduler scheduler_;
   long step_ = 0;     // global steps completed (applied or dropped)
