@@ -6,11 +6,17 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <exception>
 #include <stdexcept>
 #include <thread>
 #include <utility>
 
 namespace vae {
+namespace {
+
+std::size_t round_up_floats(std::size_t n) { return (n + 15) / 16 * 16; }
+
+}  // namespace
 
 void check_mpi(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
@@ -133,6 +139,47 @@ void Communicator::abort(int code) const {
   std::fflush(stderr);
   MPI_Abort(comm_ == MPI_COMM_NULL ? MPI_COMM_WORLD : comm_, code);
   std::_Exit(code);
+}
+
+NodeSegments::NodeSegments(const Communicator& comm, std::size_t floats) : rank_(comm.rank()), floats_(round_up_floats(floats)) {
+  check_mpi(MPI_Comm_dup(comm.handle(), &comm_), "MPI_Comm_dup");
+  MPI_Info info = MPI_INFO_NULL;
+  check_mpi(MPI_Info_create(&info), "MPI_Info_create");
+  MPI_Info_set(info, "alloc_shared_noncontig", "true");  // each rank's segment on its own pages
+  float* base = nullptr;
+  const int rc = MPI_Win_allocate_shared(MPI_Aint(floats_ * sizeof(float)), int(sizeof(float)), info, comm_, &base, &win_);
+  MPI_Info_free(&info);
+  check_mpi(rc, "MPI_Win_allocate_shared");
+  check_mpi(MPI_Win_lock_all(MPI_MODE_NOCHECK, win_), "MPI_Win_lock_all");
+  for (int r = 0; r < comm.size(); ++r) {
+    MPI_Aint size = 0;
+    int unit = 0;
+    float* p = nullptr;
+    check_mpi(MPI_Win_shared_query(win_, r, &size, &unit, &p), "MPI_Win_shared_query");
+    bases_.push_back(p);
+    views_.push_back(p);
+  }
+  std::fill(bases_[std::size_t(rank_)], bases_[std::size_t(rank_)] + floats_, 0.0f);
+  fence();
+}
+
+NodeSegments::~NodeSegments() {
+  int finalized = 1;
+  MPI_Finalized(&finalized);
+  // Freeing a window waits for every rank: not while an exception is on its way to MPI_Abort, or the ranks still
+  // computing would never arrive and this one would never abort.
+  if (finalized || std::uncaught_exceptions() > 0) return;
+  if (win_ != MPI_WIN_NULL) {
+    MPI_Win_unlock_all(win_);
+    MPI_Win_free(&win_);
+  }
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void NodeSegments::fence() const {
+  check_mpi(MPI_Win_sync(win_), "MPI_Win_sync");
+  check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
+  check_mpi(MPI_Win_sync(win_), "MPI_Win_sync");
 }
 
 int default_threads(const Communicator& comm) {

@@ -118,6 +118,9 @@ po::options_description make_options() {
        "a NaN or Inf in any rank's loss or gradient: stop (with an error naming step and rank) or skip (drop that step's update and count it)")
       ("bucket-mb", po::value<double>()->default_value(1.0),
        "gradient allreduce bucket size in MiB: each bucket is reduced while the backward pass goes on")
+      ("node-reduce", po::value<std::string>()->default_value("shm"),
+       "how the ranks of a one-node job sum gradients: shm (in an MPI shared-memory window, no copies) or mpi (bucketed MPI_Iallreduce, "
+       "as across nodes)")
       ("profile", po::bool_switch(), "print a per-phase time summary on rank 0 at the end");
 
   po::options_description testing("Testing");
@@ -198,6 +201,10 @@ Config build(const po::variables_map& vm) {
   else bad("nan-policy", "unknown value '" + nan + "' (expected stop or skip)");
   c.profile = vm["profile"].as<bool>();
   c.bucket_mb = get<double>(vm, "bucket-mb");
+  const std::string reduce = get<std::string>(vm, "node-reduce");
+  if (reduce == "shm") c.node_shm = true;
+  else if (reduce == "mpi") c.node_shm = false;
+  else bad("node-reduce", "unknown value '" + reduce + "' (expected shm or mpi)");
   c.fault = parse_fault(get<std::string>(vm, "inject-fault"));
   const std::string kernels = get<std::string>(vm, "kernels");
   if (kernels == "parallel") c.kernels = KernelChoice::parallel;
@@ -334,7 +341,8 @@ std::string Config::to_ini() const {
      << "\nadam-eps = " << adam_eps << "\nepochs = " << epochs << "\nmax-steps = " << max_steps << "\nseed = " << seed
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir
      << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")
-     << "\nnan-policy = " << (nan_policy == NanPolicy::skip ? "skip" : "stop") << "\nbucket-mb = " << bucket_mb << "\n";
+     << "\nnan-policy = " << (nan_policy == NanPolicy::skip ? "skip" : "stop") << "\nbucket-mb = " << bucket_mb
+     << "\nnode-reduce = " << (node_shm ? "shm" : "mpi") << "\n";
   for (int m = 0; m < 3; ++m) {
     const ModeSpec& s = modes[std::size_t(m)];
     os << "\n[" << kModeKeys[m] << "]\n";

@@ -147,6 +147,18 @@ class ParallelKernels final : public Kernels<float> {
              latent);
   }
 
+  void sum_segments(std::span<const float* const> segments, std::size_t begin, std::size_t n, float* out) const override {
+    arena_.execute([&] {
+      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
+        for (std::size_t i = r.begin(); i < r.end(); ++i) {
+          float s = 0.0f;
+          for (const float* seg : segments) s += seg[begin + i];
+          out[i] = s;
+        }
+      });
+    });
+  }
+
   bool all_finite(const float* x, std::size_t n) const override {
     std::atomic<bool> finite{true};
     arena_.execute([&] {

@@ -86,11 +86,12 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     throw UsageError("option --batch: global batch " + std::to_string(cfg_.batch) + " is larger than the " +
                      std::to_string(train_.size()) + " training images");
   local_batch_ = std::size_t(cfg_.batch / comm_.size());
+  node_shm_ = cfg_.node_shm && comm_.size() > 1 && comm_.local_size() == comm_.size();
 
   const std::size_t P = layout_.padded_size();
   auto carve = [&](Arena& a) {
     params_ = a.take<float>(P);
-    grads_ = a.take<float>(P);
+    if (!node_shm_) grads_ = a.take<float>(P);  // else a segment of the node's shared window, from initialize()
     adam_m_ = a.take<float>(P);
     adam_v_ = a.take<float>(P);
     order_ = a.take<std::uint32_t>(train_.size());
@@ -202,6 +203,7 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   // allreduce: a flag, so every rank learns in this step whether any rank's loss or gradient is not finite (and the lowest
   // such rank), then the wait for the buckets in flight: the gradient sum is the mean gradient of the global batch.
   step_ = step;
+  if (node_shm_) shared_->fence();  // every rank's gradient is written and visible
   const int bad_rank = comm_.allreduce_min(finite ? comm_.size() : comm_.rank());
   if (bad_rank < comm_.size()) {
     comm_.wait_all(requests_);
@@ -214,7 +216,28 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   }
   double stats[2] = {loss.recon, loss.kl};
   comm_.allreduce_sum(stats);
+  if (node_shm_) {
+    // Each rank sums its slice across every rank's segment, in rank order, into its own segment.
+    const auto [lo, hi] = node_slice(comm_.rank());
+    k.sum_segments(shared_->segments(), lo, hi - lo, grads_.data() + lo);
+    shared_->fence();
+  }
   lap(phase_.allreduce);
+
+  if (node_shm_) {
+    // update: the summed slice r is in rank r's segment; every rank updates all of its parameters from them
+    ++updates_;
+    const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
+    for (int r = 0; r < comm_.size(); ++r) {
+      const auto [lo, hi] = node_slice(r);
+      adam_step<float>(k, params_.subspan(lo, hi - lo), std::span<const float>(shared_->segments()[std::size_t(r)] + lo, hi - lo),
+                       adam_m_.subspan(lo, hi - lo), adam_v_.subspan(lo, hi - lo), updates_, adam);
+    }
+    lap(phase_.update);
+    shared_->fence();  // nobody reads this rank's segment any more: the next backward pass may overwrite it
+    lap(phase_.allreduce);
+    return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
+  }
 
   // update, bucket by bucket in the order their allreduces were started: the first buckets are updated while the last,
   // finished by the backward pass just now, is still in flight.
@@ -232,6 +255,11 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
 }
 
+std::pair<std::size_t, std::size_t> Trainer::node_slice(int rank) const {
+  const std::size_t P = layout_.padded_size() / 16, n = std::size_t(comm_.size()), r = std::size_t(rank);
+  return {P * r / n * 16, P * (r + 1) / n * 16};
+}
+
 void Trainer::progress() {
   if (next_bucket_ > 0) comm_.test_all(std::span<MPI_Request>(requests_).first(next_bucket_));
 }
@@ -243,7 +271,7 @@ void Trainer::layer_done(std::size_t layer, bool finite) {
   if (next_bucket_ == buckets_.size() || buckets_[next_bucket_].last_layer != layer) return;
   const GradBucket& b = buckets_[next_bucket_];
   const std::span<float> g = grads_.subspan(b.begin, b.end - b.begin);
-  if (comm_.size() > 1) requests_[next_bucket_] = comm_.start_allreduce_sum(g);
+  if (comm_.size() > 1 && !node_shm_) requests_[next_bucket_] = comm_.start_allreduce_sum(g);
   ++next_bucket_;
   progress();
 }
@@ -278,6 +306,10 @@ void Trainer::show_progress(int epoch, long step_in_epoch, long steps, double lo
 }
 
 void Trainer::initialize() {
+  if (node_shm_ && !shared_) {
+    shared_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size());
+    grads_ = shared_->mine().first(layout_.padded_size());
+  }
   // Rank 0's initialisation is everyone's: one broadcast guarantees identical starting parameters.
   if (comm_.rank() == 0) init_parameters<float>(layout_, cfg_.seed, params_);
   comm_.broadcast(params_.data(), params_.size_bytes());

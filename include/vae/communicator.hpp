@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace vae {
 
@@ -58,6 +59,8 @@ class Communicator {
   // rank has printed its message, so a usage error is reported once and every rank can exit 2 together.
   bool any_failed(const std::string& error, const char* program) const;
 
+  MPI_Comm handle() const { return comm_; }
+
   [[noreturn]] void abort(int code) const;
 
  private:
@@ -65,6 +68,30 @@ class Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool owned_ = false;
   int rank_ = 0, size_ = 1, local_size_ = 1, local_rank_ = 0;
+};
+
+// The gradient buffers of all ranks of a one-node job, in one MPI-3 shared-memory window: each rank writes its own
+// segment, and sums are formed by reading the others' segments in place, with no copies through MPI.
+class NodeSegments {
+ public:
+  // Collective over comm, whose ranks must all share this node. Each rank gets a segment of `floats`, 64-byte aligned.
+  NodeSegments(const Communicator& comm, std::size_t floats);
+  ~NodeSegments();
+  NodeSegments(const NodeSegments&) = delete;
+  NodeSegments& operator=(const NodeSegments&) = delete;
+
+  std::span<float> mine() { return {bases_[std::size_t(rank_)], floats_}; }
+  std::span<const float* const> segments() const { return views_; }  // every rank's segment, in rank order
+  // Every rank's writes so far are visible to every rank, and no rank goes on before all have arrived.
+  void fence() const;
+
+ private:
+  MPI_Win win_ = MPI_WIN_NULL;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  std::size_t floats_ = 0;
+  std::vector<const float*> views_;
+  std::vector<float*> bases_;
 };
 
 // Threads per rank when the user gives none: the cores this rank may run on (its affinity mask, which mpirun's binding

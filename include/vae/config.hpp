@@ -46,6 +46,7 @@ struct Config {
   std::string step_log;  // optional per-step loss log (JSON lines), written by rank 0
   NanPolicy nan_policy = NanPolicy::stop;
   double bucket_mb = 1.0;  // gradient allreduce bucket size
+  bool node_shm = true;    // one-node jobs sum gradients in shared memory instead of MPI_Iallreduce
   bool profile = false;
   Fault fault;
   std::array<ModeSpec, 3> modes;

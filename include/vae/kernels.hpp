@@ -66,6 +66,9 @@ class Kernels {
   // dhead from dz (row stride ldz) through the reparameterisation, plus β·scale·∂KL.
   virtual void reparam_kl_backward(const T* head, const T* eps, const T* dz, std::size_t ldz, T* dhead, std::size_t n, std::size_t latent,
                                    T scale, T beta) const = 0;
+  // out[i] = Σ_s segments[s][begin + i] for i < n, added in segment order, so every run sums the same way. out may be one of
+  // the segments' own range.
+  virtual void sum_segments(std::span<const T* const> segments, std::size_t begin, std::size_t n, T* out) const = 0;
   // True when every one of the n values is finite (no NaN, no ±Inf).
   virtual bool all_finite(const T* x, std::size_t n) const = 0;
   // Standard normals, row r of out [rows × cols] from its own generator Rng(hash_combine(key, first + r)): a row's values
@@ -214,6 +217,14 @@ class ReferenceKernels final : public Kernels<T> {
         dhead[r * 2 * latent + j] = g + scale * beta * mu;
         dhead[r * 2 * latent + latent + j] = g * eps[r * latent + j] * T(0.5) * sd + scale * beta * T(0.5) * (sd * sd - T(1));
       }
+  }
+
+  void sum_segments(std::span<const T* const> segments, std::size_t begin, std::size_t n, T* out) const override {
+    for (std::size_t i = 0; i < n; ++i) {
+      T s = 0;
+      for (const T* seg : segments) s += seg[begin + i];
+      out[i] = s;
+    }
   }
 
   bool all_finite(const T* x, std::size_t n) const override {

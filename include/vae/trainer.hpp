@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "vae/communicator.hpp"
@@ -71,6 +72,7 @@ class Trainer : private BackwardListener {
   };
   void layer_done(std::size_t layer, bool finite) override;
   void progress();  // drives the buckets in flight; called between layers and from inside the kernels
+  std::pair<std::size_t, std::size_t> node_slice(int rank) const;  // [begin, end) of the gradient that rank sums
   StepLoss train_step(std::span<const std::uint32_t> global_batch, double beta, double lr);
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
                  std::uint64_t eps_base);
@@ -94,6 +96,8 @@ class Trainer : private BackwardListener {
   int order_epoch_ = -1;
   std::unique_ptr<Network<float>> net_;
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
+  bool node_shm_ = false;                              // one node, gradients summed through shared memory
+  std::unique_ptr<NodeSegments> shared_;               // then grads_ is this rank's segment of it
   std::vector<GradBucket> buckets_;                    // in backward order, covering the gradient buffer
   std::vector<MPI_Request> requests_;                  // one per bucket
   std::size_t next_bucket_ = 0;
