@@ -141,7 +141,8 @@ void Communicator::abort(int code) const {
   std::_Exit(code);
 }
 
-NodeSegments::NodeSegments(const Communicator& comm, std::size_t floats) : rank_(comm.rank()), floats_(round_up_floats(floats)) {
+NodeSegments::NodeSegments(const Communicator& comm, std::size_t floats, bool only_rank0)
+    : rank_(comm.rank()), floats_(only_rank0 && comm.rank() != 0 ? 0 : round_up_floats(floats)) {
   check_mpi(MPI_Comm_dup(comm.handle(), &comm_), "MPI_Comm_dup");
   MPI_Info info = MPI_INFO_NULL;
   check_mpi(MPI_Info_create(&info), "MPI_Info_create");
@@ -158,6 +159,7 @@ NodeSegments::NodeSegments(const Communicator& comm, std::size_t floats) : rank_
     check_mpi(MPI_Win_shared_query(win_, r, &size, &unit, &p), "MPI_Win_shared_query");
     bases_.push_back(p);
     views_.push_back(p);
+    sizes_.push_back(std::size_t(size) / sizeof(float));
   }
   std::fill(bases_[std::size_t(rank_)], bases_[std::size_t(rank_)] + floats_, 0.0f);
   fence();

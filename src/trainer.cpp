@@ -90,7 +90,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
 
   const std::size_t P = layout_.padded_size();
   auto carve = [&](Arena& a) {
-    params_ = a.take<float>(P);
+    if (!node_shm_) params_ = a.take<float>(P);
     if (!node_shm_) grads_ = a.take<float>(P);  // else a segment of the node's shared window, from initialize()
     adam_m_ = a.take<float>(P);
     adam_v_ = a.take<float>(P);
@@ -220,21 +220,18 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
     // Each rank sums its slice across every rank's segment, in rank order, into its own segment.
     const auto [lo, hi] = node_slice(comm_.rank());
     k.sum_segments(shared_->segments(), lo, hi - lo, grads_.data() + lo);
-    shared_->fence();
   }
   lap(phase_.allreduce);
 
   if (node_shm_) {
-    // update: the summed slice r is in rank r's segment; every rank updates all of its parameters from them
+    // update: each rank updates its slice of the node's one parameter copy from the sum it formed (Adam's work divided
+    // by the ranks), then the fence shows every slice to every rank and frees the segments for the next backward pass.
     ++updates_;
-    const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
-    for (int r = 0; r < comm_.size(); ++r) {
-      const auto [lo, hi] = node_slice(r);
-      adam_step<float>(k, params_.subspan(lo, hi - lo), std::span<const float>(shared_->segments()[std::size_t(r)] + lo, hi - lo),
-                       adam_m_.subspan(lo, hi - lo), adam_v_.subspan(lo, hi - lo), updates_, adam);
-    }
+    const auto [lo, hi] = node_slice(comm_.rank());
+    adam_step<float>(k, params_.subspan(lo, hi - lo), grads_.subspan(lo, hi - lo), adam_m_.subspan(lo, hi - lo),
+                     adam_v_.subspan(lo, hi - lo), updates_, {lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps});
     lap(phase_.update);
-    shared_->fence();  // nobody reads this rank's segment any more: the next backward pass may overwrite it
+    shared_->fence();
     lap(phase_.allreduce);
     return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
   }
@@ -309,10 +306,13 @@ void Trainer::initialize() {
   if (node_shm_ && !shared_) {
     shared_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size());
     grads_ = shared_->mine().first(layout_.padded_size());
+    shared_params_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size(), true);
+    params_ = shared_params_->segment(0).first(layout_.padded_size());
   }
-  // Rank 0's initialisation is everyone's: one broadcast guarantees identical starting parameters.
+  // Rank 0's initialisation is everyone's: one broadcast (or, on one node, one shared copy) gives identical parameters.
   if (comm_.rank() == 0) init_parameters<float>(layout_, cfg_.seed, params_);
-  comm_.broadcast(params_.data(), params_.size_bytes());
+  if (node_shm_) shared_params_->fence();
+  else comm_.broadcast(params_.data(), params_.size_bytes());
   std::fill(adam_m_.begin(), adam_m_.end(), 0.0f);
   std::fill(adam_v_.begin(), adam_v_.end(), 0.0f);
   step_ = 0;

@@ -74,14 +74,16 @@ class Communicator {
 // segment, and sums are formed by reading the others' segments in place, with no copies through MPI.
 class NodeSegments {
  public:
-  // Collective over comm, whose ranks must all share this node. Each rank gets a segment of `floats`, 64-byte aligned.
-  NodeSegments(const Communicator& comm, std::size_t floats);
+  // Collective over comm, whose ranks must all share this node. Each rank gets a segment of `floats` (or only rank 0, when
+  // only_rank0: one buffer for the whole node), 64-byte aligned, zeroed.
+  NodeSegments(const Communicator& comm, std::size_t floats, bool only_rank0 = false);
   ~NodeSegments();
   NodeSegments(const NodeSegments&) = delete;
   NodeSegments& operator=(const NodeSegments&) = delete;
 
   std::span<float> mine() { return {bases_[std::size_t(rank_)], floats_}; }
   std::span<const float* const> segments() const { return views_; }  // every rank's segment, in rank order
+  std::span<float> segment(int rank) { return {bases_[std::size_t(rank)], sizes_[std::size_t(rank)]}; }
   // Every rank's writes so far are visible to every rank, and no rank goes on before all have arrived.
   void fence() const;
 
@@ -92,6 +94,7 @@ class NodeSegments {
   std::size_t floats_ = 0;
   std::vector<const float*> views_;
   std::vector<float*> bases_;
+  std::vector<std::size_t> sizes_;
 };
 
 // Threads per rank when the user gives none: the cores this rank may run on (its affinity mask, which mpirun's binding

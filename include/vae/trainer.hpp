@@ -97,7 +97,8 @@ class Trainer : private BackwardListener {
   std::unique_ptr<Network<float>> net_;
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
   bool node_shm_ = false;                              // one node, gradients summed through shared memory
-  std::unique_ptr<NodeSegments> shared_;               // then grads_ is this rank's segment of it
+  std::unique_ptr<NodeSegments> shared_;               // then grads_ is this rank's segment of it,
+  std::unique_ptr<NodeSegments> shared_params_;        // and params_ the node's one copy, each rank updating its slice
   std::vector<GradBucket> buckets_;                    // in backward order, covering the gradient buffer
   std::vector<MPI_Request> requests_;                  // one per bucket
   std::size_t next_bucket_ = 0;
