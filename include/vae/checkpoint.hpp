@@ -1,0 +1,48 @@
+// HDF5 checkpoints: model, optimizer and training state in one self-describing file (the only module that touches HDF5).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "vae/model.hpp"
+#include "vae/optimizer.hpp"
+#include "vae/scheduler.hpp"
+
+namespace vae {
+
+inline constexpr const char* kCheckpointFormat = "vae_dist-checkpoint";
+inline constexpr int kCheckpointVersion = 1;
+
+// Everything besides the arrays that a run needs to continue exactly where it stopped.
+struct TrainingState {
+  int epoch = 0;          // epochs completed
+  long step = 0;          // global steps completed (applied or dropped)
+  long updates = 0;       // Adam updates applied (the t of its bias correction)
+  long skipped = 0;       // steps dropped for a non-finite loss or gradient
+  std::uint64_t seed = 0; // every random stream (initialisation, permutation, ε) is keyed by it, the epoch and the step
+  int world_size = 1;
+  SchedulerState scheduler;
+  AdamParams adam;
+  std::string config_ini;  // the full effective configuration
+};
+
+// The flat buffers (parameters, Adam m and v, one ParamLayout) and the state, as read back.
+struct Checkpoint {
+  Arch arch;
+  TrainingState state;
+  std::vector<float> params, adam_m, adam_v;  // [layout.padded_size()] each, padding zero
+};
+
+// Writes path atomically: a temporary file beside it, flushed to disk, renamed over path, the directory flushed.
+// Throws std::runtime_error naming the file on any HDF5 or file-system failure; path is then untouched.
+void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const ParamLayout& layout, std::span<const float> params,
+                      std::span<const float> adam_m, std::span<const float> adam_v, const TrainingState& state);
+
+// Reads and validates: format and version, every dataset present with its shape, every value finite. Any problem is a
+// UsageError "PATH: problem".
+Checkpoint read_checkpoint(const std::filesystem::path& path);
+
+}  // namespace vae

@@ -1,0 +1,308 @@
+// HDF5 checkpoint writing and defensive reading; every HDF5 return code is checked and turned into an error naming the file.
+#include "vae/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <hdf5_hl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <stdexcept>
+
+#include "vae/errors.hpp"
+#include "vae/version.hpp"
+
+namespace vae {
+namespace {
+
+// An HDF5 identifier closed by its own close function when it goes out of scope.
+class H5Id {
+ public:
+  H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  H5Id(const H5Id&) = delete;
+  H5Id& operator=(const H5Id&) = delete;
+  ~H5Id() {
+    if (id_ >= 0) close_(id_);
+  }
+  operator hid_t() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
+// Errors while writing are the system's (disk full, permissions): runtime_error. Errors while reading are the file's:
+// UsageError, exit 2.
+struct Where {
+  std::string path;
+  bool reading;
+  [[noreturn]] void fail(const std::string& problem) const {
+    if (reading) throw UsageError(path + ": " + problem);
+    throw std::runtime_error(path + ": " + problem);
+  }
+  hid_t id(hid_t handle, const std::string& what) const {
+    if (handle < 0) fail(what);
+    return handle;
+  }
+  void check(herr_t rc, const char* what) const {
+    if (rc < 0) fail(what);
+  }
+};
+
+void set_attr(const Where& w, hid_t obj, const char* name, hid_t type, const void* value, hsize_t count = 1) {
+  H5Id space(w.id(H5Screate_simple(1, &count, nullptr), std::string("cannot describe attribute ") + name), H5Sclose);
+  H5Id attr(w.id(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), std::string("cannot create attribute ") + name), H5Aclose);
+  w.check(H5Awrite(attr, type, value), "cannot write an attribute");
+}
+
+void set_attr(const Where& w, hid_t obj, const char* name, long long v) { set_attr(w, obj, name, H5T_NATIVE_LLONG, &v); }
+void set_attr(const Where& w, hid_t obj, const char* name, double v) { set_attr(w, obj, name, H5T_NATIVE_DOUBLE, &v); }
+void set_attr(const Where& w, hid_t obj, const char* name, const std::string& v) {
+  w.check(H5LTset_attribute_string(obj, ".", name, v.c_str()), "cannot write a string attribute");
+}
+
+template <class T>
+T get_attr(const Where& w, hid_t obj, const char* name, hid_t type) {
+  if (H5Aexists(obj, name) <= 0) w.fail(std::string("missing attribute ") + name);
+  H5Id attr(w.id(H5Aopen(obj, name, H5P_DEFAULT), std::string("cannot open attribute ") + name), H5Aclose);
+  H5Id space(H5Aget_space(attr), H5Sclose);
+  if (H5Sget_simple_extent_npoints(space) != 1) w.fail(std::string("attribute ") + name + " is not a single value");
+  T v{};
+  w.check(H5Aread(attr, type, &v), "cannot read an attribute");
+  return v;
+}
+long long get_int(const Where& w, hid_t obj, const char* name) { return get_attr<long long>(w, obj, name, H5T_NATIVE_LLONG); }
+double get_double(const Where& w, hid_t obj, const char* name) { return get_attr<double>(w, obj, name, H5T_NATIVE_DOUBLE); }
+std::string get_string(const Where& w, hid_t obj, const char* name) {
+  if (H5Aexists(obj, name) <= 0) w.fail(std::string("missing attribute ") + name);
+  hsize_t dims = 0;
+  H5T_class_t cls{};
+  std::size_t size = 0;
+  w.check(H5LTget_attribute_info(obj, ".", name, &dims, &cls, &size), "cannot inspect a string attribute");
+  if (cls != H5T_STRING) w.fail(std::string("attribute ") + name + " is not a string");
+  std::string s(size, '\0');
+  w.check(H5LTget_attribute_string(obj, ".", name, s.data()), "cannot read a string attribute");
+  s.resize(std::strlen(s.c_str()));
+  return s;
+}
+
+void write_floats(const Where& w, hid_t group, const char* name, const float* data, const std::vector<hsize_t>& dims) {
+  H5Id space(w.id(H5Screate_simple(int(dims.size()), dims.data(), nullptr), "cannot describe a dataset"), H5Sclose);
+  H5Id set(w.id(H5Dcreate2(group, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                   std::string("cannot create dataset ") + name),
+           H5Dclose);
+  w.check(H5Dwrite(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "cannot write a dataset (is the disk full?)");
+}
+
+void read_floats(const Where& w, hid_t group, const std::string& where, const char* name, float* out, const std::vector<hsize_t>& want) {
+  const std::string full = where + "/" + name;
+  if (H5Lexists(group, name, H5P_DEFAULT) <= 0) w.fail("missing dataset " + full);
+  H5Id set(w.id(H5Dopen2(group, name, H5P_DEFAULT), "cannot open dataset " + full), H5Dclose);
+  H5Id space(H5Dget_space(set), H5Sclose);
+  std::vector<hsize_t> got(want.size() + 1);
+  const int rank = H5Sget_simple_extent_ndims(space);
+  if (rank != int(want.size())) w.fail("dataset " + full + " has rank " + std::to_string(rank) + ", expected " + std::to_string(want.size()));
+  H5Sget_simple_extent_dims(space, got.data(), nullptr);
+  for (std::size_t i = 0; i < want.size(); ++i)
+    if (got[i] != want[i]) {
+      std::string g, e;
+      for (std::size_t j = 0; j < want.size(); ++j) {
+        g += (j ? "x" : "") + std::to_string(got[j]);
+        e += (j ? "x" : "") + std::to_string(want[j]);
+      }
+      w.fail("dataset " + full + " is " + g + ", expected " + e);
+    }
+  w.check(H5Dread(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), ("cannot read dataset " + full).c_str());
+  std::size_t n = 1;
+  for (hsize_t d : want) n *= std::size_t(d);
+  for (std::size_t i = 0; i < n; ++i)
+    if (!std::isfinite(out[i])) w.fail("dataset " + full + " holds a non-finite value at element " + std::to_string(i));
+}
+
+// One group per layer under `root`, each with a weight [in × out] and a bias [out], from a flat buffer.
+void write_layers(const Where& w, hid_t file, const char* root, const ParamLayout& layout, std::span<const float> flat) {
+  H5Id top(w.id(H5Gcreate2(file, root, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), std::string("cannot create group ") + root), H5Gclose);
+  for (const DenseSpec& s : layout.layers()) {
+    H5Id g(w.id(H5Gcreate2(top, s.name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group " + s.name), H5Gclose);
+    write_floats(w, g, "weight", flat.data() + s.w_offset, {s.in, s.out});
+    write_floats(w, g, "bias", flat.data() + s.b_offset, {s.out});
+  }
+}
+
+void read_layers(const Where& w, hid_t file, const std::string& root, const ParamLayout& layout, std::vector<float>& flat) {
+  flat.assign(layout.padded_size(), 0.0f);
+  if (H5Lexists(file, root.c_str(), H5P_DEFAULT) <= 0) w.fail("missing group " + root);
+  H5Id top(w.id(H5Gopen2(file, root.c_str(), H5P_DEFAULT), "cannot open group " + root), H5Gclose);
+  for (const DenseSpec& s : layout.layers()) {
+    if (H5Lexists(top, s.name.c_str(), H5P_DEFAULT) <= 0) w.fail("missing group " + root + "/" + s.name);
+    H5Id g(w.id(H5Gopen2(top, s.name.c_str(), H5P_DEFAULT), "cannot open group " + root + "/" + s.name), H5Gclose);
+    read_floats(w, g, root + "/" + s.name, "weight", flat.data() + s.w_offset, {s.in, s.out});
+    read_floats(w, g, root + "/" + s.name, "bias", flat.data() + s.b_offset, {s.out});
+  }
+}
+
+std::string now_iso8601() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+void fsync_path(const std::filesystem::path& p, const Where& w) {
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  if (fd < 0) w.fail(std::string("cannot reopen to flush: ") + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) w.fail(std::string("cannot flush to disk: ") + std::strerror(errno));
+}
+
+}  // namespace
+
+void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const ParamLayout& layout, std::span<const float> params,
+                      std::span<const float> adam_m, std::span<const float> adam_v, const TrainingState& state) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // our messages, not HDF5's stack dumps
+  const std::filesystem::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
+  const Where w{tmp.string(), false};
+  {
+    H5Id file(w.id(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), "cannot create (is the directory writable?)"),
+              H5Fclose);
+    set_attr(w, file, "format", std::string(kCheckpointFormat));
+    set_attr(w, file, "format_version", (long long)kCheckpointVersion);
+    set_attr(w, file, "program_version", std::string(version()));
+    set_attr(w, file, "git_commit", std::string(git_commit()));
+    set_attr(w, file, "created", now_iso8601());
+    set_attr(w, file, "world_size", (long long)state.world_size);
+
+    write_layers(w, file, "model", layout, params);
+    {
+      H5Id model(w.id(H5Gopen2(file, "model", H5P_DEFAULT), "cannot open group model"), H5Gclose);
+      std::vector<long long> hidden(arch.hidden.begin(), arch.hidden.end());
+      set_attr(w, model, "hidden", H5T_NATIVE_LLONG, hidden.data(), hidden.size());
+      set_attr(w, model, "latent", (long long)arch.latent);
+      set_attr(w, model, "classes", (long long)arch.classes);
+      set_attr(w, model, "image", (long long)arch.image);
+      set_attr(w, model, "conditional", (long long)arch.conditional);
+      set_attr(w, model, "activation", activation_name(arch.act));
+    }
+    H5Id opt(w.id(H5Gcreate2(file, "optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group optimizer"), H5Gclose);
+    set_attr(w, opt, "algorithm", std::string("adam"));
+    set_attr(w, opt, "step", (long long)state.updates);
+    set_attr(w, opt, "lr", state.adam.lr);
+    set_attr(w, opt, "beta1", state.adam.beta1);
+    set_attr(w, opt, "beta2", state.adam.beta2);
+    set_attr(w, opt, "eps", state.adam.eps);
+    write_layers(w, file, "optimizer/m", layout, adam_m);
+    write_layers(w, file, "optimizer/v", layout, adam_v);
+
+    H5Id training(w.id(H5Gcreate2(file, "training", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group training"), H5Gclose);
+    set_attr(w, training, "epoch", (long long)state.epoch);
+    set_attr(w, training, "step", (long long)state.step);
+    set_attr(w, training, "updates", (long long)state.updates);
+    set_attr(w, training, "skipped_steps", (long long)state.skipped);
+    set_attr(w, training, "seed", (long long)state.seed);
+    set_attr(w, training, "mode", mode_name(state.scheduler.mode));
+    set_attr(w, training, "mode_start", (long long)state.scheduler.mode_start);
+    set_attr(w, training, "plateau_best", state.scheduler.best);
+    set_attr(w, training, "plateau_stale_epochs", (long long)state.scheduler.stale_epochs);
+    set_attr(w, training, "plateau_advance_next", (long long)state.scheduler.advance_next);
+
+    w.check(H5LTmake_dataset_string(file, "config", state.config_ini.c_str()), "cannot write the configuration");
+    w.check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush (is the disk full?)");
+  }
+  fsync_path(tmp, w);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    std::filesystem::remove(tmp);
+    w.fail("cannot rename into " + path.string() + ": " + why);
+  }
+  fsync_path(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path(), w);
+}
+
+Checkpoint read_checkpoint(const std::filesystem::path& path) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const Where w{path.string(), true};
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) w.fail("no such file");
+  if (H5Fis_hdf5(path.c_str()) <= 0) w.fail("not an HDF5 file (truncated or corrupt?)");
+  H5Id file(w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "cannot open (truncated or corrupt?)"), H5Fclose);
+  if (H5Aexists(file, "format") <= 0 || get_string(w, file, "format") != kCheckpointFormat)
+    w.fail(std::string("not a ") + kCheckpointFormat + " file");
+  const long long fv = get_int(w, file, "format_version");
+  if (fv != kCheckpointVersion)
+    w.fail("format version " + std::to_string(fv) + ", this program reads version " + std::to_string(kCheckpointVersion));
+
+  Checkpoint c;
+  if (H5Lexists(file, "model", H5P_DEFAULT) <= 0) w.fail("missing group model");
+  {
+    H5Id model(w.id(H5Gopen2(file, "model", H5P_DEFAULT), "cannot open group model"), H5Gclose);
+    if (H5Aexists(model, "hidden") <= 0) w.fail("missing attribute hidden");
+    H5Id attr(H5Aopen(model, "hidden", H5P_DEFAULT), H5Aclose);
+    H5Id space(H5Aget_space(attr), H5Sclose);
+    const hssize_t n = H5Sget_simple_extent_npoints(space);
+    if (n <= 0 || n > 64) w.fail("attribute model/hidden has " + std::to_string(n) + " values");
+    std::vector<long long> hidden(static_cast<std::size_t>(n));
+    w.check(H5Aread(attr, H5T_NATIVE_LLONG, hidden.data()), "cannot read attribute model/hidden");
+    for (long long h : hidden) {
+      if (h <= 0 || h > 65536) w.fail("attribute model/hidden holds an impossible width " + std::to_string(h));
+      c.arch.hidden.push_back(int(h));
+    }
+    c.arch.latent = int(get_int(w, model, "latent"));
+    c.arch.classes = int(get_int(w, model, "classes"));
+    c.arch.image = int(get_int(w, model, "image"));
+    c.arch.conditional = get_int(w, model, "conditional") != 0;
+    const std::string act = get_string(w, model, "activation");
+    bool known = false;
+    for (Activation a : {Activation::identity, Activation::elu, Activation::relu, Activation::leaky_relu, Activation::tanh})
+      if (activation_name(a) == act) c.arch.act = a, known = true;
+    if (!known) w.fail("unknown activation '" + act + "'");
+    if (c.arch.latent <= 0 || c.arch.latent > 4096 || c.arch.classes < 0 || c.arch.classes > kNumClasses || c.arch.image != kImagePixels)
+      w.fail("impossible architecture attributes in group model");
+  }
+  const ParamLayout layout(c.arch);
+  read_layers(w, file, "model", layout, c.params);
+  read_layers(w, file, "optimizer/m", layout, c.adam_m);
+  read_layers(w, file, "optimizer/v", layout, c.adam_v);
+
+  TrainingState& s = c.state;
+  {
+    H5Id opt(w.id(H5Gopen2(file, "optimizer", H5P_DEFAULT), "cannot open group optimizer"), H5Gclose);
+    s.adam = {get_double(w, opt, "lr"), get_double(w, opt, "beta1"), get_double(w, opt, "beta2"), get_double(w, opt, "eps")};
+  }
+  if (H5Lexists(file, "training", H5P_DEFAULT) <= 0) w.fail("missing group training");
+  H5Id training(w.id(H5Gopen2(file, "training", H5P_DEFAULT), "cannot open group training"), H5Gclose);
+  s.epoch = int(get_int(w, training, "epoch"));
+  s.step = long(get_int(w, training, "step"));
+  s.updates = long(get_int(w, training, "updates"));
+  s.skipped = long(get_int(w, training, "skipped_steps"));
+  s.seed = std::uint64_t(get_int(w, training, "seed"));
+  const std::string mode = get_string(w, training, "mode");
+  bool known = false;
+  for (Mode m : {Mode::fast, Mode::balanced, Mode::quality})
+    if (mode_name(m) == mode) s.scheduler.mode = m, known = true;
+  if (!known) w.fail("unknown mode '" + mode + "' in group training");
+  s.scheduler.mode_start = int(get_int(w, training, "mode_start"));
+  s.scheduler.best = get_double(w, training, "plateau_best");
+  s.scheduler.stale_epochs = int(get_int(w, training, "plateau_stale_epochs"));
+  s.scheduler.advance_next = get_int(w, training, "plateau_advance_next") != 0;
+  if (s.epoch < 0 || s.step < 0 || s.updates < 0 || s.updates > s.step) w.fail("impossible counters in group training");
+  s.world_size = int(get_int(w, file, "world_size"));
+
+  if (H5Lexists(file, "config", H5P_DEFAULT) <= 0) w.fail("missing dataset config");
+  {
+    H5Id set(w.id(H5Dopen2(file, "config", H5P_DEFAULT), "cannot open dataset config"), H5Dclose);
+    H5Id type(H5Dget_type(set), H5Tclose);
+    if (H5Tget_class(type) != H5T_STRING) w.fail("dataset config is not a string");
+    std::string text(H5Tget_size(type), '\0');
+    w.check(H5LTread_dataset_string(file, "config", text.data()), "cannot read dataset config");
+    s.config_ini = text.c_str();
+  }
+  return c;
+}
+
+}  // namespace vae
