@@ -92,8 +92,10 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
   auto carve = [&](Arena& a) {
     if (!node_shm_) params_ = a.take<float>(P);
     if (!node_shm_) grads_ = a.take<float>(P);  // else a segment of the node's shared window, from initialize()
-    adam_m_ = a.take<float>(P);
-    adam_v_ = a.take<float>(P);
+    if (!node_shm_) {
+      adam_m_ = a.take<float>(P);
+      adam_v_ = a.take<float>(P);
+    }
     order_ = a.take<std::uint32_t>(train_.size());
     net_ = std::make_unique<Network<float>>(cfg_.arch, layout_, local_batch_, a);
     workspace_ = a.take<std::byte>(kernels_->workspace_bytes(local_batch_, layout_.max_dim()));
@@ -123,11 +125,43 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
   if (cfg_.max_steps > 0) total = std::min(total, cfg_.max_steps);
   step_losses_.reserve(std::size_t(total));
 
+  // --resume: every rank reads and checks the file itself (local work, so a bad file is one agreed usage error).
+  std::filesystem::path resume_path;
+  if (cfg_.resume == "auto") {
+    int newest = -1;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(cfg_.run_dir) / "checkpoints", ec)) {
+      const std::string name = e.path().filename().string();
+      int epoch = -1;
+      if (name.size() == 13 && name.starts_with("ckpt-e") && name.ends_with(".h5") && std::sscanf(name.c_str(), "ckpt-e%4d.h5", &epoch) == 1 &&
+          epoch > newest) {
+        newest = epoch;
+        resume_path = e.path();
+      }
+    }
+  } else if (!cfg_.resume.empty()) {
+    resume_path = cfg_.resume;
+  }
+  if (!resume_path.empty()) {
+    resume_ = read_checkpoint(resume_path);
+    const Arch& got = resume_->arch;
+    std::string differs;
+    if (got.hidden != cfg_.arch.hidden) differs += " hidden";
+    if (got.latent != cfg_.arch.latent) differs += " latent";
+    if (got.act != cfg_.arch.act) differs += " activation";
+    if (got.conditional != cfg_.arch.conditional) differs += " conditional";
+    if (got.classes != cfg_.arch.classes) differs += " classes";
+    if (!differs.empty()) throw UsageError(resume_path.string() + ": architecture differs from this run's in:" + differs);
+    if (resume_->state.seed != cfg_.seed)
+      throw UsageError(resume_path.string() + ": written with --seed " + std::to_string(resume_->state.seed) + ", this run has " +
+                       std::to_string(cfg_.seed));
+  }
+
   if (comm_.rank() == 0) {
     std::error_code ec;
     std::filesystem::create_directories(cfg_.run_dir, ec);
     if (ec) throw UsageError(cfg_.run_dir + ": cannot create run directory: " + ec.message());
-    metrics_ = LineFile((std::filesystem::path(cfg_.run_dir) / "metrics.jsonl").string(), false);
+    metrics_ = LineFile((std::filesystem::path(cfg_.run_dir) / "metrics.jsonl").string(), resume_.has_value());
     if (!cfg_.step_log.empty()) step_log_ = LineFile(cfg_.step_log, false);
     // mpirun hands its ranks a pseudo-terminal even when its own output goes to a job log, so under mpirun only a single
     // process started by hand shows the live line automatically.
@@ -261,6 +295,35 @@ void Trainer::progress() {
   if (next_bucket_ > 0) comm_.test_all(std::span<MPI_Request>(requests_).first(next_bucket_));
 }
 
+void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time) {
+  if (comm_.rank() != 0) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::filesystem::path dir = std::filesystem::path(cfg_.run_dir) / "checkpoints";
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw std::runtime_error(dir.string() + ": cannot create: " + ec.message());
+  TrainingState s;
+  s.epoch = epochs_done;
+  s.step = step_;
+  s.updates = updates_;
+  s.skipped = skipped_;
+  s.seed = cfg_.seed;
+  s.world_size = comm_.size();
+  s.scheduler = scheduler_.state();
+  s.adam = {cfg_.lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
+  s.config_ini = cfg_.to_ini();
+  char name[32];
+  std::snprintf(name, sizeof name, "ckpt-e%04d.h5", epochs_done);
+  write_checkpoint(dir / name, cfg_.arch, layout_, params_, adam_m_, adam_v_, s);
+  // Only complete checkpoints have this name; the newest K stay.
+  std::vector<std::filesystem::path> all;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+    if (e.path().filename().string().starts_with("ckpt-e") && e.path().extension() == ".h5") all.push_back(e.path());
+  std::sort(all.begin(), all.end());
+  for (std::size_t i = 0; i + std::size_t(cfg_.keep_checkpoints) < all.size(); ++i) std::filesystem::remove(all[i], ec);
+  time.checkpoint += seconds_since(t0);
+}
+
 void Trainer::layer_done(std::size_t layer, bool finite) {
   // The kernels checked the gradient as they wrote it: nothing is read again, and nothing after the allreduce starts
   // (from then on the buffer is MPI's until it completes).
@@ -308,15 +371,32 @@ void Trainer::initialize() {
     grads_ = shared_->mine().first(layout_.padded_size());
     shared_params_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size(), true);
     params_ = shared_params_->segment(0).first(layout_.padded_size());
+    shared_m_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size(), true);
+    adam_m_ = shared_m_->segment(0).first(layout_.padded_size());
+    shared_v_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size(), true);
+    adam_v_ = shared_v_->segment(0).first(layout_.padded_size());
   }
-  // Rank 0's initialisation is everyone's: one broadcast (or, on one node, one shared copy) gives identical parameters.
-  if (comm_.rank() == 0) init_parameters<float>(layout_, cfg_.seed, params_);
+  // Rank 0's initialisation (or checkpoint) is everyone's: one broadcast, or on one node one shared copy.
+  const bool writer = !node_shm_ || comm_.rank() == 0;
+  if (writer) {
+    if (resume_) {
+      std::copy(resume_->params.begin(), resume_->params.end(), params_.begin());
+      std::copy(resume_->adam_m.begin(), resume_->adam_m.end(), adam_m_.begin());
+      std::copy(resume_->adam_v.begin(), resume_->adam_v.end(), adam_v_.begin());
+    } else {
+      if (comm_.rank() == 0) init_parameters<float>(layout_, cfg_.seed, params_);
+      std::fill(adam_m_.begin(), adam_m_.end(), 0.0f);
+      std::fill(adam_v_.begin(), adam_v_.end(), 0.0f);
+    }
+  }
   if (node_shm_) shared_params_->fence();
-  else comm_.broadcast(params_.data(), params_.size_bytes());
-  std::fill(adam_m_.begin(), adam_m_.end(), 0.0f);
-  std::fill(adam_v_.begin(), adam_v_.end(), 0.0f);
-  step_ = 0;
-  updates_ = 0;
+  else if (!resume_) comm_.broadcast(params_.data(), params_.size_bytes());
+  step_ = resume_ ? resume_->state.step : 0;
+  updates_ = resume_ ? resume_->state.updates : 0;
+  skipped_ = resume_ ? resume_->state.skipped : 0;
+  first_epoch_ = resume_ ? resume_->state.epoch : 0;
+  if (resume_) scheduler_.restore(resume_->state.scheduler);
+  resume_.reset();
 }
 
 long Trainer::steps_per_epoch() const { return long(train_.size() / std::size_t(cfg_.batch)); }
@@ -336,7 +416,8 @@ void Trainer::run() {
   initialize();
 
   const long per_epoch = steps_per_epoch();
-  for (int epoch = 0; epoch < cfg_.epochs; ++epoch) {
+  if (comm_.rank() == 0 && first_epoch_ > 0) std::printf("resumed after epoch %d, step %ld\n", first_epoch_, step_);
+  for (int epoch = first_epoch_; epoch < cfg_.epochs; ++epoch) {
     if (cfg_.max_steps > 0 && step_ >= cfg_.max_steps) break;
     // Rank 0 decides the epoch's mode, β and learning rate; every rank applies the same values.
     EpochPlan plan = scheduler_.plan(epoch);
@@ -386,6 +467,8 @@ void Trainer::run() {
     comm_.allreduce_sum(phases);
     for (double& x : phases) x /= comm_.size();
     rec.time = {phases[0], phases[1], phases[2], phases[3], phases[4], phases[5]};
+    const bool last = epoch + 1 == cfg_.epochs || (cfg_.max_steps > 0 && step_ >= cfg_.max_steps);
+    if (last || (cfg_.checkpoint_every > 0 && (epoch + 1) % cfg_.checkpoint_every == 0)) save_checkpoint(epoch + 1, rec.time);
     profile_ += rec.time;
     const EvalResult test = evaluate(test_);
     rec.test_elbo = test.elbo();

@@ -47,6 +47,9 @@ struct Config {
   NanPolicy nan_policy = NanPolicy::stop;
   double bucket_mb = 1.0;  // gradient allreduce bucket size
   bool node_shm = true;    // one-node jobs sum gradients in shared memory instead of MPI_Iallreduce
+  int checkpoint_every = 1;  // epochs between checkpoints (0: only at the end)
+  int keep_checkpoints = 3;  // the newest K are kept
+  std::string resume;        // "", "auto" (newest checkpoint in RUN_DIR/checkpoints, or a fresh start) or a file
   bool profile = false;
   Fault fault;
   std::array<ModeSpec, 3> modes;

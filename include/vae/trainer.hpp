@@ -4,10 +4,12 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
 
+#include "vae/checkpoint.hpp"
 #include "vae/communicator.hpp"
 #include "vae/config.hpp"
 #include "vae/dataset.hpp"
@@ -77,6 +79,7 @@ class Trainer : private BackwardListener {
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
                  std::uint64_t eps_base);
   void print_header() const;
+  void save_checkpoint(int epochs_done, PhaseTimes& time);
   void show_progress(int epoch, long step_in_epoch, long steps, double loss, double rate, bool done) const;
 
   Config cfg_;
@@ -98,7 +101,10 @@ class Trainer : private BackwardListener {
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
   bool node_shm_ = false;                              // one node, gradients summed through shared memory
   std::unique_ptr<NodeSegments> shared_;               // then grads_ is this rank's segment of it,
-  std::unique_ptr<NodeSegments> shared_params_;        // and params_ the node's one copy, each rank updating its slice
+  std::unique_ptr<NodeSegments> shared_params_, shared_m_, shared_v_;  // and params_, adam_m_, adam_v_ the node's one copy
+                                                                     // of each, every rank updating its slice
+  std::optional<Checkpoint> resume_;                   // what --resume found, until initialize() applies it
+  int first_epoch_ = 0;
   std::vector<GradBucket> buckets_;                    // in backward order, covering the gradient buffer
   std::vector<MPI_Request> requests_;                  // one per bucket
   std::size_t next_bucket_ = 0;
