@@ -8,6 +8,7 @@
 #include <limits>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +24,9 @@ namespace vae {
 namespace {
 
 constexpr std::uint64_t kEvalSeed = 0x5eed'e1b0ull;
+
+// Set from a signal handler; read once per step and agreed on by every rank in the step's loss allreduce.
+std::atomic<int> g_stop_requested{0};
 
 std::filesystem::path pick(const std::string& given, const std::string& dir, const char* name) {
   return given.empty() ? resolve_idx_path(dir, name) : std::filesystem::path(given);
@@ -128,14 +132,18 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
   // --resume: every rank reads and checks the file itself (local work, so a bad file is one agreed usage error).
   std::filesystem::path resume_path;
   if (cfg_.resume == "auto") {
-    int newest = -1;
+    // Only complete files carry these names (a checkpoint is written under a temporary name, then renamed).
+    std::pair<int, long> newest{-1, -1};
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(cfg_.run_dir) / "checkpoints", ec)) {
       const std::string name = e.path().filename().string();
-      int epoch = -1;
-      if (name.size() == 13 && name.starts_with("ckpt-e") && name.ends_with(".h5") && std::sscanf(name.c_str(), "ckpt-e%4d.h5", &epoch) == 1 &&
-          epoch > newest) {
-        newest = epoch;
+      int epoch = -1, used = 0;
+      long step = 0;
+      const bool whole = std::sscanf(name.c_str(), "ckpt-e%4d.h5%n", &epoch, &used) == 1 && std::size_t(used) == name.size();
+      const bool partial =
+          !whole && std::sscanf(name.c_str(), "ckpt-e%4d-s%9ld.h5%n", &epoch, &step, &used) == 2 && std::size_t(used) == name.size();
+      if ((whole || partial) && std::pair{epoch, step} > newest) {
+        newest = {epoch, step};
         resume_path = e.path();
       }
     }
@@ -248,8 +256,9 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
     ++skipped_;
     return {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
   }
-  double stats[2] = {loss.recon, loss.kl};
+  double stats[3] = {loss.recon, loss.kl, double(g_stop_requested.load(std::memory_order_relaxed))};
   comm_.allreduce_sum(stats);
+  stop_agreed_ = stats[2] > 0;
   if (node_shm_) {
     // Each rank sums its slice across every rank's segment, in rank order, into its own segment.
     const auto [lo, hi] = node_slice(comm_.rank());
@@ -295,7 +304,7 @@ void Trainer::progress() {
   if (next_bucket_ > 0) comm_.test_all(std::span<MPI_Request>(requests_).first(next_bucket_));
 }
 
-void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time) {
+void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch) {
   if (comm_.rank() != 0) return;
   const auto t0 = std::chrono::steady_clock::now();
   const std::filesystem::path dir = std::filesystem::path(cfg_.run_dir) / "checkpoints";
@@ -312,8 +321,9 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time) {
   s.scheduler = scheduler_.state();
   s.adam = {cfg_.lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
   s.config_ini = cfg_.to_ini();
-  char name[32];
-  std::snprintf(name, sizeof name, "ckpt-e%04d.h5", epochs_done);
+  char name[48];
+  if (mid_epoch) std::snprintf(name, sizeof name, "ckpt-e%04d-s%09ld.h5", epochs_done, step_);
+  else std::snprintf(name, sizeof name, "ckpt-e%04d.h5", epochs_done);
   write_checkpoint(dir / name, cfg_.arch, layout_, params_, adam_m_, adam_v_, s);
   // Only complete checkpoints have this name; the newest K stay.
   std::vector<std::filesystem::path> all;
@@ -364,6 +374,8 @@ void Trainer::show_progress(int epoch, long step_in_epoch, long steps, double lo
   }
   std::fflush(stdout);
 }
+
+void Trainer::request_stop() { g_stop_requested.store(1, std::memory_order_relaxed); }
 
 void Trainer::initialize() {
   if (node_shm_ && !shared_) {
@@ -430,11 +442,20 @@ void Trainer::run() {
     const long skipped_before = skipped_;
     phase_ = {};
     auto last_progress = t0;
-    for (long s = 0; s < per_epoch; ++s) {
+    // A checkpoint written mid-epoch (on a signal) resumes inside its epoch.
+    const long first_step = epoch == first_epoch_ ? std::max(0L, step_ - long(epoch) * per_epoch) : 0;
+    for (long s = first_step; s < per_epoch; ++s) {
       if (cfg_.max_steps > 0 && step_ >= cfg_.max_steps) break;
       const StepLoss l = step(epoch, s, plan.beta, lr);
       ++steps;
       step_losses_.push_back(l.recon + plan.beta * l.kl);  // NaN for a dropped step
+      if (stop_agreed_) {
+        PhaseTimes t;
+        save_checkpoint(epoch, t, true);
+        throw AgreedError("stopped by a signal at step " + std::to_string(step_) + " (epoch " + std::to_string(epoch + 1) +
+                              "); checkpoint written, continue with --resume auto",
+                          kExitPreempted);
+      }
       if (std::isnan(l.recon)) continue;
       recon += l.recon;
       kl += l.kl;

@@ -2,6 +2,7 @@
 """End-to-end checks of the vae_dist executable under mpiexec: exit codes, one-line errors, no hangs, real training."""
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -134,6 +135,33 @@ def case_fault_nan_skip():
     assert code == 0, f"exit {code}\n{err}"
     assert [r["skipped_steps"] for r in rows] == [1], rows
     assert all(r["test_elbo"] == r["test_elbo"] and r["train_loss"] == r["train_loss"] for r in rows), rows  # no NaN
+
+
+def case_preempt_usr1():
+    """SIGUSR1 to mpirun: the ranks agree at a step boundary, rank 0 writes a checkpoint, all exit 4; --resume auto then
+    finishes the run with the same final test -ELBO as a run never interrupted."""
+    args = ["--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--epochs", "4"]
+    with tempfile.TemporaryDirectory() as d:
+        straight, stopped = os.path.join(d, "straight"), os.path.join(d, "stopped")
+        code, out, err = run(2, *args, "--run-dir", straight)
+        assert code == 0, err
+        p = subprocess.Popen(MPIEXEC + ["-n", "2", BIN, "--progress", "never", *args, "--run-dir", stopped], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(stopped, "checkpoints", "ckpt-e0001.h5")):
+            assert time.monotonic() < deadline and p.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.02)
+        p.send_signal(signal.SIGUSR1)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 4, f"exit {p.returncode}, expected 4\n{err}"
+        assert "stopped by a signal at step" in err, err
+        partial = [f for f in os.listdir(os.path.join(stopped, "checkpoints")) if "-s" in f]
+        assert len(partial) == 1, os.listdir(os.path.join(stopped, "checkpoints"))
+        code, out, err = run(2, *args, "--run-dir", stopped, "--resume", "auto")
+        assert code == 0 and "resumed after epoch" in out, out + err
+        last = lambda run_dir: json.loads(open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()[-1])
+        assert last(stopped)["epoch"] == 4, last(stopped)
+        assert last(stopped)["test_elbo"] == last(straight)["test_elbo"], (last(stopped), last(straight))
 
 
 globals()["case_" + CASE]()

@@ -27,5 +27,6 @@ class AgreedError : public std::runtime_error {
 inline constexpr int kExitFailure = 1;   // an error on some rank; the job was aborted
 inline constexpr int kExitUsage = 2;     // a bad option or input file; nothing was trained
 inline constexpr int kExitDiverged = 3;  // a NaN or Inf in a loss or gradient with --nan-policy stop
+inline constexpr int kExitPreempted = 4; // stopped by SIGTERM, SIGUSR1 or SIGUSR2 after writing a checkpoint: requeue and --resume auto
 
 }  // namespace vae

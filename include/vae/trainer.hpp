@@ -43,8 +43,12 @@ class Trainer : private BackwardListener {
   Trainer(const Config& config, const Communicator& comm, int threads);
   ~Trainer();
 
-  // Broadcasts the initial parameters and trains config.epochs epochs. Collective.
+  // Broadcasts the initial parameters and trains config.epochs epochs. Collective. Throws AgreedError(kExitPreempted)
+  // after writing a checkpoint when a stop was requested (request_stop) on any rank.
   void run();
+
+  // Asks every rank to stop at the next step boundary (async-signal-safe: a relaxed atomic store).
+  static void request_stop();
 
   struct StepLoss {
     double recon = 0, kl = 0;  // per image of the global batch
@@ -79,7 +83,7 @@ class Trainer : private BackwardListener {
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
                  std::uint64_t eps_base);
   void print_header() const;
-  void save_checkpoint(int epochs_done, PhaseTimes& time);
+  void save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch = false);
   void show_progress(int epoch, long step_in_epoch, long steps, double loss, double rate, bool done) const;
 
   Config cfg_;
@@ -105,6 +109,7 @@ class Trainer : private BackwardListener {
                                                                      // of each, every rank updating its slice
   std::optional<Checkpoint> resume_;                   // what --resume found, until initialize() applies it
   int first_epoch_ = 0;
+  bool stop_agreed_ = false;                           // some rank was asked to stop: checkpoint and exit after this step
   std::vector<GradBucket> buckets_;                    // in backward order, covering the gradient buffer
   std::vector<MPI_Request> requests_;                  // one per bucket
   std::size_t next_bucket_ = 0;

@@ -1,4 +1,5 @@
 // vae_dist: the training executable; turns every failure into a one-line message and a non-zero exit on every rank.
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <memory>
@@ -8,8 +9,16 @@
 #include "vae/errors.hpp"
 #include "vae/trainer.hpp"
 
+namespace {
+
+extern "C" void on_stop_signal(int) { vae::Trainer::request_stop(); }
+
+}  // namespace
+
 int main(int argc, char** argv) {
   vae::MpiSession mpi(argc, argv);
+  // Batch systems warn of the end with SIGTERM or SIGUSR1/2 (mpirun forwards USR1/USR2 to every rank): checkpoint, exit 4.
+  for (int sig : {SIGTERM, SIGUSR1, SIGUSR2}) std::signal(sig, on_stop_signal);
   const vae::Communicator comm = vae::Communicator::world();
   try {
     // Options and data are checked on every rank, then agreed on, so a usage error exits 2 everywhere and never hangs.
