@@ -164,8 +164,43 @@ void fsync_path(const std::filesystem::path& p, const Where& w) {
 
 }  // namespace
 
+// The metrics table: one float64 dataset per field, one row per epoch (mode as 0 FAST, 1 BALANCED, 2 QUALITY).
+struct MetricField {
+  const char* name;
+  double (*get)(const EpochRecord&);
+  void (*set)(EpochRecord&, double);
+};
+#define VAE_FIELD(name, expr_get, stmt_set) \
+  MetricField { name, [](const EpochRecord& r) { return double(expr_get); }, [](EpochRecord& r, double x) { stmt_set; } }
+const MetricField kMetricFields[] = {
+    VAE_FIELD("epoch", r.epoch, r.epoch = int(x)),
+    VAE_FIELD("step", r.step, r.step = long(x)),
+    VAE_FIELD("mode", int(r.mode), r.mode = Mode(int(x))),
+    VAE_FIELD("beta", r.beta, r.beta = x),
+    VAE_FIELD("lr", r.lr, r.lr = x),
+    VAE_FIELD("train_recon", r.train_recon, r.train_recon = x),
+    VAE_FIELD("train_kl", r.train_kl, r.train_kl = x),
+    VAE_FIELD("test_elbo", r.test_elbo, r.test_elbo = x),
+    VAE_FIELD("test_recon", r.test_recon, r.test_recon = x),
+    VAE_FIELD("test_kl", r.test_kl, r.test_kl = x),
+    VAE_FIELD("val_elbo", r.val_elbo, r.val_elbo = x),
+    VAE_FIELD("samples_per_s", r.samples_per_s, r.samples_per_s = x),
+    VAE_FIELD("epoch_seconds", r.epoch_seconds, r.epoch_seconds = x),
+    VAE_FIELD("elapsed_seconds", r.elapsed_seconds, r.elapsed_seconds = x),
+    VAE_FIELD("peak_rss_bytes", r.peak_rss_bytes, r.peak_rss_bytes = x),
+    VAE_FIELD("skipped_steps", r.skipped_steps, r.skipped_steps = long(x)),
+    VAE_FIELD("time_data", r.time.data, r.time.data = x),
+    VAE_FIELD("time_forward", r.time.forward, r.time.forward = x),
+    VAE_FIELD("time_backward", r.time.backward, r.time.backward = x),
+    VAE_FIELD("time_allreduce_wait", r.time.allreduce, r.time.allreduce = x),
+    VAE_FIELD("time_update", r.time.update, r.time.update = x),
+    VAE_FIELD("time_checkpoint", r.time.checkpoint, r.time.checkpoint = x),
+};
+#undef VAE_FIELD
+
 void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const ParamLayout& layout, std::span<const float> params,
-                      std::span<const float> adam_m, std::span<const float> adam_v, const TrainingState& state) {
+                      std::span<const float> adam_m, std::span<const float> adam_v, const TrainingState& state,
+                      const CheckpointExtras& extras) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // our messages, not HDF5's stack dumps
   const std::filesystem::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
   const Where w{tmp.string(), false};
@@ -213,6 +248,28 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
     set_attr(w, training, "plateau_advance_next", (long long)state.scheduler.advance_next);
 
     w.check(H5LTmake_dataset_string(file, "config", state.config_ini.c_str()), "cannot write the configuration");
+
+    H5Id metrics(w.id(H5Gcreate2(file, "metrics", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group metrics"), H5Gclose);
+    set_attr(w, metrics, "mode_values", std::string("0 FAST, 1 BALANCED, 2 QUALITY"));
+    const hsize_t rows = extras.metrics.size();
+    std::vector<double> column(extras.metrics.size());
+    for (const MetricField& f : kMetricFields) {
+      for (std::size_t i = 0; i < column.size(); ++i) column[i] = f.get(extras.metrics[i]);
+      w.check(H5LTmake_dataset_double(metrics, f.name, 1, &rows, column.data()), "cannot write the metrics table");
+    }
+
+    if (!extras.grid.empty()) {
+      // An HDF5 image (CLASS=IMAGE, a grey palette): HDFView shows it and h52gif converts it.
+      H5Id samples(w.id(H5Gcreate2(file, "samples", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group samples"), H5Gclose);
+      const hsize_t side = extras.grid_side;
+      w.check(H5IMmake_image_8bit(samples, "grid", side, side, extras.grid.data()), "cannot write the sample grid");
+      std::vector<std::uint8_t> grey(256 * 3);
+      for (std::size_t i = 0; i < 256; ++i) grey[3 * i] = grey[3 * i + 1] = grey[3 * i + 2] = std::uint8_t(i);
+      const hsize_t pal_dims[2] = {256, 3};
+      w.check(H5IMmake_palette(samples, "grey", pal_dims, grey.data()), "cannot write the palette");
+      w.check(H5IMlink_palette(samples, "grid", "grey"), "cannot attach the palette");
+      set_attr(w, samples, "layout", std::string("row d: ten samples of digit d; column c: the same latent noise z_c in every row"));
+    }
     w.check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush (is the disk full?)");
   }
   fsync_path(tmp, w);
@@ -292,6 +349,20 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
   s.scheduler.advance_next = get_int(w, training, "plateau_advance_next") != 0;
   if (s.epoch < 0 || s.step < 0 || s.updates < 0 || s.updates > s.step) w.fail("impossible counters in group training");
   s.world_size = int(get_int(w, file, "world_size"));
+
+  if (H5Lexists(file, "metrics", H5P_DEFAULT) > 0) {
+    H5Id metrics(w.id(H5Gopen2(file, "metrics", H5P_DEFAULT), "cannot open group metrics"), H5Gclose);
+    for (const MetricField& f : kMetricFields) {
+      if (H5Lexists(metrics, f.name, H5P_DEFAULT) <= 0) w.fail(std::string("missing dataset metrics/") + f.name);
+      hsize_t n = 0;
+      w.check(H5LTget_dataset_info(metrics, f.name, &n, nullptr, nullptr), "cannot inspect the metrics table");
+      if (c.metrics.empty()) c.metrics.resize(n);
+      if (n != c.metrics.size()) w.fail(std::string("dataset metrics/") + f.name + " has a different number of rows");
+      std::vector<double> column(n);
+      w.check(H5LTread_dataset_double(metrics, f.name, column.data()), "cannot read the metrics table");
+      for (std::size_t i = 0; i < n; ++i) f.set(c.metrics[i], column[i]);
+    }
+  }
 
   if (H5Lexists(file, "config", H5P_DEFAULT) <= 0) w.fail("missing dataset config");
   {

@@ -18,6 +18,7 @@
 #include "vae/errors.hpp"
 #include "vae/optimizer.hpp"
 #include "vae/rng.hpp"
+#include "vae/png.hpp"
 #include "vae/version.hpp"
 
 namespace vae {
@@ -324,14 +325,52 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
   char name[48];
   if (mid_epoch) std::snprintf(name, sizeof name, "ckpt-e%04d-s%09ld.h5", epochs_done, step_);
   else std::snprintf(name, sizeof name, "ckpt-e%04d.h5", epochs_done);
-  write_checkpoint(dir / name, cfg_.arch, layout_, params_, adam_m_, adam_v_, s);
-  // Only complete checkpoints have this name; the newest K stay.
+  std::vector<EpochRecord> metrics = past_metrics_;
+  metrics.insert(metrics.end(), history_.begin(), history_.end());
+  const std::vector<std::uint8_t> grid = sample_grid();
+  const std::size_t side = 10 * kImageSide;
+  const std::filesystem::path file = dir / name;
+  write_checkpoint(file, cfg_.arch, layout_, params_, adam_m_, adam_v_, s, {metrics, grid, side});
+  write_png_gray(std::filesystem::path(file).replace_extension(".png"), side, side, grid.data());
+  // Only complete checkpoints have this name; the newest K stay, each with its grid.
   std::vector<std::filesystem::path> all;
   for (const auto& e : std::filesystem::directory_iterator(dir, ec))
     if (e.path().filename().string().starts_with("ckpt-e") && e.path().extension() == ".h5") all.push_back(e.path());
   std::sort(all.begin(), all.end());
-  for (std::size_t i = 0; i + std::size_t(cfg_.keep_checkpoints) < all.size(); ++i) std::filesystem::remove(all[i], ec);
+  for (std::size_t i = 0; i + std::size_t(cfg_.keep_checkpoints) < all.size(); ++i) {
+    std::filesystem::remove(all[i], ec);
+    std::filesystem::remove(std::filesystem::path(all[i]).replace_extension(".png"), ec);
+  }
   time.checkpoint += seconds_since(t0);
+}
+
+std::vector<std::uint8_t> Trainer::sample_grid() {
+  const std::size_t L = std::size_t(cfg_.arch.latent), dec_in = cfg_.arch.dec_in(), B = net_->max_batch();
+  const std::size_t side = 10 * kImageSide, pixels = std::size_t(kImagePixels);
+  std::vector<float> z(10 * L);
+  ctx_.kernels->gaussian_rows(z.data(), 10, L, stream_key(cfg_.seed, Stream::samples, 0), 0);
+  std::vector<std::uint8_t> grid(side * side);
+  for (std::size_t first = 0; first < 100; first += B) {
+    const std::size_t n = std::min(B, 100 - first);
+    std::span<float> in = net_->decoder_input();
+    for (std::size_t r = 0; r < n; ++r) {
+      const std::size_t digit = (first + r) / 10, column = (first + r) % 10;
+      float* row = in.data() + r * dec_in;
+      std::copy_n(z.data() + column * L, L, row);
+      for (std::size_t c = L; c < dec_in; ++c) row[c] = c - L == digit ? 1.0f : 0.0f;
+    }
+    net_->decode(*ctx_.kernels, params_.data(), n);
+    const std::span<const float> logits = net_->logits();
+    for (std::size_t r = 0; r < n; ++r) {
+      const std::size_t digit = (first + r) / 10, column = (first + r) % 10;
+      for (std::size_t p = 0; p < pixels; ++p) {
+        const float mean = 1.0f / (1.0f + std::exp(-logits[r * pixels + p]));
+        const std::size_t y = digit * kImageSide + p / kImageSide, x = column * kImageSide + p % kImageSide;
+        grid[y * side + x] = std::uint8_t(std::lround(255.0f * mean));
+      }
+    }
+  }
+  return grid;
 }
 
 void Trainer::layer_done(std::size_t layer, bool finite) {
@@ -407,7 +446,10 @@ void Trainer::initialize() {
   updates_ = resume_ ? resume_->state.updates : 0;
   skipped_ = resume_ ? resume_->state.skipped : 0;
   first_epoch_ = resume_ ? resume_->state.epoch : 0;
-  if (resume_) scheduler_.restore(resume_->state.scheduler);
+  if (resume_) {
+    scheduler_.restore(resume_->state.scheduler);
+    past_metrics_ = resume_->metrics;
+  }
   resume_.reset();
 }
 
@@ -488,9 +530,6 @@ void Trainer::run() {
     comm_.allreduce_sum(phases);
     for (double& x : phases) x /= comm_.size();
     rec.time = {phases[0], phases[1], phases[2], phases[3], phases[4], phases[5]};
-    const bool last = epoch + 1 == cfg_.epochs || (cfg_.max_steps > 0 && step_ >= cfg_.max_steps);
-    if (last || (cfg_.checkpoint_every > 0 && (epoch + 1) % cfg_.checkpoint_every == 0)) save_checkpoint(epoch + 1, rec.time);
-    profile_ += rec.time;
     const EvalResult test = evaluate(test_);
     rec.test_elbo = test.elbo();
     rec.test_recon = test.recon;
@@ -506,6 +545,13 @@ void Trainer::run() {
     rec.epoch_seconds = seconds_since(t0);
     rec.elapsed_seconds = seconds_since(start_);
     history_.push_back(rec);
+    // The checkpoint holds this epoch's record too (its own writing time is in the metrics file, not in itself).
+    const bool last = epoch + 1 == cfg_.epochs || (cfg_.max_steps > 0 && step_ >= cfg_.max_steps);
+    if (last || (cfg_.checkpoint_every > 0 && (epoch + 1) % cfg_.checkpoint_every == 0)) {
+      save_checkpoint(epoch + 1, rec.time);
+      history_.back().time.checkpoint = rec.time.checkpoint;
+    }
+    profile_ += rec.time;
     if (comm_.rank() == 0) {
       std::printf("%s\n", format_console(rec, cfg_.epochs).c_str());
       std::fflush(stdout);

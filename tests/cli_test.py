@@ -155,7 +155,7 @@ def case_preempt_usr1():
         out, err = p.communicate(timeout=30)
         assert p.returncode == 4, f"exit {p.returncode}, expected 4\n{err}"
         assert "stopped by a signal at step" in err, err
-        partial = [f for f in os.listdir(os.path.join(stopped, "checkpoints")) if "-s" in f]
+        partial = [f for f in os.listdir(os.path.join(stopped, "checkpoints")) if "-s" in f and f.endswith(".h5")]
         assert len(partial) == 1, os.listdir(os.path.join(stopped, "checkpoints"))
         code, out, err = run(2, *args, "--run-dir", stopped, "--resume", "auto")
         assert code == 0 and "resumed after epoch" in out, out + err

@@ -4,11 +4,13 @@
 #include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <fstream>
 #include <cstring>
 #include <cstdlib>
 #include <new>
 
 #include "test_util.hpp"
+#include "vae/checkpoint.hpp"
 #include "vae/communicator.hpp"
 #include "vae/config.hpp"
 #include "vae/trainer.hpp"
@@ -175,6 +177,20 @@ TEST_F(Training, ResumeContinuesBitForBit) {
   std::size_t kept = 0;
   for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(cfg.run_dir) / "checkpoints")) kept += e.path().extension() == ".h5";
   EXPECT_EQ(kept, 3u);
+
+  // The last checkpoint carries every epoch's metrics (those before the resume too) and a sample grid, also as a PNG.
+  const std::filesystem::path last = std::filesystem::path(cfg.run_dir) / "checkpoints" / "ckpt-e0004.h5";
+  const Checkpoint c = read_checkpoint(last);
+  ASSERT_EQ(c.metrics.size(), 4u);
+  for (int e = 0; e < 4; ++e) EXPECT_EQ(c.metrics[std::size_t(e)].epoch, e + 1);
+  EXPECT_EQ(c.metrics[3].test_elbo, straight.history()[3].test_elbo);
+  std::ifstream png(std::filesystem::path(last).replace_extension(".png"), std::ios::binary);
+  char sig[8] = {};
+  png.read(sig, 8);
+  EXPECT_EQ(std::string(sig, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  const std::string gif = (dir_->path() / "grid.gif").string();
+  EXPECT_EQ(std::system(("h52gif " + last.string() + " " + gif + " -i samples/grid > /dev/null 2>&1").c_str()), 0);
+  EXPECT_GT(std::filesystem::file_size(gif), 1000u);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "vae/metrics.hpp"
 #include "vae/model.hpp"
 #include "vae/optimizer.hpp"
 #include "vae/scheduler.hpp"
@@ -29,17 +30,26 @@ struct TrainingState {
   std::string config_ini;  // the full effective configuration
 };
 
+// What a checkpoint shows besides the state: the metrics of every epoch so far and the latest sample grid.
+struct CheckpointExtras {
+  std::span<const EpochRecord> metrics;
+  std::span<const std::uint8_t> grid;  // [side × side] grey, 0 = black; empty for none
+  std::size_t grid_side = 0;
+};
+
 // The flat buffers (parameters, Adam m and v, one ParamLayout) and the state, as read back.
 struct Checkpoint {
   Arch arch;
   TrainingState state;
   std::vector<float> params, adam_m, adam_v;  // [layout.padded_size()] each, padding zero
+  std::vector<EpochRecord> metrics;           // one per epoch so far
 };
 
 // Writes path atomically: a temporary file beside it, flushed to disk, renamed over path, the directory flushed.
 // Throws std::runtime_error naming the file on any HDF5 or file-system failure; path is then untouched.
 void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const ParamLayout& layout, std::span<const float> params,
-                      std::span<const float> adam_m, std::span<const float> adam_v, const TrainingState& state);
+                      std::span<const float> adam_m, std::span<const float> adam_v, const TrainingState& state,
+                      const CheckpointExtras& extras = {});
 
 // Reads and validates: format and version, every dataset present with its shape, every value finite. Any problem is a
 // UsageError "PATH: problem".

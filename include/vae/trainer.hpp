@@ -84,6 +84,9 @@ class Trainer : private BackwardListener {
                  std::uint64_t eps_base);
   void print_header() const;
   void save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch = false);
+  // The 10 × 10 grid of generated digits (row d: digit d; column c: latent noise z_c, the same in every checkpoint),
+  // decoder means as grey levels, [280 × 280]. Rank 0 only; uses the network's buffers.
+  std::vector<std::uint8_t> sample_grid();
   void show_progress(int epoch, long step_in_epoch, long steps, double loss, double rate, bool done) const;
 
   Config cfg_;
@@ -109,6 +112,7 @@ class Trainer : private BackwardListener {
                                                                      // of each, every rank updating its slice
   std::optional<Checkpoint> resume_;                   // what --resume found, until initialize() applies it
   int first_epoch_ = 0;
+  std::vector<EpochRecord> past_metrics_;              // the epochs before a resumed checkpoint, for the next one
   bool stop_agreed_ = false;                           // some rank was asked to stop: checkpoint and exit after this step
   std::vector<GradBucket> buckets_;                    // in backward order, covering the gradient buffer
   std::vector<MPI_Request> requests_;                  // one per bucket
