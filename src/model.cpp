@@ -198,6 +198,29 @@ void Network<T>::decode(const Kernels<T>& k, const T* params, std::size_t n) {
   chain_forward(k, params, arch_.hidden.size() + 1, stages_.size(), n);
 }
 
+void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float* params, std::span<const float> inputs, std::size_t n,
+                      std::uint8_t* out) {
+  const std::span<float> in = net.decoder_input();
+  const std::size_t dec_in = in.size() / net.max_batch(), pixels = std::size_t(kImagePixels);
+  for (std::size_t first = 0; first < n; first += net.max_batch()) {
+    const std::size_t rows = std::min(net.max_batch(), n - first);
+    std::copy_n(inputs.data() + first * dec_in, rows * dec_in, in.data());
+    net.decode(k, params, rows);
+    const std::span<const float> logits = net.logits();
+    for (std::size_t i = 0; i < rows * pixels; ++i)
+      out[first * pixels + i] = std::uint8_t(std::lround(255.0f / (1.0f + std::exp(-logits[i]))));
+  }
+}
+
+std::vector<std::uint8_t> tile_images(const std::uint8_t* images, std::size_t n, std::size_t columns) {
+  const std::size_t side = std::size_t(kImageSide), rows = (n + columns - 1) / columns, width = columns * side;
+  std::vector<std::uint8_t> grid(rows * side * width);
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t p = 0; p < side * side; ++p)
+      grid[((i / columns) * side + p / side) * width + (i % columns) * side + p % side] = images[i * side * side + p];
+  return grid;
+}
+
 template class Network<float>;
 template class Network<double>;
 

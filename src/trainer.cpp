@@ -345,32 +345,17 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
 }
 
 std::vector<std::uint8_t> Trainer::sample_grid() {
-  const std::size_t L = std::size_t(cfg_.arch.latent), dec_in = cfg_.arch.dec_in(), B = net_->max_batch();
-  const std::size_t side = 10 * kImageSide, pixels = std::size_t(kImagePixels);
-  std::vector<float> z(10 * L);
+  const std::size_t L = std::size_t(cfg_.arch.latent), dec_in = cfg_.arch.dec_in();
+  std::vector<float> z(10 * L), inputs(100 * dec_in, 0.0f);
   ctx_.kernels->gaussian_rows(z.data(), 10, L, stream_key(cfg_.seed, Stream::samples, 0), 0);
-  std::vector<std::uint8_t> grid(side * side);
-  for (std::size_t first = 0; first < 100; first += B) {
-    const std::size_t n = std::min(B, 100 - first);
-    std::span<float> in = net_->decoder_input();
-    for (std::size_t r = 0; r < n; ++r) {
-      const std::size_t digit = (first + r) / 10, column = (first + r) % 10;
-      float* row = in.data() + r * dec_in;
-      std::copy_n(z.data() + column * L, L, row);
-      for (std::size_t c = L; c < dec_in; ++c) row[c] = c - L == digit ? 1.0f : 0.0f;
-    }
-    net_->decode(*ctx_.kernels, params_.data(), n);
-    const std::span<const float> logits = net_->logits();
-    for (std::size_t r = 0; r < n; ++r) {
-      const std::size_t digit = (first + r) / 10, column = (first + r) % 10;
-      for (std::size_t p = 0; p < pixels; ++p) {
-        const float mean = 1.0f / (1.0f + std::exp(-logits[r * pixels + p]));
-        const std::size_t y = digit * kImageSide + p / kImageSide, x = column * kImageSide + p % kImageSide;
-        grid[y * side + x] = std::uint8_t(std::lround(255.0f * mean));
-      }
-    }
+  for (std::size_t i = 0; i < 100; ++i) {
+    const std::size_t digit = i / 10, column = i % 10;
+    std::copy_n(z.data() + column * L, L, inputs.data() + i * dec_in);
+    if (L + digit < dec_in) inputs[i * dec_in + L + digit] = 1.0f;
   }
-  return grid;
+  std::vector<std::uint8_t> images(100 * std::size_t(kImagePixels));
+  decode_to_pixels(*net_, *ctx_.kernels, params_.data(), inputs, 100, images.data());
+  return tile_images(images.data(), 100, 10);
 }
 
 void Trainer::layer_done(std::size_t layer, bool finite) {

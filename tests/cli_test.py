@@ -164,5 +164,27 @@ def case_preempt_usr1():
         assert last(stopped)["test_elbo"] == last(straight)["test_elbo"], (last(stopped), last(straight))
 
 
+def case_sample():
+    """vae_sample draws chosen digits from a checkpoint as a PNG of the right size, the same for the same seed."""
+    sample = os.path.join(os.path.dirname(BIN), "vae_sample")
+    with tempfile.TemporaryDirectory() as d:
+        code, out, err = run(1, "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--run-dir", d, "--epochs", "1")
+        assert code == 0, err
+        ckpt = os.path.join(d, "checkpoints", "ckpt-e0001.h5")
+        outs = []
+        for i, seed in enumerate(["5", "5", "6"]):
+            png = os.path.join(d, f"s{i}.png")
+            p = subprocess.run([sample, "--checkpoint", ckpt, "--digits", "3,7", "--count", "4", "--seed", seed, "--out", png],
+                               capture_output=True, text=True, timeout=60)
+            assert p.returncode == 0, p.stderr
+            data = open(png, "rb").read()
+            assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
+            assert struct.unpack(">II", data[16:24]) == (4 * 28, 2 * 28), struct.unpack(">II", data[16:24])  # width, height
+            outs.append(data)
+        assert outs[0] == outs[1] and outs[0] != outs[2], "the seed does not decide the samples"
+        p = subprocess.run([sample, "--checkpoint", ckpt, "--digits", "12"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and p.stderr.strip() == "vae_sample: error: option --digits: 12 is not a digit", p.stderr
+
+
 globals()["case_" + CASE]()
 print("ok", CASE)

@@ -133,6 +133,14 @@ class Network {
   double kl_ = 0;
 };
 
+// Decoder means as grey levels (0 black … 255 white): `inputs` [n × dec_in] (z, then the label weights) through the
+// decoder in batches of the network's size, into out [n × 784].
+void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float* params, std::span<const float> inputs, std::size_t n,
+                      std::uint8_t* out);
+
+// Tiles n images of 28 × 28 into a grid `columns` wide, row by row: [rows·28 × columns·28].
+std::vector<std::uint8_t> tile_images(const std::uint8_t* images, std::size_t n, std::size_t columns);
+
 extern template class Network<float>;
 extern template class Network<double>;
 
