@@ -88,6 +88,48 @@ TEST(MpiTest, TwoRanksTrainLikeOne) {
   comm.barrier();
 }
 
+// 4 epochs straight, and 2 + --resume auto + 2, at 2 ranks (the node's shared-memory path): bit for bit.
+TEST(MpiTest, ResumeContinuesBitForBitOnTwoRanks) {
+  const Communicator& comm = world();
+  ASSERT_EQ(comm.size(), 2) << "run with mpiexec -n 2";
+  std::unique_ptr<test::TempDir> owned;
+  char path[512] = {};
+  if (comm.rank() == 0) {
+    owned = std::make_unique<test::TempDir>();
+    test::write_synthetic_mnist(owned->path(), 640, 64);
+    std::snprintf(path, sizeof path, "%s", owned->path().c_str());
+  }
+  comm.broadcast(path, sizeof path);
+  const std::filesystem::path dir(path);
+  Config cfg;
+  cfg.arch.hidden = {48, 24};
+  cfg.arch.latent = 6;
+  cfg.batch = 16;
+  cfg.lr = 3e-3;
+  cfg.digits = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  cfg.data_dir = dir.string();
+  cfg.progress = Progress::never;
+  cfg.epochs = 4;
+  cfg.run_dir = (dir / "straight").string();
+  Trainer straight(cfg, comm, 1);
+  straight.run();
+  const std::vector<float> a(straight.parameters().begin(), straight.parameters().end());
+  cfg.run_dir = (dir / "resumed").string();
+  cfg.epochs = 2;
+  {
+    Trainer first(cfg, comm, 1);
+    first.run();
+  }
+  cfg.epochs = 4;
+  cfg.resume = "auto";
+  Trainer second(cfg, comm, 1);
+  second.run();
+  ASSERT_EQ(second.history().size(), 2u);
+  for (std::size_t e = 0; e < 2; ++e) EXPECT_EQ(second.history()[e].test_elbo, straight.history()[e + 2].test_elbo) << "epoch " << e + 3;
+  EXPECT_EQ(std::memcmp(a.data(), second.parameters().data(), a.size() * sizeof(float)), 0) << "rank " << comm.rank();
+  comm.barrier();
+}
+
 // The same training at 1, 2 and 4 ranks (global batch fixed): parameters agree to float rounding after 100 steps; the same
 // rank count twice agrees bit for bit. Run with mpiexec -n 4.
 TEST(MpiTest, RankCountInvariance) {
