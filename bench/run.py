@@ -144,7 +144,9 @@ def memory_table():
             rec = json.loads(open(os.path.join(run, "metrics.jsonl")).read().splitlines()[-1])
         pool = int(re.search(r"memory pool: ([0-9,]+) bytes", out).group(1).replace(",", ""))
         rows.append(f"| {ranks} × {threads} | {pool:,} | {rec['peak_rss_bytes'] / 2**20:.0f} MiB |")
-    return ["| ranks × threads | pool bytes per rank | peak RSS (largest rank) |", "|---|---|---|"] + rows
+    return ["| ranks × threads | pool bytes per rank | peak RSS (largest rank) |", "|---|---|---|"] + rows + [
+        "", "With more than one rank on the node, parameters, gradients and Adam moments live in shared memory (a gradient "
+        "segment per rank, one copy of the rest per node), outside the per-rank pool."]
 
 
 def main():

@@ -189,8 +189,15 @@ void Trainer::print_header() const {
               with_commas(layout_.parameter_count()).c_str());
   std::printf("data: %zu train, %zu validation, %zu test images; global batch %d (%zu per rank), %zu steps per epoch\n", train_.size(),
               val_.size(), test_.size(), cfg_.batch, local_batch_, train_.size() / std::size_t(cfg_.batch));
-  std::printf("memory pool: %s bytes per rank (parameters, gradients, Adam moments, activations, kernel scratch, sampler)\n",
-              with_commas(pool_.capacity()).c_str());
+  if (!node_shm_) {
+    std::printf("memory pool: %s bytes per rank (parameters, gradients, Adam moments, activations, kernel scratch, sampler)\n",
+                with_commas(pool_.capacity()).c_str());
+  } else {
+    const std::size_t buffer = layout_.padded_size() * sizeof(float);
+    std::printf("memory pool: %s bytes per rank (activations, kernel scratch, sampler), plus shared memory: a %s-byte gradient "
+                "segment per rank and one copy of parameters and Adam moments per node (%s bytes)\n",
+                with_commas(pool_.capacity()).c_str(), with_commas(buffer).c_str(), with_commas(3 * buffer).c_str());
+  }
   std::printf("run directory: %s\n", cfg_.run_dir.c_str());
   std::fflush(stdout);
 }
