@@ -4,7 +4,6 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
-#include <atomic>
 #include <stdexcept>
 #include <thread>
 
@@ -157,16 +156,6 @@ class ParallelKernels final : public Kernels<float> {
         }
       });
     });
-  }
-
-  bool all_finite(const float* x, std::size_t n) const override {
-    std::atomic<bool> finite{true};
-    arena_.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
-        if (!ops_.all_finite(x, r.begin(), r.end())) finite.store(false, std::memory_order_relaxed);
-      });
-    });
-    return finite.load();
   }
 
   void gaussian_rows(float* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {

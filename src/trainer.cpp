@@ -8,6 +8,7 @@
 #include <limits>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -33,6 +34,12 @@ std::filesystem::path pick(const std::string& given, const std::string& dir, con
   return given.empty() ? resolve_idx_path(dir, name) : std::filesystem::path(given);
 }
 
+// The four IDX files of a run: train images, train labels, test images, test labels.
+std::array<std::filesystem::path, 4> data_files(const Config& cfg) {
+  return {pick(cfg.train_images, cfg.data_dir, "train-images-idx3-ubyte"), pick(cfg.train_labels, cfg.data_dir, "train-labels-idx1-ubyte"),
+          pick(cfg.test_images, cfg.data_dir, "t10k-images-idx3-ubyte"), pick(cfg.test_labels, cfg.data_dir, "t10k-labels-idx1-ubyte")};
+}
+
 double peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
@@ -52,9 +59,7 @@ std::string with_commas(std::size_t n) {
 }  // namespace
 
 void Trainer::prepare_data(const Config& cfg) {
-  for (const auto& [given, name] : {std::pair{cfg.train_images, "train-images-idx3-ubyte"}, std::pair{cfg.train_labels, "train-labels-idx1-ubyte"},
-                                    std::pair{cfg.test_images, "t10k-images-idx3-ubyte"}, std::pair{cfg.test_labels, "t10k-labels-idx1-ubyte"}})
-    decompressed_cache(pick(given, cfg.data_dir, name));
+  for (const auto& file : data_files(cfg)) decompressed_cache(file);
 }
 
 Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
@@ -66,10 +71,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
       pool_(Arena::measure()),
       scheduler_(config.modes, config.plateau) {
   ctx_ = {&comm_, threads_, kernels_.get()};
-  const auto train_images = pick(cfg_.train_images, cfg_.data_dir, "train-images-idx3-ubyte");
-  const auto train_labels = pick(cfg_.train_labels, cfg_.data_dir, "train-labels-idx1-ubyte");
-  const auto test_images = pick(cfg_.test_images, cfg_.data_dir, "t10k-images-idx3-ubyte");
-  const auto test_labels = pick(cfg_.test_labels, cfg_.data_dir, "t10k-labels-idx1-ubyte");
+  const auto [train_images, train_labels, test_images, test_labels] = data_files(cfg_);
   train_file_ = load_idx_pair(train_images, train_labels);
   test_file_ = load_idx_pair(test_images, test_labels);
   train_ = Dataset::select_digits(train_file_, cfg_.digits);

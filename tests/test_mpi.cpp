@@ -19,6 +19,26 @@ const Communicator& world() {
   return c;
 }
 
+// Synthetic MNIST written once by rank 0 into a directory every rank then reads (its path is broadcast).
+class SharedData {
+ public:
+  SharedData(const Communicator& comm, std::size_t train, std::size_t test) {
+    char path[512] = {};
+    if (comm.rank() == 0) {
+      owned_ = std::make_unique<test::TempDir>();
+      test::write_synthetic_mnist(owned_->path(), train, test);
+      std::snprintf(path, sizeof path, "%s", owned_->path().c_str());
+    }
+    comm.broadcast(path, sizeof path);
+    dir_ = path;
+  }
+  const std::filesystem::path& dir() const { return dir_; }
+
+ private:
+  std::unique_ptr<test::TempDir> owned_;
+  std::filesystem::path dir_;
+};
+
 TEST(MpiTest, AllreduceSumsEveryElement) {
   const Communicator& comm = world();
   const int P = comm.size(), r = comm.rank();
@@ -45,27 +65,12 @@ TEST(MpiTest, ErrorAgreementReachesEveryRank) {
 TEST(MpiTest, TwoRanksTrainLikeOne) {
   const Communicator& comm = world();
   ASSERT_EQ(comm.size(), 2) << "run with mpiexec -n 2";
-  // Rank 0's temporary directory is everyone's: its path is broadcast.
-  std::unique_ptr<test::TempDir> owned;
-  char path[512] = {};
-  if (comm.rank() == 0) {
-    owned = std::make_unique<test::TempDir>();
-    test::write_synthetic_mnist(owned->path(), 640, 96);
-    std::snprintf(path, sizeof path, "%s", owned->path().c_str());
-  }
-  comm.broadcast(path, sizeof path);
-  const std::filesystem::path dir(path);
+  const SharedData data(comm, 640, 96);
+  const std::filesystem::path& dir = data.dir();
 
-  Config cfg;
-  cfg.arch.hidden = {48, 24};
-  cfg.arch.latent = 6;
-  cfg.batch = 16;
-  cfg.lr = 3e-3;
+  Config cfg = test::small_config(dir);
   cfg.epochs = 2;
   cfg.max_steps = 50;
-  cfg.digits = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
-  cfg.data_dir = dir.string();
-  cfg.progress = Progress::never;
   cfg.modes = {{{1, 0.5, 1.0, 1, 1.0}, {2, 1.0, 1.0, 0, 1.0}, {0, 1.0, 1.0, 0, 0.5}}};
 
   cfg.run_dir = (dir / "two").string();
@@ -92,23 +97,9 @@ TEST(MpiTest, TwoRanksTrainLikeOne) {
 TEST(MpiTest, ResumeContinuesBitForBitOnTwoRanks) {
   const Communicator& comm = world();
   ASSERT_EQ(comm.size(), 2) << "run with mpiexec -n 2";
-  std::unique_ptr<test::TempDir> owned;
-  char path[512] = {};
-  if (comm.rank() == 0) {
-    owned = std::make_unique<test::TempDir>();
-    test::write_synthetic_mnist(owned->path(), 640, 64);
-    std::snprintf(path, sizeof path, "%s", owned->path().c_str());
-  }
-  comm.broadcast(path, sizeof path);
-  const std::filesystem::path dir(path);
-  Config cfg;
-  cfg.arch.hidden = {48, 24};
-  cfg.arch.latent = 6;
-  cfg.batch = 16;
-  cfg.lr = 3e-3;
-  cfg.digits = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
-  cfg.data_dir = dir.string();
-  cfg.progress = Progress::never;
+  const SharedData data(comm, 640, 64);
+  const std::filesystem::path& dir = data.dir();
+  Config cfg = test::small_config(dir);
   cfg.epochs = 4;
   cfg.run_dir = (dir / "straight").string();
   Trainer straight(cfg, comm, 1);
@@ -135,27 +126,13 @@ TEST(MpiTest, ResumeContinuesBitForBitOnTwoRanks) {
 TEST(MpiTest, RankCountInvariance) {
   const Communicator& comm = world();
   ASSERT_EQ(comm.size(), 4) << "run with mpiexec -n 4";
-  std::unique_ptr<test::TempDir> owned;
-  char path[512] = {};
-  if (comm.rank() == 0) {
-    owned = std::make_unique<test::TempDir>();
-    test::write_synthetic_mnist(owned->path(), 2048, 64);
-    std::snprintf(path, sizeof path, "%s", owned->path().c_str());
-  }
-  comm.broadcast(path, sizeof path);
-  const std::filesystem::path dir(path);
+  const SharedData data(comm, 2048, 64);
+  const std::filesystem::path& dir = data.dir();
 
-  Config cfg;
-  cfg.arch.hidden = {48, 24};
-  cfg.arch.latent = 6;
-  cfg.batch = 16;
-  cfg.lr = 3e-3;
+  Config cfg = test::small_config(dir);
   cfg.epochs = 1;
   cfg.max_steps = 100;
   cfg.bucket_mb = 0.004;  // several buckets even for this small model
-  cfg.digits = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
-  cfg.data_dir = dir.string();
-  cfg.progress = Progress::never;
 
   auto train = [&](const Communicator& c, const std::string& name) {
     cfg.run_dir = (dir / name).string();

@@ -147,11 +147,7 @@ TEST_F(Training, OptimizedKernelsTrainLikeReference) {
 // 4 epochs straight, and 2 epochs then --resume auto to 4, give the same parameters bit for bit and the same epochs.
 TEST_F(Training, ResumeContinuesBitForBit) {
   const Communicator self = Communicator::self();
-  Config cfg = v3_config();
-  cfg.arch.hidden = {48, 24};
-  cfg.arch.latent = 6;
-  cfg.batch = 16;
-  cfg.lr = 3e-3;
+  Config cfg = test::small_config(dir_->path());
   cfg.epochs = 4;
   cfg.run_dir = (dir_->path() / "straight").string();
   Trainer straight(cfg, self, 2);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "vae/config.hpp"
 #include "vae/idx.hpp"
 
 namespace vae::test {
@@ -68,6 +69,19 @@ inline void write_synthetic_mnist(const std::filesystem::path& dir, std::size_t 
   synthetic_images(n_test, 2, px, lb);
   put("t10k-images-idx3-ubyte", make_idx_images(px, std::uint32_t(n_test)));
   put("t10k-labels-idx1-ubyte", make_idx_labels(lb));
+}
+
+// A small CVAE that trains in well under a second on synthetic data in `data`: for tests of the training loop.
+inline Config small_config(const std::filesystem::path& data) {
+  Config cfg;
+  cfg.arch.hidden = {48, 24};
+  cfg.arch.latent = 6;
+  cfg.batch = 16;
+  cfg.lr = 3e-3;
+  cfg.digits = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  cfg.data_dir = data.string();
+  cfg.progress = Progress::never;
+  return cfg;
 }
 
 }  // namespace vae::test

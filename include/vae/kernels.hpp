@@ -69,8 +69,6 @@ class Kernels {
   // out[i] = Σ_s segments[s][begin + i] for i < n, added in segment order, so every run sums the same way. out may be one of
   // the segments' own range.
   virtual void sum_segments(std::span<const T* const> segments, std::size_t begin, std::size_t n, T* out) const = 0;
-  // True when every one of the n values is finite (no NaN, no ±Inf).
-  virtual bool all_finite(const T* x, std::size_t n) const = 0;
   // Standard normals, row r of out [rows × cols] from its own generator Rng(hash_combine(key, first + r)): a row's values
   // depend on its key alone, not on which rank or thread draws it. Box-Muller on pairs of uniform24(): for the pair
   // (u, v), √(−2 ln u)·cos 2πv and √(−2 ln u)·sin 2πv; an odd last column takes the cosine of a final pair.
@@ -227,12 +225,6 @@ class ReferenceKernels final : public Kernels<T> {
     }
   }
 
-  bool all_finite(const T* x, std::size_t n) const override {
-    for (std::size_t i = 0; i < n; ++i)
-      if (!std::isfinite(x[i])) return false;
-    return true;
-  }
-
   void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {
     for (std::size_t r = 0; r < rows; ++r) {
       Rng rng(hash_combine(key, first + r));
@@ -255,6 +247,12 @@ class ReferenceKernels final : public Kernels<T> {
   }
 
  private:
+  static bool all_finite(const T* x, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i)
+      if (!std::isfinite(x[i])) return false;
+    return true;
+  }
+
   static void column_sums(const T* dy, T* db, std::size_t n, std::size_t m) {
     for (std::size_t j = 0; j < m; ++j) {
       T s = 0;

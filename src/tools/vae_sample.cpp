@@ -128,10 +128,8 @@ int main(int argc, char** argv) {
     const vae::ParamLayout layout(c.arch);
     const auto kernels = vae::make_kernels(vae::KernelChoice::parallel, 1);
     constexpr std::size_t kBatch = 100;
-    vae::Arena probe = vae::Arena::measure();
-    vae::Network<float> sized(c.arch, layout, kBatch, probe);
     const std::size_t ws = kernels->workspace_bytes(kBatch, layout.max_dim());
-    vae::Arena arena(probe.used() + vae::round_up(ws, vae::kAlign));
+    vae::Arena arena(vae::Network<float>::workspace_bytes(c.arch, layout, kBatch) + vae::round_up(ws, vae::kAlign));
     vae::Network<float> net(c.arch, layout, kBatch, arena);
     kernels->bind_workspace(arena.take<std::byte>(ws), kBatch, layout.max_dim());
 
