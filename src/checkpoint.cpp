@@ -162,6 +162,40 @@ void fsync_path(const std::filesystem::path& p, const Where& w) {
   if (rc != 0) w.fail(std::string("cannot flush to disk: ") + std::strerror(errno));
 }
 
+// An HDF5 image (CLASS=IMAGE with a grey palette): HDFView shows it and h52gif converts it.
+void write_grey_image(const Where& w, hid_t group, const char* name, const std::uint8_t* pixels, hsize_t width, hsize_t height) {
+  w.check(H5IMmake_image_8bit(group, name, width, height, pixels), "cannot write the image");
+  std::vector<std::uint8_t> grey(256 * 3);
+  for (std::size_t i = 0; i < 256; ++i) grey[3 * i] = grey[3 * i + 1] = grey[3 * i + 2] = std::uint8_t(i);
+  const hsize_t pal_dims[2] = {256, 3};
+  w.check(H5IMmake_palette(group, "grey", pal_dims, grey.data()), "cannot write the palette");
+  w.check(H5IMlink_palette(group, name, "grey"), "cannot attach the palette");
+}
+
+// Writes path atomically: fill() writes a temporary file beside it, which is flushed to disk and renamed over path, and the
+// directory flushed. A failure removes the temporary file and leaves path untouched.
+template <class Fill>
+void write_atomically(const std::filesystem::path& path, Fill&& fill) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // our messages, not HDF5's stack dumps
+  const std::filesystem::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
+  const Where w{tmp.string(), false};
+  try {
+    {
+      H5Id file(w.id(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), "cannot create (is the directory writable?)"),
+                H5Fclose);
+      fill(w, hid_t(file));
+      w.check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush (is the disk full?)");
+    }
+    fsync_path(tmp, w);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) w.fail("cannot rename into " + path.string() + ": " + std::strerror(errno));
+  } catch (...) {
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    throw;
+  }
+  fsync_path(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path(), w);
+}
+
 }  // namespace
 
 // The metrics table: one float64 dataset per field, one row per epoch (mode as 0 FAST, 1 BALANCED, 2 QUALITY).
@@ -201,12 +235,7 @@ const MetricField kMetricFields[] = {
 void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const ParamLayout& layout, std::span<const float> params,
                       std::span<const float> adam_m, std::span<const float> adam_v, const TrainingState& state,
                       const CheckpointExtras& extras) {
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // our messages, not HDF5's stack dumps
-  const std::filesystem::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
-  const Where w{tmp.string(), false};
-  {
-    H5Id file(w.id(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), "cannot create (is the directory writable?)"),
-              H5Fclose);
+  write_atomically(path, [&](const Where& w, hid_t file) {
     set_attr(w, file, "format", std::string(kCheckpointFormat));
     set_attr(w, file, "format_version", (long long)kCheckpointVersion);
     set_attr(w, file, "program_version", std::string(version()));
@@ -259,26 +288,39 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
     }
 
     if (!extras.grid.empty()) {
-      // An HDF5 image (CLASS=IMAGE, a grey palette): HDFView shows it and h52gif converts it.
       H5Id samples(w.id(H5Gcreate2(file, "samples", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group samples"), H5Gclose);
-      const hsize_t side = extras.grid_side;
-      w.check(H5IMmake_image_8bit(samples, "grid", side, side, extras.grid.data()), "cannot write the sample grid");
-      std::vector<std::uint8_t> grey(256 * 3);
-      for (std::size_t i = 0; i < 256; ++i) grey[3 * i] = grey[3 * i + 1] = grey[3 * i + 2] = std::uint8_t(i);
-      const hsize_t pal_dims[2] = {256, 3};
-      w.check(H5IMmake_palette(samples, "grey", pal_dims, grey.data()), "cannot write the palette");
-      w.check(H5IMlink_palette(samples, "grid", "grey"), "cannot attach the palette");
+      write_grey_image(w, samples, "grid", extras.grid.data(), extras.grid_side, extras.grid_side);
       set_attr(w, samples, "layout", std::string("row d: ten samples of digit d; column c: the same latent noise z_c in every row"));
     }
-    w.check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush (is the disk full?)");
-  }
-  fsync_path(tmp, w);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    std::filesystem::remove(tmp);
-    w.fail("cannot rename into " + path.string() + ": " + why);
-  }
-  fsync_path(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path(), w);
+  });
+}
+
+void write_sample_file(const std::filesystem::path& path, const SampleSet& set) {
+  write_atomically(path, [&](const Where& w, hid_t file) {
+    set_attr(w, file, "format", std::string("vae_dist-samples"));
+    set_attr(w, file, "program_version", std::string(version()));
+    set_attr(w, file, "created", now_iso8601());
+    set_attr(w, file, "checkpoint", set.checkpoint);
+    set_attr(w, file, "kind", set.kind);
+    set_attr(w, file, "seed", (long long)set.seed);
+    set_attr(w, file, "temperature", set.temperature);
+    H5Id samples(w.id(H5Gcreate2(file, "samples", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group samples"), H5Gclose);
+    const hsize_t n = set.count, side = hsize_t(kImageSide), classes = set.classes;
+    const hsize_t image_dims[3] = {n, side, side}, label_dims[2] = {n, classes};
+    {
+      // Generated digits are mostly black: deflate shrinks them several-fold for little time (unlike the float arrays).
+      H5Id dcpl(w.id(H5Pcreate(H5P_DATASET_CREATE), "cannot create a property list"), H5Pclose);
+      w.check(H5Pset_chunk(dcpl, 3, image_dims), "cannot set the chunk size");
+      w.check(H5Pset_deflate(dcpl, 6), "cannot enable deflate");
+      H5Id space(w.id(H5Screate_simple(3, image_dims, nullptr), "cannot describe the images"), H5Sclose);
+      H5Id images(w.id(H5Dcreate2(samples, "images", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), "cannot create the images"),
+                  H5Dclose);
+      w.check(H5Dwrite(images, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, set.images.data()), "cannot write the images");
+    }
+    w.check(H5LTmake_dataset_float(samples, "labels", 2, label_dims, set.labels.data()), "cannot write the labels");
+    set_attr(w, samples, "labels_meaning", std::string("row i: the label weights the decoder was given for image i (one-hot, or a mix)"));
+    write_grey_image(w, samples, "grid", set.grid.data(), set.grid_width, set.grid_height);
+  });
 }
 
 Checkpoint read_checkpoint(const std::filesystem::path& path) {

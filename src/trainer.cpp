@@ -341,10 +341,14 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
   const std::filesystem::path file = dir / name;
   write_checkpoint(file, cfg_.arch, layout_, params_, adam_m_, adam_v_, s, {metrics, grid, side});
   write_png_gray(std::filesystem::path(file).replace_extension(".png"), side, side, grid.data());
-  // Only complete checkpoints have this name; the newest K stay, each with its grid.
+  // Only complete checkpoints have this name; the newest K stay, each with its grid. Our own temporary is renamed by now, so
+  // a temporary still here is a killed writer's half file.
   std::vector<std::filesystem::path> all;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
-    if (e.path().filename().string().starts_with("ckpt-e") && e.path().extension() == ".h5") all.push_back(e.path());
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string entry = e.path().filename().string();
+    if (entry.starts_with("ckpt-e") && e.path().extension() == ".h5") all.push_back(e.path());
+    else if (entry.starts_with("ckpt-e") && entry.find(".h5.tmp.") != std::string::npos) std::filesystem::remove(e.path(), ec);
+  }
   std::sort(all.begin(), all.end());
   for (std::size_t i = 0; i + std::size_t(cfg_.keep_checkpoints) < all.size(); ++i) {
     std::filesystem::remove(all[i], ec);

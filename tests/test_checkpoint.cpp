@@ -105,6 +105,23 @@ TEST_F(CheckpointFile, H5dumpReadsTheLayout) {
     EXPECT_NE(text.find(want), std::string::npos) << want << "\n" << text;
 }
 
+TEST_F(CheckpointFile, H5lsListsEveryDataset) {
+  const std::vector<EpochRecord> metrics(2);
+  const std::vector<std::uint8_t> grid(280 * 280, 7);
+  write_checkpoint(file(), arch, layout(), params, m, v, state, {metrics, grid, 280});
+  const std::string out = (dir / "ls.txt").string();
+  ASSERT_EQ(std::system(("h5ls -r " + file().string() + " > " + out + " 2>&1").c_str()), 0);
+  std::ifstream in(out);
+  std::string text, line;
+  while (std::getline(in, line)) text += line.substr(0, line.find(' ')) + "\n";  // the path column
+  const ParamLayout l = layout();
+  for (const DenseSpec& s : l.layers())
+    for (const char* root : {"/model/", "/optimizer/m/", "/optimizer/v/"})
+      for (const char* leaf : {"/weight", "/bias"}) EXPECT_NE(text.find(root + s.name + leaf + "\n"), std::string::npos) << root << s.name << leaf;
+  for (const char* want : {"/config\n", "/metrics/test_elbo\n", "/samples/grid\n", "/samples/grey\n"})
+    EXPECT_NE(text.find(want), std::string::npos) << want << "\n" << text;
+}
+
 TEST_F(CheckpointFile, WriteIntoMissingDirectoryFailsCleanly) {
   EXPECT_THROW(write_checkpoint(dir / "no" / "such" / "ckpt.h5", arch, layout(), params, m, v, state), std::runtime_error);
 }

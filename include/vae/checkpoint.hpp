@@ -51,6 +51,21 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
                       std::span<const float> adam_m, std::span<const float> adam_v, const TrainingState& state,
                       const CheckpointExtras& extras = {});
 
+// Images generated from a checkpoint (vae_sample), with what produced them.
+struct SampleSet {
+  std::string checkpoint, kind;              // source file; "grid", "digits" or "interpolate"
+  std::uint64_t seed = 0;
+  double temperature = 1.0;
+  std::size_t count = 0, classes = 0;
+  std::span<const std::uint8_t> images;      // [count × 28 × 28] grey, 0 = black
+  std::span<const float> labels;             // [count × classes] the label weights each image was decoded with
+  std::span<const std::uint8_t> grid;        // [grid_height × grid_width] the images tiled
+  std::size_t grid_width = 0, grid_height = 0;
+};
+
+// Writes /samples/{images, labels, grid} (grid an HDF5 image) atomically, as write_checkpoint does.
+void write_sample_file(const std::filesystem::path& path, const SampleSet& set);
+
 // Reads and validates: format and version, every dataset present with its shape, every value finite. Any problem is a
 // UsageError "PATH: problem".
 Checkpoint read_checkpoint(const std::filesystem::path& path);

@@ -1,4 +1,4 @@
-// vae_sample: generates digits from a checkpoint (chosen digits, a 10 × 10 grid, or an interpolation) as PNG; one process, no MPI.
+// vae_sample: generates digits from a checkpoint (chosen digits, a 10 × 10 grid, or an interpolation) as PNG and/or HDF5; one process, no MPI.
 #include <boost/program_options.hpp>
 
 #include <cstdio>
@@ -20,7 +20,7 @@ namespace po = boost::program_options;
 namespace {
 
 struct Request {
-  std::string checkpoint, out;
+  std::string checkpoint, png, h5;
   std::vector<int> digits;
   int count = 10, steps = 10;
   bool grid = false;
@@ -30,8 +30,9 @@ struct Request {
 };
 
 // Latent rows [n × L] from the seed alone (N(0, temperature² I)), and the decoder input rows [n × dec_in] that pair each with
-// label weights (one-hot, or a mix of two digits for an interpolation).
-std::vector<float> inputs_for(const Request& q, const vae::Arch& arch, const vae::Kernels<float>& k, std::size_t& n, std::size_t& columns) {
+// label weights (one-hot, or a mix of two digits for an interpolation); labels gets those weights [n × classes].
+std::vector<float> inputs_for(const Request& q, const vae::Arch& arch, const vae::Kernels<float>& k, std::size_t& n, std::size_t& columns,
+                              std::vector<float>& labels) {
   const std::size_t L = std::size_t(arch.latent), dec_in = arch.dec_in();
   std::vector<std::pair<std::vector<float>, std::size_t>> rows;  // (label weights, noise column)
   if (!q.interpolate.empty()) {
@@ -60,7 +61,9 @@ std::vector<float> inputs_for(const Request& q, const vae::Arch& arch, const vae
   std::vector<float> z(noise_rows * L);
   k.gaussian_rows(z.data(), noise_rows, L, vae::stream_key(q.seed, vae::Stream::samples, 1), 0);
   std::vector<float> in(n * dec_in, 0.0f);
+  labels.assign(n * std::size_t(arch.classes), 0.0f);
   for (std::size_t i = 0; i < n; ++i) {
+    std::copy(rows[i].first.begin(), rows[i].first.end(), labels.begin() + std::ptrdiff_t(i * std::size_t(arch.classes)));
     for (std::size_t j = 0; j < L; ++j) in[i * dec_in + j] = float(q.temperature) * z[rows[i].second * L + j];
     if (arch.conditional)
       for (std::size_t c = 0; c < std::size_t(arch.classes); ++c) in[i * dec_in + L + c] = rows[i].first[c];
@@ -69,9 +72,12 @@ std::vector<float> inputs_for(const Request& q, const vae::Arch& arch, const vae
 }
 
 Request parse(int argc, char** argv, bool& help) {
-  po::options_description desc("vae_sample: digits from a vae_dist checkpoint\n\nUsage: vae_sample --checkpoint FILE [--grid | --digits 3,7 | --interpolate 3,8] --out FILE.png\n");
+  po::options_description desc(
+      "vae_sample: digits from a vae_dist checkpoint\n\nUsage: vae_sample --checkpoint FILE [--grid | --digits 3,7 | --interpolate 3,8] "
+      "[--out FILE.png] [--h5 FILE.h5]\n");
   desc.add_options()("help,h", "print this help and exit")("checkpoint", po::value<std::string>(), "checkpoint file (ckpt-eNNNN.h5)")(
-      "out", po::value<std::string>()->default_value("samples.png"), "PNG to write")(
+      "out", po::value<std::string>(), "PNG to write (samples.png when --h5 is not given either)")(
+      "h5", po::value<std::string>(), "HDF5 file to write: /samples/images [n × 28 × 28], /samples/labels, /samples/grid")(
       "grid", po::bool_switch(), "a 10 × 10 grid: row d is digit d, column c the same latent noise")(
       "digits", po::value<std::string>()->default_value(""), "digits to draw, one row each, e.g. 3,7")(
       "count", po::value<int>()->default_value(10), "samples per digit")(
@@ -93,7 +99,9 @@ Request parse(int argc, char** argv, bool& help) {
   }
   if (!vm.count("checkpoint")) throw vae::UsageError("option --checkpoint is required");
   q.checkpoint = vm["checkpoint"].as<std::string>();
-  q.out = vm["out"].as<std::string>();
+  if (vm.count("out")) q.png = vm["out"].as<std::string>();
+  if (vm.count("h5")) q.h5 = vm["h5"].as<std::string>();
+  if (q.png.empty() && q.h5.empty()) q.png = "samples.png";
   q.grid = vm["grid"].as<bool>();
   q.count = vm["count"].as<int>();
   q.steps = vm["steps"].as<int>();
@@ -134,12 +142,22 @@ int main(int argc, char** argv) {
     kernels->bind_workspace(arena.take<std::byte>(ws), kBatch, layout.max_dim());
 
     std::size_t n = 0, columns = 0;
-    const std::vector<float> inputs = inputs_for(q, c.arch, *kernels, n, columns);
+    std::vector<float> labels;
+    const std::vector<float> inputs = inputs_for(q, c.arch, *kernels, n, columns, labels);
     std::vector<std::uint8_t> images(n * std::size_t(vae::kImagePixels));
     vae::decode_to_pixels(net, *kernels, c.params.data(), inputs, n, images.data());
     const std::vector<std::uint8_t> grid = vae::tile_images(images.data(), n, columns);
-    vae::write_png_gray(q.out, columns * vae::kImageSide, grid.size() / (columns * vae::kImageSide), grid.data());
-    std::printf("wrote %zu samples to %s\n", n, q.out.c_str());
+    const std::size_t width = columns * vae::kImageSide, height = grid.size() / width;
+    if (!q.png.empty()) {
+      vae::write_png_gray(q.png, width, height, grid.data());
+      std::printf("wrote %zu samples to %s\n", n, q.png.c_str());
+    }
+    if (!q.h5.empty()) {
+      const char* kind = q.grid ? "grid" : q.digits.empty() ? "interpolate" : "digits";
+      vae::write_sample_file(q.h5, {q.checkpoint, kind, q.seed, q.temperature, n, std::size_t(c.arch.classes), images, labels, grid,
+                                    width, height});
+      std::printf("wrote %zu samples to %s\n", n, q.h5.c_str());
+    }
   } catch (const vae::UsageError& e) {
     std::fprintf(stderr, "vae_sample: error: %s\n", e.what());
     return vae::kExitUsage;
