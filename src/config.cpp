@@ -122,6 +122,8 @@ po::options_description make_options() {
        "how the ranks of a one-node job sum gradients: shm (in an MPI shared-memory window, no copies) or mpi (bucketed MPI_Iallreduce, "
        "as across nodes)")
       ("checkpoint-every", po::value<int>()->default_value(1), "epochs between HDF5 checkpoints in RUN_DIR/checkpoints (0: only at the end)")
+      ("checkpoint-every-steps", po::value<long>()->default_value(0),
+       "also checkpoint every N global steps inside an epoch, as ckpt-eNNNN-sSSSSSSSSS.h5 (0: off)")
       ("keep-checkpoints", po::value<int>()->default_value(3), "keep the newest K checkpoints")
       ("resume", po::value<std::string>()->default_value(""),
        "continue from a checkpoint: auto (the newest complete one in RUN_DIR/checkpoints, or start fresh if none) or a file")
@@ -206,6 +208,7 @@ Config build(const po::variables_map& vm) {
   c.profile = vm["profile"].as<bool>();
   c.bucket_mb = get<double>(vm, "bucket-mb");
   c.checkpoint_every = get<int>(vm, "checkpoint-every");
+  c.checkpoint_every_steps = get<long>(vm, "checkpoint-every-steps");
   c.keep_checkpoints = get<int>(vm, "keep-checkpoints");
   c.resume = get<std::string>(vm, "resume");
   const std::string reduce = get<std::string>(vm, "node-reduce");
@@ -250,6 +253,7 @@ void validate(const Config& c) {
   if (c.max_steps < 0) bad("max-steps", "must not be negative");
   if (!(c.bucket_mb > 0 && c.bucket_mb <= 4096)) bad("bucket-mb", "must be in (0, 4096]");
   if (c.checkpoint_every < 0) bad("checkpoint-every", "must not be negative");
+  if (c.checkpoint_every_steps < 0) bad("checkpoint-every-steps", "must not be negative");
   if (c.keep_checkpoints < 1) bad("keep-checkpoints", "must be at least 1");
   if (c.threads < 0 || c.threads > 1024) bad("threads", "must be in 0-1024, got " + std::to_string(c.threads));
   if (c.val_size < 0) bad("val-size", "must not be negative");
@@ -352,6 +356,7 @@ std::string Config::to_ini() const {
      << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")
      << "\nnan-policy = " << (nan_policy == NanPolicy::skip ? "skip" : "stop") << "\nbucket-mb = " << bucket_mb
      << "\nnode-reduce = " << (node_shm ? "shm" : "mpi") << "\ncheckpoint-every = " << checkpoint_every
+     << "\ncheckpoint-every-steps = " << checkpoint_every_steps
      << "\nkeep-checkpoints = " << keep_checkpoints << "\n";
   for (int m = 0; m < 3; ++m) {
     const ModeSpec& s = modes[std::size_t(m)];

@@ -25,6 +25,26 @@
 namespace vae {
 namespace {
 
+// The complete checkpoints in dir, oldest first. Only complete files carry these names (a checkpoint is written under a
+// temporary name, then renamed); ckpt-eNNNN-sSSSSSSSSS.h5 (stopped inside epoch NNNN+1) is newer than ckpt-eNNNN.h5.
+std::vector<std::filesystem::path> complete_checkpoints(const std::filesystem::path& dir) {
+  std::vector<std::pair<std::pair<int, long>, std::filesystem::path>> found;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    int epoch = -1, used = 0;
+    long step = 0;
+    const bool whole = std::sscanf(name.c_str(), "ckpt-e%4d.h5%n", &epoch, &used) == 1 && std::size_t(used) == name.size();
+    const bool partial =
+        !whole && std::sscanf(name.c_str(), "ckpt-e%4d-s%9ld.h5%n", &epoch, &step, &used) == 2 && std::size_t(used) == name.size();
+    if (whole || partial) found.push_back({{epoch, step}, e.path()});
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::filesystem::path> paths;
+  for (auto& f : found) paths.push_back(std::move(f.second));
+  return paths;
+}
+
 constexpr std::uint64_t kEvalSeed = 0x5eed'e1b0ull;
 
 // Set from a signal handler; read once per step and agreed on by every rank in the step's loss allreduce.
@@ -135,21 +155,8 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
   // --resume: every rank reads and checks the file itself (local work, so a bad file is one agreed usage error).
   std::filesystem::path resume_path;
   if (cfg_.resume == "auto") {
-    // Only complete files carry these names (a checkpoint is written under a temporary name, then renamed).
-    std::pair<int, long> newest{-1, -1};
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(cfg_.run_dir) / "checkpoints", ec)) {
-      const std::string name = e.path().filename().string();
-      int epoch = -1, used = 0;
-      long step = 0;
-      const bool whole = std::sscanf(name.c_str(), "ckpt-e%4d.h5%n", &epoch, &used) == 1 && std::size_t(used) == name.size();
-      const bool partial =
-          !whole && std::sscanf(name.c_str(), "ckpt-e%4d-s%9ld.h5%n", &epoch, &step, &used) == 2 && std::size_t(used) == name.size();
-      if ((whole || partial) && std::pair{epoch, step} > newest) {
-        newest = {epoch, step};
-        resume_path = e.path();
-      }
-    }
+    const std::vector<std::filesystem::path> all = complete_checkpoints(std::filesystem::path(cfg_.run_dir) / "checkpoints");
+    if (!all.empty()) resume_path = all.back();
   } else if (!cfg_.resume.empty()) {
     resume_path = cfg_.resume;
   }
@@ -341,15 +348,13 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
   const std::filesystem::path file = dir / name;
   write_checkpoint(file, cfg_.arch, layout_, params_, adam_m_, adam_v_, s, {metrics, grid, side});
   write_png_gray(std::filesystem::path(file).replace_extension(".png"), side, side, grid.data());
-  // Only complete checkpoints have this name; the newest K stay, each with its grid. Our own temporary is renamed by now, so
-  // a temporary still here is a killed writer's half file.
-  std::vector<std::filesystem::path> all;
+  // The newest K stay, each with its grid. Our own temporary is renamed by now, so a temporary still here is a killed
+  // writer's half file.
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     const std::string entry = e.path().filename().string();
-    if (entry.starts_with("ckpt-e") && e.path().extension() == ".h5") all.push_back(e.path());
-    else if (entry.starts_with("ckpt-e") && entry.find(".h5.tmp.") != std::string::npos) std::filesystem::remove(e.path(), ec);
+    if (entry.starts_with("ckpt-e") && entry.find(".h5.tmp.") != std::string::npos) std::filesystem::remove(e.path(), ec);
   }
-  std::sort(all.begin(), all.end());
+  const std::vector<std::filesystem::path> all = complete_checkpoints(dir);
   for (std::size_t i = 0; i + std::size_t(cfg_.keep_checkpoints) < all.size(); ++i) {
     std::filesystem::remove(all[i], ec);
     std::filesystem::remove(std::filesystem::path(all[i]).replace_extension(".png"), ec);
@@ -496,6 +501,8 @@ void Trainer::run() {
                               "); checkpoint written, continue with --resume auto",
                           kExitPreempted);
       }
+      // A step interval inside the epoch (its end is the epoch checkpoint's).
+      if (cfg_.checkpoint_every_steps > 0 && step_ % cfg_.checkpoint_every_steps == 0 && s + 1 < per_epoch) save_checkpoint(epoch, phase_, true);
       if (std::isnan(l.recon)) continue;
       recon += l.recon;
       kl += l.kl;

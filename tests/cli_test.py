@@ -232,6 +232,24 @@ def case_kill_while_writing():
         assert not [f for f in os.listdir(ckpts) if ".h5.tmp." in f], "the half-written file was left behind after the resume"
 
 
+def case_checkpoint_steps():
+    """--checkpoint-every-steps adds checkpoints inside epochs; --keep-checkpoints keeps the newest by (epoch, step), not by
+    name; resuming from a step checkpoint ends where the uninterrupted run ended."""
+    args = ["--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--epochs", "2", "--checkpoint-every-steps", "40"]
+    with tempfile.TemporaryDirectory() as d:
+        code, out, err = run(2, *args, "--run-dir", d)
+        assert code == 0, err
+        ckpts = os.path.join(d, "checkpoints")
+        kept = sorted(f for f in os.listdir(ckpts) if f.endswith(".h5"))  # 93 steps an epoch: steps 40, 80 | 120, 160
+        assert kept == ["ckpt-e0001-s000000120.h5", "ckpt-e0001-s000000160.h5", "ckpt-e0002.h5"], kept
+        straight = json.loads(open(os.path.join(d, "metrics.jsonl")).read().splitlines()[-1])
+        os.remove(os.path.join(ckpts, "ckpt-e0002.h5"))
+        code, out, err = run(2, *args, "--run-dir", d, "--resume", "auto")
+        assert code == 0 and "resumed after epoch 1, step 160" in out, out + err
+        resumed = json.loads(open(os.path.join(d, "metrics.jsonl")).read().splitlines()[-1])
+        assert resumed["epoch"] == 2 and resumed["test_elbo"] == straight["test_elbo"], (resumed, straight)
+
+
 def case_resume_other_rank_count():
     """State is stored unsharded: 2 ranks for 2 epochs, then 1 rank resumes to 3; the result matches 2 ranks straight
     within float rounding. A half-written file (a killed writer's temporary) is never picked."""

@@ -48,6 +48,7 @@ struct Config {
   double bucket_mb = 1.0;  // gradient allreduce bucket size
   bool node_shm = true;    // one-node jobs sum gradients in shared memory instead of MPI_Iallreduce
   int checkpoint_every = 1;  // epochs between checkpoints (0: only at the end)
+  long checkpoint_every_steps = 0;  // also every N global steps inside an epoch (0: off)
   int keep_checkpoints = 3;  // the newest K are kept
   std::string resume;        // "", "auto" (newest checkpoint in RUN_DIR/checkpoints, or a fresh start) or a file
   bool profile = false;
