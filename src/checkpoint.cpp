@@ -1,5 +1,6 @@
 // HDF5 checkpoint writing and defensive reading; every HDF5 return code is checked and turned into an error naming the file.
 #include "vae/checkpoint.hpp"
+#include "vae/classifier.hpp"
 
 #include <fcntl.h>
 #include <hdf5.h>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <ctime>
 #include <stdexcept>
+#include <type_traits>
 
 #include "vae/errors.hpp"
 #include "vae/version.hpp"
@@ -98,7 +100,9 @@ void write_floats(const Where& w, hid_t group, const char* name, const float* da
   w.check(H5Dwrite(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "cannot write a dataset (is the disk full?)");
 }
 
-void read_floats(const Where& w, hid_t group, const std::string& where, const char* name, float* out, const std::vector<hsize_t>& want) {
+// A dataset of exactly the shape `want` into out (float32 or uint8), or an error naming it; floats must all be finite.
+template <class T>
+void read_array(const Where& w, hid_t group, const std::string& where, const char* name, T* out, const std::vector<hsize_t>& want) {
   const std::string full = where + "/" + name;
   if (H5Lexists(group, name, H5P_DEFAULT) <= 0) w.fail("missing dataset " + full);
   H5Id set(w.id(H5Dopen2(group, name, H5P_DEFAULT), "cannot open dataset " + full), H5Dclose);
@@ -116,11 +120,14 @@ void read_floats(const Where& w, hid_t group, const std::string& where, const ch
       }
       w.fail("dataset " + full + " is " + g + ", expected " + e);
     }
-  w.check(H5Dread(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), ("cannot read dataset " + full).c_str());
-  std::size_t n = 1;
-  for (hsize_t d : want) n *= std::size_t(d);
-  for (std::size_t i = 0; i < n; ++i)
-    if (!std::isfinite(out[i])) w.fail("dataset " + full + " holds a non-finite value at element " + std::to_string(i));
+  const hid_t type = std::is_same_v<T, float> ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT8;
+  w.check(H5Dread(set, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), ("cannot read dataset " + full).c_str());
+  if constexpr (std::is_same_v<T, float>) {
+    std::size_t n = 1;
+    for (hsize_t d : want) n *= std::size_t(d);
+    for (std::size_t i = 0; i < n; ++i)
+      if (!std::isfinite(out[i])) w.fail("dataset " + full + " holds a non-finite value at element " + std::to_string(i));
+  }
 }
 
 // One group per layer under `root`, each with a weight [in × out] and a bias [out], from a flat buffer.
@@ -140,8 +147,8 @@ void read_layers(const Where& w, hid_t file, const std::string& root, const Para
   for (const DenseSpec& s : layout.layers()) {
     if (H5Lexists(top, s.name.c_str(), H5P_DEFAULT) <= 0) w.fail("missing group " + root + "/" + s.name);
     H5Id g(w.id(H5Gopen2(top, s.name.c_str(), H5P_DEFAULT), "cannot open group " + root + "/" + s.name), H5Gclose);
-    read_floats(w, g, root + "/" + s.name, "weight", flat.data() + s.w_offset, {s.in, s.out});
-    read_floats(w, g, root + "/" + s.name, "bias", flat.data() + s.b_offset, {s.out});
+    read_array(w, g, root + "/" + s.name, "weight", flat.data() + s.w_offset, {s.in, s.out});
+    read_array(w, g, root + "/" + s.name, "bias", flat.data() + s.b_offset, {s.out});
   }
 }
 
@@ -270,6 +277,7 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
     set_attr(w, training, "updates", (long long)state.updates);
     set_attr(w, training, "skipped_steps", (long long)state.skipped);
     set_attr(w, training, "seed", (long long)state.seed);
+    set_attr(w, training, "binarize", std::string(state.binarize ? "dynamic" : "none"));
     set_attr(w, training, "mode", mode_name(state.scheduler.mode));
     set_attr(w, training, "mode_start", (long long)state.scheduler.mode_start);
     set_attr(w, training, "plateau_best", state.scheduler.best);
@@ -380,6 +388,12 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
   s.updates = long(get_int(w, training, "updates"));
   s.skipped = long(get_int(w, training, "skipped_steps"));
   s.seed = std::uint64_t(get_int(w, training, "seed"));
+  // Written since the binarised models came; a file without it was trained on grey levels.
+  if (H5Aexists(training, "binarize") > 0) {
+    const std::string b = get_string(w, training, "binarize");
+    if (b != "none" && b != "dynamic") w.fail("unknown binarize '" + b + "' in group training");
+    s.binarize = b == "dynamic";
+  }
   const std::string mode = get_string(w, training, "mode");
   bool known = false;
   for (Mode m : {Mode::fast, Mode::balanced, Mode::quality})
@@ -415,6 +429,39 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
     w.check(H5LTread_dataset_string(file, "config", text.data()), "cannot read dataset config");
     s.config_ini = text.c_str();
   }
+  return c;
+}
+
+ClassifierWeights read_classifier(const std::filesystem::path& path) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const Where w{path.string(), true};
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) w.fail("no such file (the classifier; give it with --classifier)");
+  if (H5Fis_hdf5(path.c_str()) <= 0) w.fail("not an HDF5 file (truncated or corrupt?)");
+  H5Id file(w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "cannot open (truncated or corrupt?)"), H5Fclose);
+  if (H5Aexists(file, "format") <= 0 || get_string(w, file, "format") != "vae_dist-classifier") w.fail("not a vae_dist-classifier file");
+  ClassifierWeights c;
+  const auto layer = [&](const char* name, std::vector<float>& weight, std::vector<hsize_t> shape, std::vector<float>& bias) {
+    if (H5Lexists(file, name, H5P_DEFAULT) <= 0) w.fail(std::string("missing group ") + name);
+    H5Id g(w.id(H5Gopen2(file, name, H5P_DEFAULT), std::string("cannot open group ") + name), H5Gclose);
+    std::size_t n = 1;
+    for (hsize_t d : shape) n *= std::size_t(d);
+    weight.resize(n);
+    bias.resize(std::size_t(shape[0]));
+    read_array(w, g, name, "weight", weight.data(), shape);
+    read_array(w, g, name, "bias", bias.data(), {shape[0]});
+  };
+  layer("conv1", c.conv1_w, {16, 1, 5, 5}, c.conv1_b);
+  layer("conv2", c.conv2_w, {32, 16, 5, 5}, c.conv2_b);
+  layer("fc1", c.fc1_w, {64, 1568}, c.fc1_b);
+  layer("fc2", c.fc2_w, {10, 64}, c.fc2_b);
+  c.test_accuracy = get_double(w, file, "test_accuracy");
+  if (H5Lexists(file, "reference", H5P_DEFAULT) <= 0) w.fail("missing group reference");
+  H5Id ref(w.id(H5Gopen2(file, "reference", H5P_DEFAULT), "cannot open group reference"), H5Gclose);
+  c.reference_images.resize(32 * std::size_t(kImagePixels));
+  c.reference_logits.resize(32 * 10);
+  read_array(w, ref, "reference", "images", c.reference_images.data(), {32, hsize_t(kImageSide), hsize_t(kImageSide)});
+  read_array(w, ref, "reference", "logits", c.reference_logits.data(), {32, 10});
   return c;
 }
 

@@ -22,15 +22,19 @@ struct Preset {
   int latent;
   int batch;
   double lr;
+  const char* activation;
 };
 
 const Preset* find_preset(const std::string& name) {
-  static const Preset v1{{1024, 512}, 128, 16, 5e-5};
-  static const Preset v2{{512, 256}, 64, 64, 1e-3};
-  static const Preset v3{{640, 320}, 128, 64, 8e-4};
+  static const Preset v1{{1024, 512}, 128, 16, 5e-5, "elu"};
+  static const Preset v2{{512, 256}, 64, 64, 1e-3, "elu"};
+  static const Preset v3{{640, 320}, 128, 64, 8e-4, "elu"};
+  // Burda et al. (2015), one stochastic layer: two deterministic layers of 200 tanh units, 50 latent units, batch 20.
+  static const Preset burda{{200, 200}, 50, 20, 1e-3, "tanh"};
   if (name == "v1") return &v1;
   if (name == "v2") return &v2;
   if (name == "v3") return &v3;
+  if (name == "burda") return &burda;
   return nullptr;
 }
 
@@ -88,10 +92,12 @@ po::options_description make_options() {
 
   po::options_description model("Model");
   model.add_options()
-      ("preset", po::value<std::string>()->default_value("v3"), "architecture preset: v1, v2 or v3 (sets hidden, latent, batch, lr)")
+      ("preset", po::value<std::string>()->default_value("v3"),
+       "architecture preset: v1, v2, v3, or burda (Burda et al. 2015: 200-200 tanh, latent 50) (sets hidden, latent, activation, batch, lr)")
       ("hidden", po::value<std::string>(), "encoder hidden widths, comma-separated, decoder mirrors them (default: from preset)")
       ("latent", po::value<int>(), "latent dimension (default: from preset)")
-      ("activation", po::value<std::string>()->default_value("elu"), "hidden activation: elu, relu, leaky_relu, tanh");
+      ("activation", po::value<std::string>(), "hidden activation: elu, relu, leaky_relu, tanh (default: from preset)")
+      ("conditional", po::value<std::string>()->default_value("on"), "on: the label's one-hot feeds encoder and decoder; off: an unconditional VAE");
 
   po::options_description data("Data");
   data.add_options()
@@ -103,7 +109,12 @@ po::options_description make_options() {
       ("digits", po::value<std::string>()->default_value("all"), "digits to train and test on, e.g. 0,1 (the report's binary mode) or all")
       ("val-size", po::value<int>()->default_value(0), "hold out the last N training images as a validation set (needed for plateau switching)")
       ("train-limit", po::value<int>()->default_value(0), "use only the first N training images of the digit set (0: all)")
-      ("test-limit", po::value<int>()->default_value(0), "evaluate on the first N test images of the digit set (0: all)");
+      ("test-limit", po::value<int>()->default_value(0), "evaluate on the first N test images of the digit set (0: all)")
+      ("binarize", po::value<std::string>()->default_value("none"),
+       "none: grey levels as Bernoulli means; dynamic: each pixel drawn as Bernoulli(intensity) every time an image is used "
+       "(the test set binarised once, with a fixed seed)")
+      ("kfold", po::value<int>()->default_value(0), "K-fold validation: split the training set into K folds (0: off)")
+      ("fold", po::value<int>()->default_value(0), "with --kfold K: hold out fold i (0 ≤ i < K) as the validation set");
 
   po::options_description train("Training");
   train.add_options()
@@ -177,10 +188,18 @@ Config build(const po::variables_map& vm) {
   if (vm.count("config")) c.config_file = get<std::string>(vm, "config");
   c.preset = get<std::string>(vm, "preset");
   const Preset* p = find_preset(c.preset);
-  if (!p) bad("preset", "unknown preset '" + c.preset + "' (expected v1, v2 or v3)");
+  if (!p) bad("preset", "unknown preset '" + c.preset + "' (expected v1, v2, v3 or burda)");
   c.arch.hidden = vm.count("hidden") ? parse_int_list(get<std::string>(vm, "hidden"), "hidden") : p->hidden;
   c.arch.latent = vm.count("latent") ? get<int>(vm, "latent") : p->latent;
-  c.arch.act = parse_activation(get<std::string>(vm, "activation"));
+  c.arch.act = parse_activation(vm.count("activation") ? get<std::string>(vm, "activation") : std::string(p->activation));
+  const std::string conditional = get<std::string>(vm, "conditional");
+  if (conditional != "on" && conditional != "off") bad("conditional", "unknown value '" + conditional + "' (expected on or off)");
+  c.arch.conditional = conditional == "on";
+  const std::string binarize = get<std::string>(vm, "binarize");
+  if (binarize != "none" && binarize != "dynamic") bad("binarize", "unknown value '" + binarize + "' (expected none or dynamic)");
+  c.binarize = binarize == "dynamic";
+  c.kfold = get<int>(vm, "kfold");
+  c.fold = get<int>(vm, "fold");
   c.batch = vm.count("batch") ? get<int>(vm, "batch") : p->batch;
   c.lr = vm.count("lr") ? get<double>(vm, "lr") : p->lr;
   c.digits = parse_digits(get<std::string>(vm, "digits"));
@@ -259,6 +278,11 @@ void validate(const Config& c) {
   if (c.val_size < 0) bad("val-size", "must not be negative");
   if (c.train_limit < 0) bad("train-limit", "must not be negative");
   if (c.test_limit < 0) bad("test-limit", "must not be negative");
+  if (c.kfold < 0 || c.kfold == 1 || c.kfold > 100) bad("kfold", "must be 0 (off) or 2-100");
+  if (c.kfold > 0 && (c.fold < 0 || c.fold >= c.kfold))
+    bad("fold", "must be in 0-" + std::to_string(c.kfold - 1) + " with --kfold " + std::to_string(c.kfold));
+  if (c.kfold == 0 && c.fold != 0) bad("fold", "needs --kfold K");
+  if (c.kfold > 0 && c.val_size > 0) bad("kfold", "the validation set is the held-out fold: do not give --val-size too");
   if (c.digits.empty()) bad("digits", "the digit set is empty");
   if (c.run_dir.empty()) bad("run-dir", "must not be empty");
   for (int m = 0; m < 3; ++m) {
@@ -346,10 +370,11 @@ std::string Config::to_ini() const {
   std::ostringstream os;
   os << std::setprecision(17);
   os << "preset = " << preset << "\nhidden = " << join(arch.hidden) << "\nlatent = " << arch.latent
-     << "\nactivation = " << activation_name(arch.act) << "\n";
+     << "\nactivation = " << activation_name(arch.act) << "\nconditional = " << (arch.conditional ? "on" : "off") << "\n";
   os << "data-dir = " << data_dir << "\ntrain-images = " << train_images << "\ntrain-labels = " << train_labels
      << "\ntest-images = " << test_images << "\ntest-labels = " << test_labels << "\ndigits = " << join(digits)
-     << "\nval-size = " << val_size << "\ntrain-limit = " << train_limit << "\ntest-limit = " << test_limit << "\n";
+     << "\nval-size = " << val_size << "\nbinarize = " << (binarize ? "dynamic" : "none") << "\nkfold = " << kfold << "\nfold = " << fold
+     << "\ntrain-limit = " << train_limit << "\ntest-limit = " << test_limit << "\n";
   os << "batch = " << batch << "\nlr = " << lr << "\nadam-beta1 = " << adam_beta1 << "\nadam-beta2 = " << adam_beta2
      << "\nadam-eps = " << adam_eps << "\nepochs = " << epochs << "\nmax-steps = " << max_steps << "\nseed = " << seed
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir

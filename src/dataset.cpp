@@ -25,6 +25,13 @@ Dataset Dataset::split_tail(std::size_t n) {
   return Dataset(source_, std::move(tail));
 }
 
+Dataset Dataset::split_fold(std::size_t i, std::size_t k) {
+  const std::size_t lo = rows_.size() * i / k, hi = rows_.size() * (i + 1) / k;
+  std::vector<std::uint32_t> fold(rows_.begin() + std::ptrdiff_t(lo), rows_.begin() + std::ptrdiff_t(hi));
+  rows_.erase(rows_.begin() + std::ptrdiff_t(lo), rows_.begin() + std::ptrdiff_t(hi));
+  return Dataset(source_, std::move(fold));
+}
+
 void epoch_permutation(std::uint64_t seed, int epoch, std::span<std::uint32_t> out) {
   std::iota(out.begin(), out.end(), 0u);
   Rng rng(stream_key(seed, Stream::permutation, static_cast<std::uint64_t>(epoch)));

@@ -132,6 +132,10 @@ class ParallelKernels final : public Kernels<float> {
     return ordered_sum(n);
   }
 
+  void bernoulli_nll_rows(const float* logits, const ImageBatch& x, double* out, std::size_t n) const override {
+    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.bernoulli_rows(logits, x, nullptr, r0, r1, 0.0f, out); }, x.width);
+  }
+
   double reparam_kl_forward(const float* head, const float* eps, float* z, std::size_t ldz, std::size_t n,
                             std::size_t latent) const override {
     check_rows(n);

@@ -198,6 +198,18 @@ void Network<T>::decode(const Kernels<T>& k, const T* params, std::size_t n) {
   chain_forward(k, params, arch_.hidden.size() + 1, stages_.size(), n);
 }
 
+namespace {
+std::size_t inference_bytes(const Arch& arch, const ParamLayout& layout, const Kernels<float>& k, std::size_t max_batch) {
+  return Network<float>::workspace_bytes(arch, layout, max_batch) + round_up(k.workspace_bytes(max_batch, layout.max_dim()), kAlign);
+}
+}  // namespace
+
+InferenceNetwork::InferenceNetwork(const Arch& arch, const ParamLayout& layout, Kernels<float>& k, std::size_t max_batch)
+    : arena_(inference_bytes(arch, layout, k, max_batch)), net_(arch, layout, max_batch, arena_) {
+  const std::size_t ws = k.workspace_bytes(max_batch, layout.max_dim());
+  k.bind_workspace(arena_.take<std::byte>(ws), max_batch, layout.max_dim());
+}
+
 void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float* params, std::span<const float> inputs, std::size_t n,
                       std::uint8_t* out) {
   const std::span<float> in = net.decoder_input();
@@ -210,6 +222,21 @@ void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float*
     for (std::size_t i = 0; i < rows * pixels; ++i)
       out[first * pixels + i] = std::uint8_t(std::lround(255.0f / (1.0f + std::exp(-logits[i]))));
   }
+}
+
+std::vector<float> digit_decoder_inputs(const Arch& arch, const Kernels<float>& k, std::size_t per_digit, double temperature,
+                                        std::uint64_t key) {
+  const std::size_t L = std::size_t(arch.latent), dec_in = arch.dec_in(), classes = std::size_t(arch.classes);
+  // An unconditional model cannot be asked for a digit: every row gets its own noise instead.
+  const std::size_t draws = arch.conditional ? per_digit : classes * per_digit;
+  std::vector<float> z(draws * L), inputs(classes * per_digit * dec_in, 0.0f);
+  k.gaussian_rows(z.data(), draws, L, key, 0);
+  for (std::size_t i = 0; i < classes * per_digit; ++i) {
+    const std::size_t digit = i / per_digit, sample = arch.conditional ? i % per_digit : i;
+    for (std::size_t j = 0; j < L; ++j) inputs[i * dec_in + j] = float(temperature) * z[sample * L + j];
+    if (arch.conditional) inputs[i * dec_in + L + digit] = 1.0f;
+  }
+  return inputs;
 }
 
 std::vector<std::uint8_t> tile_images(const std::uint8_t* images, std::size_t n, std::size_t columns) {

@@ -17,6 +17,7 @@
 #include <stdexcept>
 
 #include "vae/errors.hpp"
+#include "vae/evaluation.hpp"
 #include "vae/optimizer.hpp"
 #include "vae/rng.hpp"
 #include "vae/png.hpp"
@@ -45,7 +46,6 @@ std::vector<std::filesystem::path> complete_checkpoints(const std::filesystem::p
   return paths;
 }
 
-constexpr std::uint64_t kEvalSeed = 0x5eed'e1b0ull;
 
 // Set from a signal handler; read once per step and agreed on by every rank in the step's loss allreduce.
 std::atomic<int> g_stop_requested{0};
@@ -104,6 +104,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
                        std::to_string(train_.size()) + ")");
     val_ = train_.split_tail(std::size_t(cfg_.val_size));
   }
+  if (cfg_.kfold > 0) val_ = train_.split_fold(std::size_t(cfg_.fold), std::size_t(cfg_.kfold));
   if (train_.size() == 0) throw UsageError(train_file_.labels_path + ": no training images with the selected digits");
   if (test_.size() == 0) throw UsageError(test_file_.labels_path + ": no test images with the selected digits");
   if (cfg_.batch % comm_.size() != 0)
@@ -216,7 +217,16 @@ void Trainer::load_rows(const Dataset& data, std::size_t first, std::size_t n, s
   for (std::size_t r = 0; r < n; ++r) {
     const std::size_t pos = first + r;
     const std::size_t row = order.empty() ? pos : order[pos];
-    net_->load_example(r, data.image(row), data.label(row));
+    const std::uint8_t* pixels = data.image(row);
+    if (cfg_.binarize) {
+      // Training draws anew at every step, keyed like ε by the global-batch position; evaluation (no order) uses one fixed
+      // draw per image.
+      const std::uint64_t key =
+          order.empty() ? test_binarize_key(pos) : hash_combine(stream_key(cfg_.seed, Stream::binarize, std::uint64_t(step_)), eps_base + pos);
+      binarize_image(pixels, binarized_.data(), key);
+      pixels = binarized_.data();
+    }
+    net_->load_example(r, pixels, data.label(row));
   }
   // ε depends on the sample's position in the global batch (or dataset), never on the rank that holds it.
   ctx_.kernels->gaussian_rows(net_->eps().data(), n, std::size_t(cfg_.arch.latent), eps_key, eps_base + first);
@@ -335,6 +345,7 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
   s.skipped = skipped_;
   s.seed = cfg_.seed;
   s.world_size = comm_.size();
+  s.binarize = cfg_.binarize;
   s.scheduler = scheduler_.state();
   s.adam = {cfg_.lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
   s.config_ini = cfg_.to_ini();
@@ -363,14 +374,7 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
 }
 
 std::vector<std::uint8_t> Trainer::sample_grid() {
-  const std::size_t L = std::size_t(cfg_.arch.latent), dec_in = cfg_.arch.dec_in();
-  std::vector<float> z(10 * L), inputs(100 * dec_in, 0.0f);
-  ctx_.kernels->gaussian_rows(z.data(), 10, L, stream_key(cfg_.seed, Stream::samples, 0), 0);
-  for (std::size_t i = 0; i < 100; ++i) {
-    const std::size_t digit = i / 10, column = i % 10;
-    std::copy_n(z.data() + column * L, L, inputs.data() + i * dec_in);
-    if (L + digit < dec_in) inputs[i * dec_in + L + digit] = 1.0f;
-  }
+  const std::vector<float> inputs = digit_decoder_inputs(cfg_.arch, *ctx_.kernels, 10, 1.0, stream_key(cfg_.seed, Stream::samples, 0));
   std::vector<std::uint8_t> images(100 * std::size_t(kImagePixels));
   decode_to_pixels(*net_, *ctx_.kernels, params_.data(), inputs, 100, images.data());
   return tile_images(images.data(), 100, 10);

@@ -25,6 +25,7 @@ struct TrainingState {
   long skipped = 0;       // steps dropped for a non-finite loss or gradient
   std::uint64_t seed = 0; // every random stream (initialisation, permutation, ε) is keyed by it, the epoch and the step
   int world_size = 1;
+  bool binarize = false;   // trained on dynamically binarised images (the model's likelihood is of binary pixels)
   SchedulerState scheduler;
   AdamParams adam;
   std::string config_ini;  // the full effective configuration
@@ -69,5 +70,9 @@ void write_sample_file(const std::filesystem::path& path, const SampleSet& set);
 // Reads and validates: format and version, every dataset present with its shape, every value finite. Any problem is a
 // UsageError "PATH: problem".
 Checkpoint read_checkpoint(const std::filesystem::path& path);
+
+struct ClassifierWeights;
+// Reads the digit classifier's weights (scripts/train_classifier.py writes them), checked as a checkpoint is.
+ClassifierWeights read_classifier(const std::filesystem::path& path);
 
 }  // namespace vae

@@ -28,6 +28,8 @@ class Dataset {
 
   // Moves the last n rows into a new dataset (the validation split) and drops them from this one.
   Dataset split_tail(std::size_t n);
+  // Moves fold i of k (rows [i·N/k, (i+1)·N/k) in file order) into a new dataset and drops them from this one.
+  Dataset split_fold(std::size_t i, std::size_t k);
 
  private:
   const IdxPair* source_ = nullptr;

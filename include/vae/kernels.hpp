@@ -61,6 +61,8 @@ class Kernels {
 
   // Σ Bernoulli NLL with logits against the images' pixels, and dlogits = scale·(σ(l) − x).   logits, dlogits [n × x.width]
   virtual double bernoulli_nll(const T* logits, const ImageBatch& x, T* dlogits, std::size_t n, T scale) const = 0;
+  // Each row's Bernoulli NLL into out[r] (x.ld = 0 scores every row against one image).   logits [n × x.width], out [n]
+  virtual void bernoulli_nll_rows(const T* logits, const ImageBatch& x, double* out, std::size_t n) const = 0;
   // z = μ + ε·exp(½ log σ²) into z (row stride ldz); returns Σ KL(q ‖ N(0, I)).   head [n × 2L] = [μ | log σ²], eps [n × L]
   virtual double reparam_kl_forward(const T* head, const T* eps, T* z, std::size_t ldz, std::size_t n, std::size_t latent) const = 0;
   // dhead from dz (row stride ldz) through the reparameterisation, plus β·scale·∂KL.
@@ -193,6 +195,15 @@ class ReferenceKernels final : public Kernels<T> {
         if (dlogits) dlogits[r * d + j] = scale * (sigmoid(l) - t);
       }
     return total;
+  }
+
+  void bernoulli_nll_rows(const T* logits, const ImageBatch& x, double* out, std::size_t n) const override {
+    const std::size_t d = x.width;
+    for (std::size_t r = 0; r < n; ++r) {
+      double row = 0;
+      for (std::size_t j = 0; j < d; ++j) row += double(bce_with_logits(logits[r * d + j], x.at<T>(r, j)));
+      out[r] = row;
+    }
   }
 
   double reparam_kl_forward(const T* head, const T* eps, T* z, std::size_t ldz, std::size_t n, std::size_t latent) const override {

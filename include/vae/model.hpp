@@ -133,10 +133,28 @@ class Network {
   double kl_ = 0;
 };
 
+// A network for use outside the trainer (tools, evaluation), with its own arena for the activations and the kernels'
+// scratch, which it binds to k.
+class InferenceNetwork {
+ public:
+  InferenceNetwork(const Arch& arch, const ParamLayout& layout, Kernels<float>& k, std::size_t max_batch);
+  Network<float>& net() { return net_; }
+
+ private:
+  Arena arena_;
+  Network<float> net_;
+};
+
 // Decoder means as grey levels (0 black … 255 white): `inputs` [n × dec_in] (z, then the label weights) through the
 // decoder in batches of the network's size, into out [n × 784].
 void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float* params, std::span<const float> inputs, std::size_t n,
                       std::uint8_t* out);
+
+// Decoder inputs for per_digit samples of each digit, digit-major: row d·per_digit + i is z_i (standard normal from key,
+// times temperature) followed by digit d's one-hot, so sample i of every digit shares its noise (an unconditional model's
+// rows each have their own z).                                                                       [10·per_digit × dec_in]
+std::vector<float> digit_decoder_inputs(const Arch& arch, const Kernels<float>& k, std::size_t per_digit, double temperature,
+                                        std::uint64_t key);
 
 // Tiles n images of 28 × 28 into a grid `columns` wide, row by row: [rows·28 × columns·28].
 std::vector<std::uint8_t> tile_images(const std::uint8_t* images, std::size_t n, std::size_t columns);

@@ -1,6 +1,7 @@
 // The data-parallel training loop: each rank trains on its slice of every global batch, gradients are averaged by allreduce.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -104,6 +105,7 @@ class Trainer : private BackwardListener {
   std::span<float> params_, grads_, adam_m_, adam_v_;  // one flat layout, [padded_size] each
   std::span<std::uint32_t> order_;                     // [train size], epoch order_epoch_'s permutation
   int order_epoch_ = -1;
+  std::array<std::uint8_t, kImagePixels> binarized_{};  // one image as dynamically binarised, on its way into the batch
   std::unique_ptr<Network<float>> net_;
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
   bool node_shm_ = false;                              // one node, gradients summed through shared memory

@@ -135,17 +135,13 @@ int main(int argc, char** argv) {
       throw vae::UsageError(q.checkpoint + ": the model is unconditional, so it cannot be asked for digits (use --grid)");
     const vae::ParamLayout layout(c.arch);
     const auto kernels = vae::make_kernels(vae::KernelChoice::parallel, 1);
-    constexpr std::size_t kBatch = 100;
-    const std::size_t ws = kernels->workspace_bytes(kBatch, layout.max_dim());
-    vae::Arena arena(vae::Network<float>::workspace_bytes(c.arch, layout, kBatch) + vae::round_up(ws, vae::kAlign));
-    vae::Network<float> net(c.arch, layout, kBatch, arena);
-    kernels->bind_workspace(arena.take<std::byte>(ws), kBatch, layout.max_dim());
+    vae::InferenceNetwork inference(c.arch, layout, *kernels, 100);
 
     std::size_t n = 0, columns = 0;
     std::vector<float> labels;
     const std::vector<float> inputs = inputs_for(q, c.arch, *kernels, n, columns, labels);
     std::vector<std::uint8_t> images(n * std::size_t(vae::kImagePixels));
-    vae::decode_to_pixels(net, *kernels, c.params.data(), inputs, n, images.data());
+    vae::decode_to_pixels(inference.net(), *kernels, c.params.data(), inputs, n, images.data());
     const std::vector<std::uint8_t> grid = vae::tile_images(images.data(), n, columns);
     const std::size_t width = columns * vae::kImageSide, height = grid.size() / width;
     if (!q.png.empty()) {

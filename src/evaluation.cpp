@@ -1,0 +1,176 @@
+// Model quality measures: the fixed-noise ELBO, the importance-weighted NLL, SSIM and pixel errors, and binarisation.
+#include "vae/evaluation.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "vae/rng.hpp"
+
+namespace vae {
+
+void binarize_image(const std::uint8_t* in, std::uint8_t* out, std::uint64_t key) {
+  Rng rng(key);
+  // Two 32-bit uniforms per draw; pixel p is on when u·255 < p·2³², i.e. with probability p/255.
+  for (std::size_t i = 0; i < std::size_t(kImagePixels); i += 2) {
+    const std::uint64_t r = rng.next();
+    for (std::size_t h = 0; h < 2; ++h) {
+      const std::uint64_t u = (r >> (32 * h)) & 0xFFFF'FFFFull;
+      out[i + h] = u * 255 < (std::uint64_t(in[i + h]) << 32) ? 255 : 0;
+    }
+  }
+}
+
+std::uint64_t test_binarize_key(std::size_t i) { return stream_key(kEvalSeed, Stream::binarize, 0, i); }
+
+double ssim(const float* a, const float* b, std::size_t side) {
+  constexpr std::size_t kWin = 11, kRadius = 5;
+  constexpr double kSigma = 1.5, C1 = 0.01 * 0.01, C2 = 0.03 * 0.03;
+  double w[kWin], total = 0;
+  for (std::size_t i = 0; i < kWin; ++i) {
+    const double x = double(i) - double(kRadius);
+    total += w[i] = std::exp(-0.5 * x * x / (kSigma * kSigma));
+  }
+  for (double& x : w) x /= total;
+  const std::size_t span = side - kWin + 1;
+  double sum = 0;
+  for (std::size_t y = 0; y < span; ++y)
+    for (std::size_t x = 0; x < span; ++x) {
+      double ma = 0, mb = 0, aa = 0, bb = 0, ab = 0;
+      for (std::size_t i = 0; i < kWin; ++i)
+        for (std::size_t j = 0; j < kWin; ++j) {
+          const double wij = w[i] * w[j], va = a[(y + i) * side + x + j], vb = b[(y + i) * side + x + j];
+          ma += wij * va;
+          mb += wij * vb;
+          aa += wij * va * va;
+          bb += wij * vb * vb;
+          ab += wij * va * vb;
+        }
+      const double var_a = aa - ma * ma, var_b = bb - mb * mb, cov = ab - ma * mb;
+      sum += (2 * ma * mb + C1) * (2 * cov + C2) / ((ma * ma + mb * mb + C1) * (var_a + var_b + C2));
+    }
+  return sum / double(span * span);
+}
+
+std::array<double, QualitySums::kFields> QualitySums::pack() const {
+  std::array<double, kFields> a{images, recon, kl, iw_nll, mse, bce};
+  std::copy(ssim.begin(), ssim.end(), a.begin() + 6);
+  std::copy(count.begin(), count.end(), a.begin() + 6 + kNumClasses);
+  return a;
+}
+
+QualitySums QualitySums::unpack(const std::array<double, kFields>& a) {
+  QualitySums s{a[0], a[1], a[2], a[3], a[4], a[5]};
+  std::copy_n(a.begin() + 6, kNumClasses, s.ssim.begin());
+  std::copy_n(a.begin() + 6 + kNumClasses, kNumClasses, s.count.begin());
+  return s;
+}
+
+QualityEvaluator::QualityEvaluator(const Arch& arch, const ParamLayout& layout, const float* params, Kernels<float>& k, std::size_t batch)
+    : arch_(arch),
+      params_(params),
+      k_(k),
+      batch_(batch),
+      inference_(arch, layout, k, batch),
+      head_(batch * 2 * std::size_t(arch.latent)),
+      eps_(batch * std::size_t(arch.latent)),
+      row_nll_(batch),
+      extra_(batch) {}
+
+void QualityEvaluator::add(const ImageSet& set, std::size_t lo, std::size_t hi, const QualityOptions& options, QualitySums& sums,
+                           std::span<std::uint8_t> recon) {
+  Network<float>& net = inference_.net();
+  const std::size_t L = std::size_t(arch_.latent), dec_in = arch_.dec_in(), P = std::size_t(kImagePixels);
+  const std::uint64_t eps_key = stream_key(kEvalSeed, Stream::eval, 0);
+  std::vector<float> a(P), b(P);
+  for (std::size_t first = lo; first < hi; first += batch_) {
+    const std::size_t n = std::min(batch_, hi - first);
+    for (std::size_t r = 0; r < n; ++r) net.load_example(r, set.pixels + (first + r) * P, set.labels[first + r]);
+    // The ELBO with the trainer's evaluation noise (ε of image i from its index), so it matches the test −ELBO.
+    k_.gaussian_rows(net.eps().data(), n, L, eps_key, first);
+    net.forward(k_, params_, n);
+    const Network<float>::Losses l = net.loss(k_, n, 0.0f);
+    sums.recon += l.recon;
+    sums.kl += l.kl;
+    std::copy_n(net.head().data(), n * 2 * L, head_.data());
+
+    // Reconstruction: the decoder mean at z = μ (the label columns of the decoder input are still the one-hots).
+    const std::span<float> in = net.decoder_input();
+    for (std::size_t r = 0; r < n; ++r) std::copy_n(head_.data() + r * 2 * L, L, in.data() + r * dec_in);
+    net.decode(k_, params_, n);
+    k_.bernoulli_nll_rows(net.logits().data(), net.images(), row_nll_.data(), n);
+    for (std::size_t r = 0; r < n; ++r) {
+      const std::uint8_t* px = set.pixels + (first + r) * P;
+      const float* logits = net.logits().data() + r * P;
+      double se = 0;
+      for (std::size_t p = 0; p < P; ++p) {
+        a[p] = float(px[p]) / 255.0f;
+        b[p] = 1.0f / (1.0f + std::exp(-logits[p]));
+        se += double(a[p] - b[p]) * double(a[p] - b[p]);
+        if (!recon.empty()) recon[(first - lo + r) * P + p] = std::uint8_t(std::lround(255.0f * b[p]));
+      }
+      const int digit = set.labels[first + r];
+      sums.mse += se / double(P);
+      sums.bce += row_nll_[r] / double(P);
+      sums.ssim[std::size_t(digit)] += ssim(a.data(), b.data());
+      sums.count[std::size_t(digit)] += 1;
+    }
+    if (options.iw_samples > 0)
+      for (std::size_t r = 0; r < n; ++r)
+        sums.iw_nll += iw_nll(set.pixels + (first + r) * P, set.labels[first + r], head_.data() + r * 2 * L, first + r, options);
+    sums.images += double(n);
+  }
+}
+
+std::vector<std::uint8_t> QualityEvaluator::generate(std::size_t per_digit, double temperature, std::uint64_t key) {
+  const std::vector<float> inputs = digit_decoder_inputs(arch_, k_, per_digit, temperature, key);
+  const std::size_t n = std::size_t(arch_.classes) * per_digit;
+  std::vector<std::uint8_t> images(n * std::size_t(kImagePixels));
+  decode_to_pixels(inference_.net(), k_, params_, inputs, n, images.data());
+  return images;
+}
+
+double QualityEvaluator::iw_nll(const std::uint8_t* pixels, int label, const float* head, std::size_t index, const QualityOptions& options) {
+  Network<float>& net = inference_.net();
+  const std::size_t L = std::size_t(arch_.latent), dec_in = arch_.dec_in(), k = std::size_t(options.iw_samples);
+  const float* mu = head;
+  const float* log_var = head + L;
+  double half_log_var = 0;
+  for (std::size_t j = 0; j < L; ++j) half_log_var += 0.5 * double(log_var[j]);
+  const ImageBatch target{pixels, 0, std::size_t(kImagePixels), nullptr, 0};  // ld = 0: every row is this image
+  const std::uint64_t key = stream_key(options.seed, Stream::importance, index);
+  // log w = log p(x|z) + log p(z) − log q(z|x) = −NLL − ½‖z‖² + ½‖ε‖² + ½ Σ log σ² (the 2π terms cancel); the running
+  // log-sum-exp keeps its maximum apart, so no weight overflows or vanishes.
+  double top = -std::numeric_limits<double>::infinity(), scaled_sum = 0;
+  const std::span<float> in = net.decoder_input();
+  for (std::size_t first = 0; first < k; first += batch_) {
+    const std::size_t rows = std::min(batch_, k - first);
+    k_.gaussian_rows(eps_.data(), rows, L, key, first);
+    for (std::size_t r = 0; r < rows; ++r) {
+      float* z = in.data() + r * dec_in;
+      const float* e = eps_.data() + r * L;
+      double zz = 0, ee = 0;
+      for (std::size_t j = 0; j < L; ++j) {
+        z[j] = mu[j] + std::exp(0.5f * log_var[j]) * e[j];
+        zz += double(z[j]) * z[j];
+        ee += double(e[j]) * e[j];
+      }
+      for (std::size_t c = L; c < dec_in; ++c) z[c] = c - L == std::size_t(label) ? 1.0f : 0.0f;
+      extra_[r] = 0.5 * (ee - zz) + half_log_var;
+    }
+    net.decode(k_, params_, rows);
+    k_.bernoulli_nll_rows(net.logits().data(), target, row_nll_.data(), rows);
+    for (std::size_t r = 0; r < rows; ++r) {
+      const double log_w = extra_[r] - row_nll_[r];
+      if (log_w > top) {
+        scaled_sum = scaled_sum * std::exp(top - log_w) + 1.0;
+        top = log_w;
+      } else {
+        scaled_sum += std::exp(log_w - top);
+      }
+    }
+  }
+  return -(top + std::log(scaled_sum) - std::log(double(k)));
+}
+
+}  // namespace vae
