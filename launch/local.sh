@@ -3,13 +3,19 @@
 # Usage: launch/local.sh [CONFIG.ini] [vae_dist options...]     environment: RANKS, THREADS, VAE_DIST (the binary)
 set -euo pipefail
 
+# In a source tree the job runs from its root (data/mnist, runs/); an installed copy (PREFIX/share/vae_dist/launch) keeps
+# the caller's directory, so relative --data-dir and --run-dir mean what the user typed.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+installed=0
+[[ -f "$root/CMakeLists.txt" ]] || installed=1
 ranks=${RANKS:-4}
 cores=$(nproc)
 
 bin=${VAE_DIST:-}
 if [[ -z "$bin" ]]; then
-  for candidate in "$root/build/release/vae_dist" "$root/build/native/vae_dist" "$root/build/ci/vae_dist" "$(command -v vae_dist || true)"; do
+  candidates=("$root/build/release/vae_dist" "$root/build/native/vae_dist" "$root/build/ci/vae_dist")
+  ((installed)) && candidates=("$root/../../bin/vae_dist")
+  for candidate in "${candidates[@]}" "$(command -v vae_dist || true)"; do
     if [[ -n "$candidate" && -x "$candidate" ]]; then bin=$candidate; break; fi
   done
 fi
@@ -17,10 +23,15 @@ if [[ -z "$bin" ]]; then
   echo "local.sh: error: vae_dist not found; build it with: cmake --preset release && cmake --build --preset release" >&2
   exit 2
 fi
+[[ "$bin" != */* ]] || bin=$(realpath "$bin")
 
 args=()
 if [[ $# -gt 0 && "$1" == *.ini ]]; then
-  args+=(--config "$1")
+  config=$1
+  # configs/NAME.ini also names the shipped config when the caller's directory has none.
+  [[ -f "$config" || ! -f "$root/$config" ]] || config=$root/$config
+  [[ -f "$config" ]] && config=$(realpath "$config")
+  args+=(--config "$config")
   shift
 fi
 
@@ -36,5 +47,5 @@ else
   mpi+=(--map-by "slot:PE=$threads" --bind-to core)
 fi
 
-cd "$root"
+((installed)) || cd "$root"
 exec "${mpi[@]}" "$bin" --threads "$threads" "${args[@]}" "$@"

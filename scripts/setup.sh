@@ -3,7 +3,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-packages=(openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools libtbb-dev libboost-program-options-dev libhwy-dev zlib1g-dev libgtest-dev)
+packages=(openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools libtbb-dev libboost-program-options-dev libhwy-dev zlib1g-dev libgtest-dev shellcheck)
 
 # A fresh Debian 12 machine brings these; they may come from outside Debian's archive, so they are checked, not installed.
 for tool in g++ cmake python3 npm sha256sum; do

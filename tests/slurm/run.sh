@@ -21,6 +21,7 @@ start=$SECONDS
 tmp=$(mktemp -d /tmp/vae-slurm.XXXXXX)
 chmod 755 "$tmp"
 pids=()
+passed=0
 jobs_submitted=()
 munged_started=0
 cleanup() {
@@ -40,6 +41,7 @@ cleanup() {
   fi
   if [[ "${KEEP:-0}" == 1 ]]; then echo "slurm test: kept $tmp"; else rm -rf "$tmp"; fi
   echo "slurm test: $( ((status)) && echo FAILED || echo passed) in $((SECONDS - start)) s"
+  echo "slurm: $passed passed, $(( status ? 1 : 0 )) failed"
 }
 trap cleanup EXIT
 
@@ -138,36 +140,43 @@ if command -v h5ls >/dev/null; then
 else
   [[ -s "$run/checkpoints/ckpt-e0003.h5" ]] || fail "smoke job: no ckpt-e0003.h5"
 fi
+passed=$((passed + 1))
 echo "slurm test: smoke job $job completed (exit 0, 3 epochs, checkpoint readable) at $((SECONDS - start)) s"
 
-# 2. Preemption: USR1 to the batch shell only, as --signal=B:USR1@... sends it; the trap passes it to the ranks, which
-# checkpoint mid-epoch and exit 4; the script requeues the job, and the second run resumes and finishes.
-epochs=60
-job=$(submit --job-name=preempt "$root/launch/slurm.sbatch" "$root/configs/smoke.ini" "${common[@]}" --epochs "$epochs" \
-      --train-limit 30000)
-run=$tmp/work/runs/preempt-$job
-log=$tmp/work/vae_dist-$job.out
-for _ in $(seq 120); do
-  [[ -f "$run/checkpoints/ckpt-e0002.h5" ]] && break
-  sleep 0.5
-done
-[[ -f "$run/checkpoints/ckpt-e0002.h5" ]] || fail "preempt job $job: no second checkpoint within 60 s"
-scancel --signal=USR1 --batch "$job"
-echo "slurm test: sent USR1 to the batch shell of job $job at $((SECONDS - start)) s"
-for _ in $(seq 120); do
-  [[ "$(field "$job" Restarts)" -ge 1 ]] && break
-  sleep 1
-done
-[[ "$(field "$job" Restarts)" -ge 1 ]] || fail "preempt job $job was not requeued"
-echo "slurm test: job $job requeued at $((SECONDS - start)) s"
-# A requeued job waits out a begin time; release it now rather than let the test sit.
-scontrol update JobId="$job" StartTime=now 2>/dev/null || true
-wait_done "$job" 400
-[[ "$(field "$job" JobState) $(field "$job" ExitCode)" == "COMPLETED 0:0" ]] ||
-  fail "preempt job $job: $(field "$job" JobState) exit $(field "$job" ExitCode)"
-grep -q "stopped by a signal at step" "$log" || fail "preempt job: the ranks did not stop on the signal"
-grep -q "vae_dist exited with 4" "$log" || fail "preempt job: the first run did not exit 4"
-grep -q "resumed after epoch" "$log" || fail "preempt job: the requeued run did not resume"
-last=$(tail -n 1 "$run/metrics.jsonl")
-[[ "$last" == "{\"epoch\":$epochs,"* ]] || fail "preempt job: last metrics line is not epoch $epochs: $last"
-echo "slurm test: preempted job $job checkpointed, exited 4, was requeued and finished all $epochs epochs"
+# 2. Preemption, with the ranks started by mpirun and then by srun (Slurm's PMIx): USR1 to the batch shell only, as
+# --signal=B:USR1@... sends it; the trap passes it to the launcher and so to the ranks, which checkpoint mid-epoch and
+# exit 4; the script requeues the job, and the second run resumes and finishes.
+epochs=10
+preempt() {
+  local job run log last
+  job=$(LAUNCHER=$1 submit --job-name="preempt-$1" "$root/launch/slurm.sbatch" "$root/configs/smoke.ini" "${common[@]}" \
+        --epochs "$epochs" --train-limit 12000)
+  run=$tmp/work/runs/preempt-$1-$job
+  log=$tmp/work/vae_dist-$job.out
+  for _ in $(seq 120); do
+    [[ -f "$run/checkpoints/ckpt-e0002.h5" ]] && break
+    sleep 0.5
+  done
+  [[ -f "$run/checkpoints/ckpt-e0002.h5" ]] || fail "$1 job $job: no second checkpoint within 60 s"
+  scancel --signal=USR1 --batch "$job"
+  echo "slurm test: sent USR1 to the batch shell of job $job ($1) at $((SECONDS - start)) s"
+  for _ in $(seq 120); do
+    [[ "$(field "$job" Restarts)" -ge 1 ]] && break
+    sleep 1
+  done
+  [[ "$(field "$job" Restarts)" -ge 1 ]] || fail "$1 job $job was not requeued"
+  # A requeued job waits out a begin time; release it now rather than let the test sit.
+  scontrol update JobId="$job" StartTime=now 2>/dev/null || true
+  wait_done "$job" 400
+  [[ "$(field "$job" JobState) $(field "$job" ExitCode)" == "COMPLETED 0:0" ]] ||
+    fail "$1 job $job: $(field "$job" JobState) exit $(field "$job" ExitCode)"
+  grep -q "stopped by a signal at step" "$log" || fail "$1 job: the ranks did not stop on the signal"
+  grep -q "vae_dist exited with 4" "$log" || fail "$1 job: the first run did not exit 4"
+  grep -q "resumed after epoch" "$log" || fail "$1 job: the requeued run did not resume"
+  last=$(tail -n 1 "$run/metrics.jsonl")
+  [[ "$last" == "{\"epoch\":$epochs,"* ]] || fail "$1 job: last metrics line is not epoch $epochs: $last"
+  passed=$((passed + 1))
+  echo "slurm test: job $job ($1) checkpointed, exited 4, was requeued and finished all $epochs epochs at $((SECONDS - start)) s"
+}
+preempt mpirun
+preempt srun

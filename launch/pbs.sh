@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# PBS job script for vae_dist (PBS Pro, OpenPBS, Torque): ranks x threads from the select line, a checkpoint before the walltime ends, rerun, resume.
+# Usage: qsub [-v "CONFIG=configs/v3.ini,VAE_ARGS=--epochs 20"] launch/pbs.sh     Torque: qsub -F "configs/v3.ini --epochs 20" launch/pbs.sh
+#   environment: CONFIG, VAE_ARGS (vae_dist options, split at spaces), VAE_DIST (the binary), RUN_DIR (default:
+#                runs/<job name>-<job id> in the submit directory), STOP_BEFORE (seconds before the walltime at which the
+#                ranks checkpoint and stop, default 300), REQUEUE (auto: qrerun, else qsub a copy; qrerun; qsub; none)
+# select=N chunks (nodes) of ncpus cores, mpiprocs ranks and ompthreads threads per rank: ncpus = mpiprocs x ompthreads.
+#PBS -N vae_dist
+#PBS -l select=2:ncpus=32:mpiprocs=4:ompthreads=8
+#PBS -l place=scatter:excl
+#PBS -l walltime=04:00:00
+#PBS -r y
+#PBS -j oe
+set -euo pipefail
+
+script=$(realpath "${BASH_SOURCE[0]}")
+cd "${PBS_O_WORKDIR:-.}"
+
+bin=${VAE_DIST:-}
+if [[ -z "$bin" ]]; then
+  for candidate in build/release/vae_dist "$(command -v vae_dist || true)"; do
+    if [[ -n "$candidate" && -x "$candidate" ]]; then bin=$candidate; break; fi
+  done
+fi
+if [[ -z "$bin" ]]; then
+  echo "pbs.sh: error: vae_dist not found; set VAE_DIST or put it on PATH" >&2
+  exit 2
+fi
+if [[ -z "${PBS_NODEFILE:-}" || ! -s "$PBS_NODEFILE" ]]; then
+  echo "pbs.sh: error: PBS_NODEFILE is not set or empty; submit this script with qsub" >&2
+  exit 2
+fi
+
+# vae_dist options: CONFIG, then VAE_ARGS, then this script's own arguments (Torque's qsub -F).
+user_args=()
+[[ -n "${CONFIG:-}" ]] && user_args+=(--config "$CONFIG")
+read -r -a words <<<"${VAE_ARGS:-}"
+user_args+=("${words[@]}")
+if [[ $# -gt 0 && "$1" == *.ini ]]; then
+  user_args+=(--config "$1")
+  shift
+fi
+user_args+=("$@")
+
+given() {
+  local option=$1 a
+  for a in "${user_args[@]}"; do [[ "$a" == "$option" || "$a" == "$option="* ]] && return 0; done
+  return 1
+}
+run_dir=
+args=()
+if ! given --run-dir; then
+  # qrerun keeps the job id, so the same run directory; a resubmitted copy is handed it in RUN_DIR.
+  run_dir=${RUN_DIR:-runs/${PBS_JOBNAME:-vae_dist}-${PBS_JOBID:-0}}
+  args+=(--run-dir "$run_dir")
+fi
+given --resume || args+=(--resume auto)
+
+ranks=$(wc -l <"$PBS_NODEFILE")
+nodes=$(sort -u "$PBS_NODEFILE" | wc -l)
+per_node=$(( ranks / nodes ))
+threads=${OMP_NUM_THREADS:-${NCPUS:-1}}
+# Parallel file systems (NFS, Lustre) often lack the POSIX locks HDF5 takes by default, and its open then fails.
+export HDF5_USE_FILE_LOCKING=FALSE
+
+launch=(mpirun -n "$ranks" --hostfile "$PBS_NODEFILE" --map-by "ppr:$per_node:node:PE=$threads" --bind-to core
+        -x HDF5_USE_FILE_LOCKING -x PATH -x LD_LIBRARY_PATH)
+[[ $(id -u) -eq 0 ]] && launch+=(--allow-run-as-root)
+
+echo "pbs.sh: job ${PBS_JOBID:-?} on $(sort -u "$PBS_NODEFILE" | paste -sd, -): $nodes node(s) x $per_node rank(s) x $threads thread(s)"
+echo "pbs.sh: ${launch[*]} $bin --threads $threads ${args[*]} ${user_args[*]}"
+
+"${launch[@]}" "$bin" --threads "$threads" "${args[@]}" "${user_args[@]}" &
+pid=$!
+# PBS gives no warning before the walltime: a timer sends this shell USR1 STOP_BEFORE seconds ahead of it. A TERM (qdel,
+# preemption) is passed on the same way, though PBS may signal the ranks directly and kill them before they finish.
+timer=
+walltime=$(qstat -f "${PBS_JOBID:-none}" 2>/dev/null | sed -n 's/^ *Resource_List.walltime = //p' | head -n 1 || true)
+if [[ "$walltime" =~ ^([0-9]+):([0-9]+):([0-9]+)$ ]]; then
+  seconds=$(( 10#${BASH_REMATCH[1]} * 3600 + 10#${BASH_REMATCH[2]} * 60 + 10#${BASH_REMATCH[3]} - ${STOP_BEFORE:-300} ))
+  if (( seconds > 0 )); then
+    { sleep "$seconds" && kill -USR1 $$; } &
+    timer=$!
+  fi
+fi
+trap 'echo "pbs.sh: stop signal, asking the ranks to checkpoint"; kill -USR1 "$pid" 2>/dev/null || true' USR1 TERM
+status=0
+wait "$pid" || status=$?
+# A trapped signal interrupts wait before mpirun has finished: wait again for its own exit status.
+while kill -0 "$pid" 2>/dev/null; do
+  status=0
+  wait "$pid" || status=$?
+done
+if [[ -n "$timer" ]]; then
+  pkill -P "$timer" 2>/dev/null || true
+  kill "$timer" 2>/dev/null || true
+fi
+echo "pbs.sh: vae_dist exited with $status"
+
+if [[ $status -eq 4 && -n "${PBS_JOBID:-}" ]]; then
+  mode=${REQUEUE:-auto}
+  if [[ $mode == auto || $mode == qrerun ]] && qrerun "$PBS_JOBID"; then
+    echo "pbs.sh: job $PBS_JOBID rerun; it continues with --resume auto"
+  elif [[ $mode == auto || $mode == qsub ]]; then
+    # qrerun is often for operators only: submit a copy of this script, with the same options and run directory.
+    copy=$(realpath "${run_dir:-.}")/pbs-resubmit.sh
+    cp "$script" "$copy"
+    RUN_DIR=$run_dir CONFIG='' VAE_ARGS="${user_args[*]}" VAE_DIST=$bin qsub -V "$copy"
+    echo "pbs.sh: resubmitted $copy; it continues with --resume auto"
+  fi
+fi
+exit "$status"
