@@ -259,6 +259,7 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
       set_attr(w, model, "classes", (long long)arch.classes);
       set_attr(w, model, "image", (long long)arch.image);
       set_attr(w, model, "conditional", (long long)arch.conditional);
+      set_attr(w, model, "label_every_layer", (long long)arch.label_every_layer);
       set_attr(w, model, "activation", activation_name(arch.act));
     }
     H5Id opt(w.id(H5Gcreate2(file, "optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group optimizer"), H5Gclose);
@@ -363,6 +364,8 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
     c.arch.classes = int(get_int(w, model, "classes"));
     c.arch.image = int(get_int(w, model, "image"));
     c.arch.conditional = get_int(w, model, "conditional") != 0;
+    // Written since the label could feed every decoder layer; a file without it has the label at the first only.
+    c.arch.label_every_layer = H5Aexists(model, "label_every_layer") > 0 && get_int(w, model, "label_every_layer") != 0;
     const std::string act = get_string(w, model, "activation");
     bool known = false;
     for (Activation a : {Activation::identity, Activation::elu, Activation::relu, Activation::leaky_relu, Activation::tanh})

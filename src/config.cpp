@@ -97,7 +97,9 @@ po::options_description make_options() {
       ("hidden", po::value<std::string>(), "encoder hidden widths, comma-separated, decoder mirrors them (default: from preset)")
       ("latent", po::value<int>(), "latent dimension (default: from preset)")
       ("activation", po::value<std::string>(), "hidden activation: elu, relu, leaky_relu, tanh (default: from preset)")
-      ("conditional", po::value<std::string>()->default_value("on"), "on: the label's one-hot feeds encoder and decoder; off: an unconditional VAE");
+      ("conditional", po::value<std::string>()->default_value("on"), "on: the label's one-hot feeds encoder and decoder; off: an unconditional VAE")
+      ("label-layers", po::value<std::string>()->default_value("first"),
+       "where the label enters the decoder: first (its input layer, with z) or all (every decoder layer)");
 
   po::options_description data("Data");
   data.add_options()
@@ -195,6 +197,9 @@ Config build(const po::variables_map& vm) {
   const std::string conditional = get<std::string>(vm, "conditional");
   if (conditional != "on" && conditional != "off") bad("conditional", "unknown value '" + conditional + "' (expected on or off)");
   c.arch.conditional = conditional == "on";
+  const std::string label_layers = get<std::string>(vm, "label-layers");
+  if (label_layers != "first" && label_layers != "all") bad("label-layers", "unknown value '" + label_layers + "' (expected first or all)");
+  c.arch.label_every_layer = label_layers == "all";
   const std::string binarize = get<std::string>(vm, "binarize");
   if (binarize != "none" && binarize != "dynamic") bad("binarize", "unknown value '" + binarize + "' (expected none or dynamic)");
   c.binarize = binarize == "dynamic";
@@ -370,7 +375,8 @@ std::string Config::to_ini() const {
   std::ostringstream os;
   os << std::setprecision(17);
   os << "preset = " << preset << "\nhidden = " << join(arch.hidden) << "\nlatent = " << arch.latent
-     << "\nactivation = " << activation_name(arch.act) << "\nconditional = " << (arch.conditional ? "on" : "off") << "\n";
+     << "\nactivation = " << activation_name(arch.act) << "\nconditional = " << (arch.conditional ? "on" : "off")
+     << "\nlabel-layers = " << (arch.label_every_layer ? "all" : "first") << "\n";
   os << "data-dir = " << data_dir << "\ntrain-images = " << train_images << "\ntrain-labels = " << train_labels
      << "\ntest-images = " << test_images << "\ntest-labels = " << test_labels << "\ndigits = " << join(digits)
      << "\nval-size = " << val_size << "\nbinarize = " << (binarize ? "dynamic" : "none") << "\nkfold = " << kfold << "\nfold = " << fold

@@ -33,6 +33,7 @@ std::string Arch::describe() const {
   os << " > 2x" << latent << " | " << latent << label;
   for (auto it = hidden.rbegin(); it != hidden.rend(); ++it) os << " > " << *it;
   os << " > " << image << ", " << activation_name(act);
+  if (conditional && label_every_layer) os << ", label into every decoder layer";
   return os.str();
 }
 
@@ -48,10 +49,11 @@ ParamLayout::ParamLayout(const Arch& arch) {
   add("enc.head", in, 2 * std::size_t(arch.latent), Activation::identity);
   encoder_layers_ = layers_.size();
   in = arch.dec_in();
+  const std::size_t label = arch.conditional && arch.label_every_layer ? std::size_t(arch.classes) : 0;
   for (std::size_t i = 0; i < arch.hidden.size(); ++i) {
     const std::size_t out = std::size_t(arch.hidden[arch.hidden.size() - 1 - i]);
     add("dec." + std::to_string(i), in, out, arch.act);
-    in = out;
+    in = out + label;
   }
   add("dec.out", in, std::size_t(arch.image), Activation::identity);
 
@@ -105,12 +107,18 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
   dpp_[1] = arena.take<T>(B * arch.max_hidden());
 
   const auto& layers = layout.layers();
+  wide_.resize(layers.size());
   for (std::size_t l = 0; l < layers.size(); ++l) {
     const bool first_enc = l == 0, first_dec = l == layout.encoder_layers();
-    T* in = first_enc ? nullptr : first_dec ? z_in_.data() : hidden_[l - 1].data();
-    const std::size_t ld = first_enc ? arch.enc_in() : first_dec ? arch.dec_in() : layers[l - 1].out;
-    const Activation in_act = (first_enc || first_dec) ? Activation::identity : layers[l - 1].act;
-    stages_.push_back({&layers[l], in, ld, in_act, hidden_[l].data()});
+    const bool network_input = first_enc || first_dec;
+    const bool widened = !network_input && l > layout.encoder_layers() && layers[l].in > layers[l - 1].out;
+    if (widened) wide_[l] = arena.take<T>(B * layers[l].in);
+    T* in = first_enc ? nullptr : first_dec ? z_in_.data() : widened ? wide_[l].data() : hidden_[l - 1].data();
+    const std::size_t ld = first_enc ? arch.enc_in() : first_dec ? arch.dec_in() : layers[l].in;
+    const Activation in_act = network_input ? Activation::identity : layers[l - 1].act;
+    const T* prev = network_input ? nullptr : hidden_[l - 1].data();
+    const std::size_t grad_cols = network_input ? (first_dec ? L : 0) : layers[l - 1].out;
+    stages_.push_back({&layers[l], in, ld, in_act, hidden_[l].data(), prev, grad_cols, widened});
   }
 }
 
@@ -137,6 +145,14 @@ void Network<T>::chain_forward(const Kernels<T>& k, const T* params, std::size_t
     // out [n × s.out] = act(in [n × s.in] · W [s.in × s.out] + b)
     const T* w = params + s.spec->w_offset;
     const T* b = params + s.spec->b_offset;
+    if (s.widened) {
+      // in [n × (prev out + classes)] = [prev | the one-hot label columns of the decoder input]
+      const std::size_t dec_in = arch_.dec_in(), L = std::size_t(arch_.latent), classes = std::size_t(arch_.classes);
+      for (std::size_t r = 0; r < n; ++r) {
+        std::copy_n(s.prev + r * s.grad_cols, s.grad_cols, s.in + r * s.ld_in);
+        std::copy_n(z_in_.data() + r * dec_in + L, classes, s.in + r * s.ld_in + s.grad_cols);
+      }
+    }
     if (s.in) k.dense_forward(s.in, s.ld_in, w, b, s.out, n, s.spec->in, s.spec->out, s.spec->act);
     else k.dense_forward_image(images_, w, b, s.out, n, s.spec->out, s.spec->act);
   }
@@ -159,9 +175,10 @@ void Network<T>::chain_backward(const Kernels<T>& k, const T* params, T* grads, 
     const bool inner = l > first;
     T* dx = inner ? dpp_[pp].data() : d_input;
     pp ^= 1;
-    // dx [n × s.in] = (dy · Wᵀ) ⊙ act'(in); for the chain's input only its first d_cols columns, [n × d_cols]
-    const std::size_t cols = inner ? s.spec->in : d_cols;
-    k.dense_input_grad(dy, params + s.spec->w_offset, dx, cols, n, cols, s.spec->out, s.in_act, inner ? s.in : nullptr);
+    // dx [n × cols] = (dy · Wᵀ) ⊙ act'(prev), for the input columns that need it: prev's (not a widened input's label
+    // columns, whose weights come last in W), or the chain input's first d_cols
+    const std::size_t cols = inner ? s.grad_cols : d_cols;
+    k.dense_input_grad(dy, params + s.spec->w_offset, dx, cols, n, cols, s.spec->out, s.in_act, inner ? s.prev : nullptr);
     dy = dx;
   }
 }

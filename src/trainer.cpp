@@ -169,6 +169,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     if (got.latent != cfg_.arch.latent) differs += " latent";
     if (got.act != cfg_.arch.act) differs += " activation";
     if (got.conditional != cfg_.arch.conditional) differs += " conditional";
+    if (got.label_every_layer != cfg_.arch.label_every_layer) differs += " label-layers";
     if (got.classes != cfg_.arch.classes) differs += " classes";
     if (!differs.empty()) throw UsageError(resume_path.string() + ": architecture differs from this run's in:" + differs);
     if (resume_->state.seed != cfg_.seed)

@@ -250,6 +250,92 @@ def case_checkpoint_steps():
         assert resumed["epoch"] == 2 and resumed["test_elbo"] == straight["test_elbo"], (resumed, straight)
 
 
+def run_eval(ranks, *args, timeout=300):
+    cmd = MPIEXEC + ["-n", str(ranks), os.path.join(os.path.dirname(BIN), "vae_eval"), "--data-dir", DATA] + list(args)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def png_size(path):
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
+    return struct.unpack(">II", data[16:24])
+
+
+def case_eval():
+    """vae_eval on 2 ranks reproduces the trainer's test -ELBO, puts the importance-weighted NLL below it, and reports
+    SSIM, errors and conditional accuracy per digit, as a table and as JSON, with the two PNGs."""
+    with tempfile.TemporaryDirectory() as d:
+        code, out, err = run(1, "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--run-dir", d, "--epochs", "2")
+        assert code == 0, err
+        trained = json.loads(open(os.path.join(d, "metrics.jsonl")).read().splitlines()[-1])
+        out_json, recon, samples = (os.path.join(d, n) for n in ("eval.json", "recon.png", "samples.png"))
+        code, out, err = run_eval(2, "--checkpoint", os.path.join(d, "checkpoints", "ckpt-e0002.h5"), "--test-limit", "2000", "--iw-samples", "64",
+                                  "--samples-per-digit", "20", "--json", out_json, "--recon-png", recon, "--samples-png", samples)
+        assert code == 0, out + err
+        r = json.loads(open(out_json).read())
+        assert r["images"] == 2000 and r["ranks"] == 2 and not r["binarized"], r
+        assert abs(r["test_elbo"] - trained["test_elbo"]) <= 1e-6 * trained["test_elbo"], (r["test_elbo"], trained["test_elbo"])
+        assert r["iw_nll"] < r["test_elbo"], r
+        assert 0 < r["ssim"] < 1 and 0 < r["mse_per_pixel"] < 1 and 0 < r["bce_per_pixel"] < 1, r
+        assert sorted(r["ssim_per_digit"]) == [str(i) for i in range(10)], r
+        assert 0 <= r["conditional_accuracy"] <= 1 and r["classifier_test_accuracy"] >= 0.985, r
+        assert abs(sum(r["conditional_accuracy_per_digit"].values()) / 10 - r["conditional_accuracy"]) < 1e-9, r
+        assert "test -ELBO" in out and "IW NLL, k = 64" in out and "conditional accuracy" in out, out
+        assert png_size(recon) == (280, 560) and png_size(samples) == (560, 280), (png_size(recon), png_size(samples))
+
+
+def case_eval_binarized():
+    """An unconditional model on dynamically binarised MNIST: vae_eval binarises the test set as the trainer did (the same
+    -ELBO), and, with no label to ask for, reports no conditional accuracy."""
+    with tempfile.TemporaryDirectory() as d:
+        code, out, err = run(2, "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--run-dir", d, "--epochs", "1",
+                             "--binarize", "dynamic", "--conditional", "off")
+        assert code == 0, err
+        trained = json.loads(open(os.path.join(d, "metrics.jsonl")).read().splitlines()[-1])
+        out_json = os.path.join(d, "eval.json")
+        code, out, err = run_eval(1, "--checkpoint", os.path.join(d, "checkpoints", "ckpt-e0001.h5"), "--test-limit", "2000", "--iw-samples", "8",
+                                  "--json", out_json)
+        assert code == 0, out + err
+        r = json.loads(open(out_json).read())
+        assert r["binarized"] and "conditional_accuracy" not in r, r
+        assert abs(r["test_elbo"] - trained["test_elbo"]) <= 1e-6 * trained["test_elbo"], (r["test_elbo"], trained["test_elbo"])
+        code, out, err = run_eval(1, "--checkpoint", os.path.join(d, "checkpoints", "ckpt-e0001.h5"), "--test-limit", "2000", "--binarize", "none",
+                                  "--iw-samples", "0", "--json", out_json)
+        assert code == 0 and not json.loads(open(out_json).read())["binarized"], out + err
+
+
+def case_eval_errors():
+    """Bad inputs to vae_eval: one line naming the file or option, exit 2, on every rank count."""
+    with tempfile.TemporaryDirectory() as d:
+        junk = os.path.join(d, "junk.h5")
+        open(junk, "wb").write(b"not hdf5")
+        for args, needle in [(["--checkpoint", junk], junk + ": not an HDF5 file"),
+                             (["--checkpoint", junk, "--iw-samples", "-1"], "option --iw-samples: must be in 0-1000000"),
+                             (["--iw-samples", "3"], "option --checkpoint is required")]:
+            code, out, err = run_eval(2, *args)
+            lines = [l for l in err.splitlines() if l.startswith("vae_eval")]
+            assert code == 2 and len(lines) == 1 and needle in lines[0], (code, err)
+        code, out, err = run(1, "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--run-dir", d, "--epochs", "1")
+        assert code == 0, err
+        code, out, err = run_eval(1, "--checkpoint", os.path.join(d, "checkpoints", "ckpt-e0001.h5"), "--classifier", junk)
+        lines = [l for l in err.splitlines() if l.startswith("vae_eval")]
+        assert code == 2 and lines == [f"vae_eval: error: {junk}: not an HDF5 file (truncated or corrupt?)"], err
+
+
+def case_kfold():
+    """scripts/kfold.py trains every fold and prints the mean and spread of the validation -ELBO."""
+    with tempfile.TemporaryDirectory() as d:
+        p = subprocess.run([sys.executable, os.path.join(SOURCE, "scripts", "kfold.py"), "--k", "3", "--run-dir", d, "--vae-dist", BIN, "--",
+                            "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--epochs", "1"],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr
+        lines = p.stdout.splitlines()
+        assert [l.split(":")[0] for l in lines[:3]] == ["fold 0", "fold 1", "fold 2"] and lines[3].startswith("3-fold validation -ELBO: "), lines
+        folds = [json.loads(open(os.path.join(d, f"fold-{i}", "metrics.jsonl")).read().splitlines()[-1])["val_elbo"] for i in range(3)]
+        assert len(set(folds)) == 3 and all(v > 0 for v in folds), folds
+
+
 def case_resume_other_rank_count():
     """State is stored unsharded: 2 ranks for 2 epochs, then 1 rank resumes to 3; the result matches 2 ranks straight
     within float rounding. A half-written file (a killed writer's temporary) is never picked."""

@@ -118,7 +118,8 @@ TEST(LossGradient, KlOfStandardNormalIsZero) {
   EXPECT_DOUBLE_EQ(K.reparam_kl_forward(head.data(), eps.data(), z.data(), 4, 1, 4), 0.5);
 }
 
-class ModelGradient : public ::testing::TestWithParam<bool> {};
+// Conditioning: 0 unconditional, 1 the label into the decoder's first layer, 2 into every decoder layer.
+class ModelGradient : public ::testing::TestWithParam<int> {};
 
 // The whole CVAE: loss = scale·(Σ recon + β·Σ KL) with fixed ε, against its gradient from forward/loss/backward.
 TEST_P(ModelGradient, EndToEnd) {
@@ -127,7 +128,8 @@ TEST_P(ModelGradient, EndToEnd) {
   arch.latent = 3;
   arch.image = 10;
   arch.classes = 4;
-  arch.conditional = GetParam();
+  arch.conditional = GetParam() > 0;
+  arch.label_every_layer = GetParam() == 2;
   const ParamLayout layout(arch);
   const std::size_t n = 3;
   Arena probe = Arena::measure();
@@ -154,12 +156,14 @@ TEST_P(ModelGradient, EndToEnd) {
   loss();
   net.backward(K, params.data(), grads.data(), n, scale, beta);
   expect_gradient(params, grads, loss, "parameters");
-  EXPECT_EQ(layout.parameter_count(), (14u * 6 + 6) + (6 * 5 + 5) + (5 * 6 + 6) + (std::size_t(3 + (GetParam() ? 4 : 0)) * 5 + 5) +
-                                          (5 * 6 + 6) + (6 * 10 + 10) - (GetParam() ? 0 : 4 * 6));
+  const std::size_t label = GetParam() ? 4 : 0, every = GetParam() == 2 ? 4 : 0;
+  EXPECT_EQ(layout.parameter_count(), ((10 + label) * 6 + 6) + (6 * 5 + 5) + (5 * 6 + 6) + ((3 + label) * 5 + 5) + ((5 + every) * 6 + 6) +
+                                          ((6 + every) * 10 + 10));
 }
 
-INSTANTIATE_TEST_SUITE_P(Conditioning, ModelGradient, ::testing::Values(true, false),
-                         [](const auto& p) { return p.param ? std::string("conditional") : std::string("unconditional"); });
+INSTANTIATE_TEST_SUITE_P(Conditioning, ModelGradient, ::testing::Values(0, 1, 2), [](const auto& p) {
+  return std::string(p.param == 0 ? "unconditional" : p.param == 1 ? "conditional" : "label_every_layer");
+});
 
 TEST(ParamLayoutTest, V3CountAndAlignment) {
   Arch arch;

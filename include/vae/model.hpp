@@ -17,6 +17,7 @@ struct Arch {
   int latent = 0;
   Activation act = Activation::elu;
   bool conditional = true;  // one-hot label concatenated to encoder input and latent code
+  bool label_every_layer = false;  // conditional only: the one-hot also feeds every later decoder layer, not only the first
   int image = kImagePixels;
   int classes = kNumClasses;
 
@@ -106,10 +107,13 @@ class Network {
  private:
   struct Stage {
     const DenseSpec* spec;
-    T* in;              // nullptr for the first encoder layer, whose input is the image batch
+    T* in;               // nullptr for the first encoder layer, whose input is the image batch
     std::size_t ld_in;
-    Activation in_act;  // activation that produced `in` (identity for a network input)
+    Activation in_act;   // activation that produced `prev` (identity for a network input)
     T* out;
+    const T* prev;       // the previous layer's output [n × grad_cols] (nullptr for a network input)
+    std::size_t grad_cols;  // input columns that need a gradient: prev's width, or the latent columns of z
+    bool widened;        // in = [prev | one-hot label], assembled before the layer runs
   };
   void chain_forward(const Kernels<T>& k, const T* params, std::size_t first, std::size_t last, std::size_t n);
   void chain_backward(const Kernels<T>& k, const T* params, T* grads, std::size_t first, std::size_t last, T* d_top, T* d_input,
@@ -122,6 +126,7 @@ class Network {
   std::span<std::uint8_t> labels_;  // [B]
   ImageBatch images_;               // the encoder input: pixels/255 and one-hot labels, [B × enc_in]
   std::vector<std::span<T>> hidden_;  // each layer's output, [B × out]
+  std::vector<std::span<T>> wide_;    // with label_every_layer, a decoder layer's input [B × (prev out + classes)]
   std::span<T> head_;          // [B × 2L]
   std::span<T> eps_;           // [B × L]
   std::span<T> z_in_;          // [B × dec_in]
@@ -134,7 +139,7 @@ class Network {
 };
 
 // A network for use outside the trainer (tools, evaluation), with its own arena for the activations and the kernels'
-// scratch, which it binds to k.
+// scratch, which it binds to k: one InferenceNetwork per Kernels object at a time.
 class InferenceNetwork {
  public:
   InferenceNetwork(const Arch& arch, const ParamLayout& layout, Kernels<float>& k, std::size_t max_batch);
