@@ -146,7 +146,7 @@ echo "slurm test: smoke job $job completed (exit 0, 3 epochs, checkpoint readabl
 # 2. Preemption, with the ranks started by mpirun and then by srun (Slurm's PMIx): USR1 to the batch shell only, as
 # --signal=B:USR1@... sends it; the trap passes it to the launcher and so to the ranks, which checkpoint mid-epoch and
 # exit 4; the script requeues the job, and the second run resumes and finishes.
-epochs=10
+epochs=30
 preempt() {
   local job run log last
   job=$(LAUNCHER=$1 submit --job-name="preempt-$1" "$root/launch/slurm.sbatch" "$root/configs/smoke.ini" "${common[@]}" \
@@ -154,10 +154,10 @@ preempt() {
   run=$tmp/work/runs/preempt-$1-$job
   log=$tmp/work/vae_dist-$job.out
   for _ in $(seq 120); do
-    [[ -f "$run/checkpoints/ckpt-e0002.h5" ]] && break
+    [[ -f "$run/checkpoints/ckpt-e0001.h5" ]] && break
     sleep 0.5
   done
-  [[ -f "$run/checkpoints/ckpt-e0002.h5" ]] || fail "$1 job $job: no second checkpoint within 60 s"
+  [[ -f "$run/checkpoints/ckpt-e0001.h5" ]] || fail "$1 job $job: no first checkpoint within 60 s"
   scancel --signal=USR1 --batch "$job"
   echo "slurm test: sent USR1 to the batch shell of job $job ($1) at $((SECONDS - start)) s"
   for _ in $(seq 120); do
@@ -165,7 +165,12 @@ preempt() {
     sleep 1
   done
   [[ "$(field "$job" Restarts)" -ge 1 ]] || fail "$1 job $job was not requeued"
-  # A requeued job waits out a begin time; release it now rather than let the test sit.
+  # A requeued job waits out a begin time (two minutes here); release it once the first run's step daemons are gone:
+  # the second run reuses their step ids, and an srun step's PMIx socket outlives the step by a second or two.
+  for _ in $(seq 60); do
+    pgrep -f "^slurmstepd: \[$job\." >/dev/null || break
+    sleep 0.5
+  done
   scontrol update JobId="$job" StartTime=now 2>/dev/null || true
   wait_done "$job" 400
   [[ "$(field "$job" JobState) $(field "$job" ExitCode)" == "COMPLETED 0:0" ]] ||
