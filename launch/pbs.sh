@@ -3,10 +3,12 @@
 # Usage: qsub [-v "CONFIG=configs/v3.ini,VAE_ARGS=--epochs 20"] launch/pbs.sh     Torque: qsub -F "configs/v3.ini --epochs 20" launch/pbs.sh
 #   environment: CONFIG, VAE_ARGS (vae_dist options, split at spaces), VAE_DIST (the binary), RUN_DIR (default:
 #                runs/<job name>-<job id> in the submit directory), STOP_BEFORE (seconds before the walltime at which the
-#                ranks checkpoint and stop, default 300), REQUEUE (auto: qrerun, else qsub a copy; qrerun; qsub; none)
+#                ranks checkpoint and stop, default 300), REQUEUE (auto: qrerun, else qsub a copy; qrerun; qsub; none),
+#                LAUNCHER_ARGS (more mpirun options, e.g. --report-bindings)
 # select=N chunks (nodes) of ncpus cores, mpiprocs ranks and ompthreads threads per rank: ncpus = mpiprocs x ompthreads.
+# One rank per socket with a thread per core is the layout to start from (docs/cluster.md): here 2 x 16-core sockets.
 #PBS -N vae_dist
-#PBS -l select=2:ncpus=32:mpiprocs=4:ompthreads=8
+#PBS -l select=2:ncpus=32:mpiprocs=2:ompthreads=16
 #PBS -l place=scatter:excl
 #PBS -l walltime=04:00:00
 #PBS -r y
@@ -42,19 +44,26 @@ if [[ $# -gt 0 && "$1" == *.ini ]]; then
 fi
 user_args+=("$@")
 
-given() {
-  local option=$1 a
-  for a in "${user_args[@]}"; do [[ "$a" == "$option" || "$a" == "$option="* ]] && return 0; done
+# Prints the value of option $1 among the other arguments; fails if it is not there.
+option_value() {
+  local option=$1 previous="" a
+  shift
+  for a in "$@"; do
+    [[ "$previous" == "$option" ]] && { echo "$a"; return 0; }
+    [[ "$a" == "$option="* ]] && { echo "${a#*=}"; return 0; }
+    previous=$a
+  done
   return 1
 }
-run_dir=
 args=()
-if ! given --run-dir; then
+resubmit_dir=
+if ! run_dir=$(option_value --run-dir "${user_args[@]}"); then
   # qrerun keeps the job id, so the same run directory; a resubmitted copy is handed it in RUN_DIR.
   run_dir=${RUN_DIR:-runs/${PBS_JOBNAME:-vae_dist}-${PBS_JOBID:-0}}
+  resubmit_dir=$run_dir
   args+=(--run-dir "$run_dir")
 fi
-given --resume || args+=(--resume auto)
+option_value --resume "${user_args[@]}" >/dev/null || args+=(--resume auto)
 
 ranks=$(wc -l <"$PBS_NODEFILE")
 nodes=$(sort -u "$PBS_NODEFILE" | wc -l)
@@ -66,6 +75,8 @@ export HDF5_USE_FILE_LOCKING=FALSE
 launch=(mpirun -n "$ranks" --hostfile "$PBS_NODEFILE" --map-by "ppr:$per_node:node:PE=$threads" --bind-to core
         -x HDF5_USE_FILE_LOCKING -x PATH -x LD_LIBRARY_PATH)
 [[ $(id -u) -eq 0 ]] && launch+=(--allow-run-as-root)
+read -r -a extra <<<"${LAUNCHER_ARGS:-}"
+launch+=("${extra[@]}")
 
 echo "pbs.sh: job ${PBS_JOBID:-?} on $(sort -u "$PBS_NODEFILE" | paste -sd, -): $nodes node(s) x $per_node rank(s) x $threads thread(s)"
 echo "pbs.sh: ${launch[*]} $bin --threads $threads ${args[*]} ${user_args[*]}"
@@ -83,7 +94,8 @@ if [[ "$walltime" =~ ^([0-9]+):([0-9]+):([0-9]+)$ ]]; then
     timer=$!
   fi
 fi
-trap 'echo "pbs.sh: stop signal, asking the ranks to checkpoint"; kill -USR1 "$pid" 2>/dev/null || true' USR1 TERM
+stopped_at=
+trap 'stopped_at=${stopped_at:-$(date +%s)}; echo "pbs.sh: stop signal, asking the ranks to checkpoint"; kill -USR1 "$pid" 2>/dev/null || true' USR1 TERM
 status=0
 wait "$pid" || status=$?
 # A trapped signal interrupts wait before mpirun has finished: wait again for its own exit status.
@@ -96,6 +108,13 @@ if [[ -n "$timer" ]]; then
   kill "$timer" 2>/dev/null || true
 fi
 echo "pbs.sh: vae_dist exited with $status"
+# A TERM to every process of the job (a limit reached without warning, a cancel) has the ranks checkpoint and exit 4,
+# but mpirun then exits 1: a mid-epoch checkpoint written since the signal means the same as exit 4.
+if [[ -n "$stopped_at" && $status -ne 0 && $status -ne 4 ]] &&
+   [[ -n "$(find "$run_dir/checkpoints" -name 'ckpt-e*-s*.h5' -newermt "@$stopped_at" 2>/dev/null)" ]]; then
+  echo "pbs.sh: the ranks checkpointed after the stop signal: treated as exit 4"
+  status=4
+fi
 
 if [[ $status -eq 4 && -n "${PBS_JOBID:-}" ]]; then
   mode=${REQUEUE:-auto}
@@ -103,9 +122,9 @@ if [[ $status -eq 4 && -n "${PBS_JOBID:-}" ]]; then
     echo "pbs.sh: job $PBS_JOBID rerun; it continues with --resume auto"
   elif [[ $mode == auto || $mode == qsub ]]; then
     # qrerun is often for operators only: submit a copy of this script, with the same options and run directory.
-    copy=$(realpath "${run_dir:-.}")/pbs-resubmit.sh
+    copy=$(realpath "$run_dir")/pbs-resubmit.sh
     cp "$script" "$copy"
-    RUN_DIR=$run_dir CONFIG='' VAE_ARGS="${user_args[*]}" VAE_DIST=$bin qsub -V "$copy"
+    RUN_DIR=$resubmit_dir CONFIG='' VAE_ARGS="${user_args[*]}" VAE_DIST=$bin qsub -V "$copy"
     echo "pbs.sh: resubmitted $copy; it continues with --resume auto"
   fi
 fi

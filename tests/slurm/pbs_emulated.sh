@@ -55,3 +55,19 @@ grep -q "resumed after epoch" "$tmp/second.log" || fail "the resubmitted job did
 last=$(tail -n 1 "$tmp/work/$RUN_DIR/metrics.jsonl")
 [[ "$last" == "{\"epoch\":$epochs,"* ]] || fail "last metrics line is not epoch $epochs: $last"
 echo "pbs test: resubmitted job resumed and finished all $epochs epochs"
+
+# A TERM to every process of the job, as qdel or a limit without warning sends it: mpirun exits 1, but the ranks wrote
+# their checkpoint, and the script reports 4.
+status=0
+PBS_JOBID=3.emulated WALLTIME=01:00:00 REQUEUE=none VAE_DIST=$bin VAE_ARGS="--data-dir $root/data/mnist --progress never" \
+  setsid bash "$root/launch/pbs.sh" "$root/configs/smoke.ini" --epochs "$epochs" >"$tmp/third.log" 2>&1 &
+job=$!
+for _ in $(seq 600); do
+  [[ -f "$tmp/work/runs/vae_dist-3.emulated/checkpoints/ckpt-e0001.h5" ]] && break
+  sleep 0.1
+done
+kill -TERM -- "-$job"
+wait "$job" || status=$?
+[[ $status -eq 4 ]] || { cat "$tmp/third.log"; fail "job sent TERM exited $status, expected 4"; }
+grep -q "treated as exit 4" "$tmp/third.log" || fail "exit 4 came from mpirun itself; the TERM path was not exercised"
+echo "pbs test: TERM to the whole job: checkpoint written, exit 4"
