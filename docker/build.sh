@@ -53,8 +53,13 @@ echo "build.sh: $image built in $build_seconds s"
 ctr=$(buildah from --pull=never "$image")
 containers+=("$ctr")
 [[ "$(buildah run --isolation=chroot "$ctr" -- id -un)" == vae ]] || { echo "build.sh: error: the image does not run as vae" >&2; exit 1; }
-buildah run --isolation=chroot "$ctr" -- vae_dist --help | head -n 3
+buildah run --isolation=chroot "$ctr" -- vae_dist --help >"$tmp/help.txt"
+head -n 1 "$tmp/help.txt"
 buildah run --isolation=chroot --env RANKS=2 "$ctr" -- /opt/vae_dist/share/vae_dist/launch/local.sh configs/smoke.ini \
   --run-dir runs/smoke --progress never
 buildah run --isolation=chroot "$ctr" -- test -s runs/smoke/checkpoints/ckpt-e0003.h5
+if buildah run --isolation=chroot "$ctr" -- test -x /opt/vae_dist/bin/vae_eval; then
+  buildah run --isolation=chroot "$ctr" -- vae_eval --checkpoint runs/smoke/checkpoints/ckpt-e0003.h5 >"$tmp/eval.txt"
+  grep -i "elbo" "$tmp/eval.txt" | head -n 2
+fi
 echo "build.sh: the image trains as user vae; total $((SECONDS - start)) s (image build $build_seconds s)"
