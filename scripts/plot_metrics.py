@@ -75,6 +75,7 @@ def main():
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         fail(f"matplotlib is not installed for {sys.executable}; on Debian: apt-get install python3-matplotlib, "
              "then run /usr/bin/python3 scripts/plot_metrics.py")
@@ -95,6 +96,8 @@ def main():
         if any("val_elbo" in r for r in rows):
             loss_ax.plot(epochs, [r.get("val_elbo", float("nan")) for r in rows], ":", color=color, label=f"{prefix}validation −ELBO")
         speed_ax.plot(epochs, [r["samples_per_s"] for r in rows], "-o", color=color, markersize=3, label=label)
+    for ax in (loss_ax, speed_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set(xlabel="epoch", ylabel="nats per image", title="loss")
     loss_ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
