@@ -338,7 +338,7 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) w.fail("no such file");
   if (H5Fis_hdf5(path.c_str()) <= 0) w.fail("not an HDF5 file (truncated or corrupt?)");
-  H5Id file(w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "cannot open (truncated or corrupt?)"), H5Fclose);
+  H5Id file(w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "cannot open (truncated, corrupt, or locked by a writer; on NFS or Lustre set HDF5_USE_FILE_LOCKING=FALSE)"), H5Fclose);
   if (H5Aexists(file, "format") <= 0 || get_string(w, file, "format") != kCheckpointFormat)
     w.fail(std::string("not a ") + kCheckpointFormat + " file");
   const long long fv = get_int(w, file, "format_version");
@@ -441,7 +441,7 @@ ClassifierWeights read_classifier(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) w.fail("no such file (the classifier; give it with --classifier)");
   if (H5Fis_hdf5(path.c_str()) <= 0) w.fail("not an HDF5 file (truncated or corrupt?)");
-  H5Id file(w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "cannot open (truncated or corrupt?)"), H5Fclose);
+  H5Id file(w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "cannot open (truncated, corrupt, or locked by a writer; on NFS or Lustre set HDF5_USE_FILE_LOCKING=FALSE)"), H5Fclose);
   if (H5Aexists(file, "format") <= 0 || get_string(w, file, "format") != "vae_dist-classifier") w.fail("not a vae_dist-classifier file");
   ClassifierWeights c;
   const auto layer = [&](const char* name, std::vector<float>& weight, std::vector<hsize_t> shape, std::vector<float>& bias) {

@@ -88,7 +88,7 @@ TEST(ConfigErrors, OneLineMessages) {
   EXPECT_EQ(error_of({"--lr", "0"}), "option --lr: must be in (0, 1], got 0.000000");
   EXPECT_EQ(error_of({"--lr", "-1e-3"}), "option --lr: must be in (0, 1], got -0.001000");
   EXPECT_EQ(error_of({"--epochs", "-1"}), "option --epochs: must not be negative, got -1");
-  EXPECT_EQ(error_of({"--preset", "v9"}), "option --preset: unknown preset 'v9' (expected v1, v2 or v3)");
+  EXPECT_EQ(error_of({"--preset", "v9"}), "option --preset: unknown preset 'v9' (expected v1, v2, v3 or burda)");
   EXPECT_EQ(error_of({"--digits", ""}), "option --digits: the list is empty");
   EXPECT_EQ(error_of({"--digits", "1,11"}), "option --digits: digit 11 is outside 0-9");
   EXPECT_EQ(error_of({"--hidden", "640,x"}), "option --hidden: '640,x' is not a comma-separated list of integers");

@@ -36,11 +36,12 @@ struct Request {
 };
 
 // The shipped classifier: installed beside the configs (PREFIX/share/vae_dist/configs), or in the source tree's configs/
-// when run from a build directory.
+// when run from a build directory (build/PRESET/ or build/).
 std::string default_classifier() {
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec).parent_path();
-  for (const fs::path& p : {exe / "../share/vae_dist/configs/mnist_classifier.h5", exe / "../../configs/mnist_classifier.h5"})
+  for (const fs::path& p : {exe / "../share/vae_dist/configs/mnist_classifier.h5", exe / "../../configs/mnist_classifier.h5",
+                            exe / "../configs/mnist_classifier.h5"})
     if (fs::is_regular_file(p, ec)) return fs::weakly_canonical(p, ec).string();
   return "configs/mnist_classifier.h5";
 }
