@@ -332,15 +332,26 @@ void write_sample_file(const std::filesystem::path& path, const SampleSet& set) 
   });
 }
 
-Checkpoint read_checkpoint(const std::filesystem::path& path) {
+namespace {
+// Opens path read-only, checking that it is an HDF5 file whose root attribute `format` is `format`.
+hid_t open_for_reading(const std::filesystem::path& path, const Where& w, const std::string& format, const char* missing) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  const Where w{path.string(), true};
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) w.fail("no such file");
+  if (!std::filesystem::is_regular_file(path, ec)) w.fail(missing);
   if (H5Fis_hdf5(path.c_str()) <= 0) w.fail("not an HDF5 file (truncated or corrupt?)");
-  H5Id file(w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "cannot open (truncated, corrupt, or locked by a writer; on NFS or Lustre set HDF5_USE_FILE_LOCKING=FALSE)"), H5Fclose);
-  if (H5Aexists(file, "format") <= 0 || get_string(w, file, "format") != kCheckpointFormat)
-    w.fail(std::string("not a ") + kCheckpointFormat + " file");
+  const hid_t file = w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+                          "cannot open (truncated, corrupt, or locked by a writer; on NFS or Lustre set HDF5_USE_FILE_LOCKING=FALSE)");
+  if (H5Aexists(file, "format") <= 0 || get_string(w, file, "format") != format) {
+    H5Fclose(file);
+    w.fail("not a " + format + " file");
+  }
+  return file;
+}
+}  // namespace
+
+Checkpoint read_checkpoint(const std::filesystem::path& path) {
+  const Where w{path.string(), true};
+  H5Id file(open_for_reading(path, w, kCheckpointFormat, "no such file"), H5Fclose);
   const long long fv = get_int(w, file, "format_version");
   if (fv != kCheckpointVersion)
     w.fail("format version " + std::to_string(fv) + ", this program reads version " + std::to_string(kCheckpointVersion));
@@ -436,13 +447,8 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
 }
 
 ClassifierWeights read_classifier(const std::filesystem::path& path) {
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   const Where w{path.string(), true};
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) w.fail("no such file (the classifier; give it with --classifier)");
-  if (H5Fis_hdf5(path.c_str()) <= 0) w.fail("not an HDF5 file (truncated or corrupt?)");
-  H5Id file(w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "cannot open (truncated, corrupt, or locked by a writer; on NFS or Lustre set HDF5_USE_FILE_LOCKING=FALSE)"), H5Fclose);
-  if (H5Aexists(file, "format") <= 0 || get_string(w, file, "format") != "vae_dist-classifier") w.fail("not a vae_dist-classifier file");
+  H5Id file(open_for_reading(path, w, "vae_dist-classifier", "no such file (the classifier; give it with --classifier)"), H5Fclose);
   ClassifierWeights c;
   const auto layer = [&](const char* name, std::vector<float>& weight, std::vector<hsize_t> shape, std::vector<float>& bias) {
     if (H5Lexists(file, name, H5P_DEFAULT) <= 0) w.fail(std::string("missing group ") + name);
