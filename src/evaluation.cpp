@@ -74,6 +74,7 @@ QualityEvaluator::QualityEvaluator(const Arch& arch, const ParamLayout& layout, 
       inference_(arch, layout, k, batch),
       head_(batch * 2 * std::size_t(arch.latent)),
       eps_(batch * std::size_t(arch.latent)),
+      sd_(std::size_t(arch.latent)),
       row_nll_(batch),
       extra_(batch) {}
 
@@ -123,7 +124,7 @@ void QualityEvaluator::add(const ImageSet& set, std::size_t lo, std::size_t hi, 
 }
 
 std::vector<std::uint8_t> QualityEvaluator::generate(std::size_t per_digit, double temperature, std::uint64_t key) {
-  const std::vector<float> inputs = digit_decoder_inputs(arch_, k_, per_digit, temperature, key);
+  const std::vector<float> inputs = digit_decoder_inputs(arch_, k_, kAllDigits, per_digit, temperature, key);
   const std::size_t n = std::size_t(arch_.classes) * per_digit;
   std::vector<std::uint8_t> images(n * std::size_t(kImagePixels));
   decode_to_pixels(inference_.net(), k_, params_, inputs, n, images.data());
@@ -136,7 +137,10 @@ double QualityEvaluator::iw_nll(const std::uint8_t* pixels, int label, const flo
   const float* mu = head;
   const float* log_var = head + L;
   double half_log_var = 0;
-  for (std::size_t j = 0; j < L; ++j) half_log_var += 0.5 * double(log_var[j]);
+  for (std::size_t j = 0; j < L; ++j) {
+    half_log_var += 0.5 * double(log_var[j]);
+    sd_[j] = std::exp(0.5f * log_var[j]);
+  }
   const ImageBatch target{pixels, 0, std::size_t(kImagePixels), nullptr, 0};  // ld = 0: every row is this image
   const std::uint64_t key = stream_key(options.seed, Stream::importance, index);
   // log w = log p(x|z) + log p(z) − log q(z|x) = −NLL − ½‖z‖² + ½‖ε‖² + ½ Σ log σ² (the 2π terms cancel); the running
@@ -151,7 +155,7 @@ double QualityEvaluator::iw_nll(const std::uint8_t* pixels, int label, const flo
       const float* e = eps_.data() + r * L;
       double zz = 0, ee = 0;
       for (std::size_t j = 0; j < L; ++j) {
-        z[j] = mu[j] + std::exp(0.5f * log_var[j]) * e[j];
+        z[j] = mu[j] + sd_[j] * e[j];
         zz += double(z[j]) * z[j];
         ee += double(e[j]) * e[j];
       }

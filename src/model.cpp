@@ -1,6 +1,7 @@
 // The CVAE's layer layout and its forward/backward pass, written once for float (training) and double (gradient checks).
 #include "vae/model.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -241,18 +242,31 @@ void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float*
   }
 }
 
-std::vector<float> digit_decoder_inputs(const Arch& arch, const Kernels<float>& k, std::size_t per_digit, double temperature,
-                                        std::uint64_t key) {
-  const std::size_t L = std::size_t(arch.latent), dec_in = arch.dec_in(), classes = std::size_t(arch.classes);
-  // An unconditional model cannot be asked for a digit: every row gets its own noise instead.
-  const std::size_t draws = arch.conditional ? per_digit : classes * per_digit;
-  std::vector<float> z(draws * L), inputs(classes * per_digit * dec_in, 0.0f);
+std::vector<float> decoder_inputs(const Arch& arch, const Kernels<float>& k, std::span<const float> label_weights,
+                                  std::span<const std::size_t> noise, double temperature, std::uint64_t key) {
+  const std::size_t L = std::size_t(arch.latent), dec_in = arch.dec_in(), classes = std::size_t(arch.classes), n = noise.size();
+  const std::size_t draws = n ? *std::max_element(noise.begin(), noise.end()) + 1 : 0;
+  std::vector<float> z(draws * L), inputs(n * dec_in, 0.0f);
   k.gaussian_rows(z.data(), draws, L, key, 0);
-  for (std::size_t i = 0; i < classes * per_digit; ++i) {
-    const std::size_t digit = i / per_digit, sample = arch.conditional ? i % per_digit : i;
-    for (std::size_t j = 0; j < L; ++j) inputs[i * dec_in + j] = float(temperature) * z[sample * L + j];
-    if (arch.conditional) inputs[i * dec_in + L + digit] = 1.0f;
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t j = 0; j < L; ++j) inputs[i * dec_in + j] = float(temperature) * z[noise[i] * L + j];
+    if (arch.conditional) std::copy_n(label_weights.data() + i * classes, classes, inputs.data() + i * dec_in + L);
   }
+  return inputs;
+}
+
+std::vector<float> digit_decoder_inputs(const Arch& arch, const Kernels<float>& k, std::span<const int> digits, std::size_t per_digit,
+                                        double temperature, std::uint64_t key, std::vector<float>* labels) {
+  const std::size_t classes = std::size_t(arch.classes), n = digits.size() * per_digit;
+  std::vector<float> weights(n * classes, 0.0f);
+  std::vector<std::size_t> noise(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    weights[i * classes + std::size_t(digits[i / per_digit])] = 1.0f;
+    // An unconditional model cannot be asked for a digit: every row gets its own noise instead.
+    noise[i] = arch.conditional ? i % per_digit : i;
+  }
+  std::vector<float> inputs = decoder_inputs(arch, k, weights, noise, temperature, key);
+  if (labels) *labels = std::move(weights);
   return inputs;
 }
 

@@ -375,7 +375,7 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
 }
 
 std::vector<std::uint8_t> Trainer::sample_grid() {
-  const std::vector<float> inputs = digit_decoder_inputs(cfg_.arch, *ctx_.kernels, 10, 1.0, stream_key(cfg_.seed, Stream::samples, 0));
+  const std::vector<float> inputs = digit_decoder_inputs(cfg_.arch, *ctx_.kernels, kAllDigits, 10, 1.0, stream_key(cfg_.seed, Stream::samples, 0));
   std::vector<std::uint8_t> images(100 * std::size_t(kImagePixels));
   decode_to_pixels(*net_, *ctx_.kernels, params_.data(), inputs, 100, images.data());
   return tile_images(images.data(), 100, 10);

@@ -98,26 +98,7 @@ TEST(MpiTest, ResumeContinuesBitForBitOnTwoRanks) {
   const Communicator& comm = world();
   ASSERT_EQ(comm.size(), 2) << "run with mpiexec -n 2";
   const SharedData data(comm, 640, 64);
-  const std::filesystem::path& dir = data.dir();
-  Config cfg = test::small_config(dir);
-  cfg.epochs = 4;
-  cfg.run_dir = (dir / "straight").string();
-  Trainer straight(cfg, comm, 1);
-  straight.run();
-  const std::vector<float> a(straight.parameters().begin(), straight.parameters().end());
-  cfg.run_dir = (dir / "resumed").string();
-  cfg.epochs = 2;
-  {
-    Trainer first(cfg, comm, 1);
-    first.run();
-  }
-  cfg.epochs = 4;
-  cfg.resume = "auto";
-  Trainer second(cfg, comm, 1);
-  second.run();
-  ASSERT_EQ(second.history().size(), 2u);
-  for (std::size_t e = 0; e < 2; ++e) EXPECT_EQ(second.history()[e].test_elbo, straight.history()[e + 2].test_elbo) << "epoch " << e + 3;
-  EXPECT_EQ(std::memcmp(a.data(), second.parameters().data(), a.size() * sizeof(float)), 0) << "rank " << comm.rank();
+  test::expect_resume_bit_for_bit(test::small_config(data.dir()), comm, 1, data.dir());
   comm.barrier();
 }
 

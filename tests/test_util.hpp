@@ -1,17 +1,21 @@
-// Test helpers: temporary directories and small synthetic MNIST-format datasets the tests write themselves.
+// Test helpers: temporary directories, small synthetic MNIST-format datasets the tests write themselves, the resume check.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <zlib.h>
 
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "vae/communicator.hpp"
 #include "vae/config.hpp"
 #include "vae/idx.hpp"
+#include "vae/trainer.hpp"
 
 namespace vae::test {
 
@@ -82,6 +86,36 @@ inline Config small_config(const std::filesystem::path& data) {
   cfg.data_dir = data.string();
   cfg.progress = Progress::never;
   return cfg;
+}
+
+// Trains cfg 4 epochs straight (DIR/straight), and 2 epochs then --resume auto to 4 (DIR/resumed); the resumed run's two
+// epochs and its final parameters must equal the straight run's bit for bit. Returns the resumed run's directory.
+inline std::filesystem::path expect_resume_bit_for_bit(Config cfg, const Communicator& comm, int threads, const std::filesystem::path& dir) {
+  cfg.epochs = 4;
+  cfg.run_dir = (dir / "straight").string();
+  Trainer straight(cfg, comm, threads);
+  straight.run();
+  cfg.run_dir = (dir / "resumed").string();
+  cfg.epochs = 2;
+  {
+    Trainer first(cfg, comm, threads);
+    first.run();
+  }
+  cfg.epochs = 4;
+  cfg.resume = "auto";
+  Trainer second(cfg, comm, threads);
+  second.run();
+  EXPECT_EQ(second.history().size(), 2u);
+  if (second.history().size() != 2) return cfg.run_dir;
+  EXPECT_EQ(second.history()[0].epoch, 3);
+  for (std::size_t e = 0; e < 2; ++e) EXPECT_EQ(second.history()[e].test_elbo, straight.history()[e + 2].test_elbo) << "epoch " << e + 3;
+  EXPECT_EQ(second.history().back().step, straight.history().back().step);
+  const auto a = straight.parameters(), b = second.parameters();
+  EXPECT_EQ(a.size(), b.size());
+  if (a.size() == b.size()) {
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size_bytes()), 0) << "parameters differ after resuming, rank " << comm.rank();
+  }
+  return cfg.run_dir;
 }
 
 }  // namespace vae::test

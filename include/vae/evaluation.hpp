@@ -73,7 +73,7 @@ class QualityEvaluator {
   Kernels<float>& k_;
   std::size_t batch_;
   InferenceNetwork inference_;
-  std::vector<float> head_, eps_;
+  std::vector<float> head_, eps_, sd_;  // sd_ [L]: σ of the image whose importance samples are drawn
   std::vector<double> row_nll_, extra_;  // per row of a chunk: NLL, and the rest of log w
 };
 

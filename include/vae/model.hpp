@@ -155,11 +155,19 @@ class InferenceNetwork {
 void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float* params, std::span<const float> inputs, std::size_t n,
                       std::uint8_t* out);
 
-// Decoder inputs for per_digit samples of each digit, digit-major: row d·per_digit + i is z_i (standard normal from key,
-// times temperature) followed by digit d's one-hot, so sample i of every digit shares its noise (an unconditional model's
-// rows each have their own z).                                                                       [10·per_digit × dec_in]
-std::vector<float> digit_decoder_inputs(const Arch& arch, const Kernels<float>& k, std::size_t per_digit, double temperature,
-                                        std::uint64_t key);
+// Decoder input rows [n × dec_in]: row i is z_noise[i] (row noise[i] of standard normals drawn from key, times temperature)
+// followed by the label weights [n × classes] of row i (one-hot, or a mix of digits; ignored by an unconditional model).
+std::vector<float> decoder_inputs(const Arch& arch, const Kernels<float>& k, std::span<const float> label_weights,
+                                  std::span<const std::size_t> noise, double temperature, std::uint64_t key);
+
+// Decoder inputs for per_digit samples of each of digits, digit-major: row d·per_digit + i is z_i followed by the digit's
+// one-hot, so sample i of every digit shares its noise (an unconditional model's rows each have their own z). labels, if
+// given, receives the one-hots [n × classes].                                                    [digits·per_digit × dec_in]
+std::vector<float> digit_decoder_inputs(const Arch& arch, const Kernels<float>& k, std::span<const int> digits, std::size_t per_digit,
+                                        double temperature, std::uint64_t key, std::vector<float>* labels = nullptr);
+
+// All ten digits, 0 to 9.
+inline constexpr int kAllDigits[kNumClasses] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
 
 // Tiles n images of 28 × 28 into a grid `columns` wide, row by row: [rows·28 × columns·28].
 std::vector<std::uint8_t> tile_images(const std::uint8_t* images, std::size_t n, std::size_t columns);

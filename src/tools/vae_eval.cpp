@@ -1,6 +1,5 @@
 // vae_eval: how good a checkpoint is — test −ELBO, importance-weighted NLL, SSIM, pixel errors, conditional accuracy.
 #include <boost/program_options.hpp>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -8,7 +7,6 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <sstream>
 
 #include "vae/checkpoint.hpp"
@@ -105,15 +103,43 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
   return true;
 }
 
-std::string json_array(const std::array<double, vae::kNumClasses>& v, const std::vector<int>& digits) {
-  std::string s = "{";
-  for (std::size_t i = 0; i < digits.size(); ++i) {
-    char buf[48];
-    const double x = v[std::size_t(digits[i])];
-    std::snprintf(buf, sizeof buf, "%s\"%d\":%s", i ? "," : "", digits[i], std::isfinite(x) ? std::to_string(x).c_str() : "null");
-    s += buf;
+// One JSON object, written field by field: numbers with nine significant digits (null when not finite), strings escaped.
+class JsonObject {
+ public:
+  JsonObject& number(const std::string& key, double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.9g", x);
+    return raw(key, std::isfinite(x) ? buf : "null");
   }
-  return s + "}";
+  JsonObject& text(const std::string& key, const std::string& value) {
+    std::string quoted = "\"";
+    for (char ch : value) {
+      if (ch == '"' || ch == '\\') quoted += '\\';
+      if (static_cast<unsigned char>(ch) < 0x20) {
+        char esc[8];
+        std::snprintf(esc, sizeof esc, "\\u%04x", unsigned(ch));
+        quoted += esc;
+      } else {
+        quoted += ch;
+      }
+    }
+    return raw(key, quoted + "\"");
+  }
+  JsonObject& raw(const std::string& key, const std::string& json) {
+    body_ += (body_.empty() ? "{\"" : ",\"") + key + "\":" + json;
+    return *this;
+  }
+  std::string str() const { return (body_.empty() ? "{" : body_) + "}"; }
+
+ private:
+  std::string body_;
+};
+
+// {"0": x0, "1": x1, ...} for the digits evaluated.
+std::string per_digit(const std::array<double, vae::kNumClasses>& v, const std::vector<int>& digits) {
+  JsonObject o;
+  for (int d : digits) o.number(std::to_string(d), v[std::size_t(d)]);
+  return o.str();
 }
 
 // The files, read and checked (every failure a UsageError) before any collective work starts.
@@ -250,25 +276,19 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   std::printf("  %.1f s\n", seconds);
 
   if (!q.json.empty()) {
-    std::ofstream out(q.json);
-    char head[1024];
-    std::snprintf(head, sizeof head,
-                  "{\"checkpoint\":\"%s\",\"epoch\":%d,\"images\":%.0f,\"binarized\":%s,\"ranks\":%d,\"test_elbo\":%.9g,\"test_recon\":%.9g,"
-                  "\"test_kl\":%.9g,\"iw_samples\":%d,\"iw_nll\":%s,\"mse_per_pixel\":%.9g,\"bce_per_pixel\":%.9g,\"ssim\":%.9g,"
-                  "\"ssim_digit_mean\":%.9g,",
-                  q.checkpoint.c_str(), c.state.epoch, n, binarize ? "true" : "false", comm.size(), (all.recon + all.kl) / n, all.recon / n,
-                  all.kl / n, q.iw_samples, q.iw_samples > 0 ? std::to_string(all.iw_nll / n).c_str() : "null", all.mse / n, all.bce / n,
-                  ssim_all, ssim_digit_mean);
-    out << head << "\"ssim_per_digit\":" << json_array(ssim_digit, q.digits);
+    JsonObject j;
+    j.text("checkpoint", q.checkpoint).number("epoch", c.state.epoch).number("images", n).raw("binarized", binarize ? "true" : "false");
+    j.number("ranks", comm.size()).number("test_elbo", (all.recon + all.kl) / n).number("test_recon", all.recon / n).number("test_kl", all.kl / n);
+    j.number("iw_samples", q.iw_samples).number("iw_nll", q.iw_samples > 0 ? all.iw_nll / n : NAN);
+    j.number("mse_per_pixel", all.mse / n).number("bce_per_pixel", all.bce / n).number("ssim", ssim_all).number("ssim_digit_mean", ssim_digit_mean);
+    j.raw("ssim_per_digit", per_digit(ssim_digit, q.digits));
     if (classify) {
-      char tail[256];
-      std::snprintf(tail, sizeof tail, ",\"samples_per_digit\":%d,\"temperature\":%g,\"conditional_accuracy\":%.9g,\"classifier_test_accuracy\":%.9g,",
-                    q.samples_per_digit, q.temperature, overall, classifier_accuracy);
-      out << tail << "\"conditional_accuracy_per_digit\":" << json_array(accuracy, q.digits);
+      j.number("samples_per_digit", q.samples_per_digit).number("temperature", q.temperature).number("conditional_accuracy", overall);
+      j.number("classifier_test_accuracy", classifier_accuracy).raw("conditional_accuracy_per_digit", per_digit(accuracy, q.digits));
     }
-    char end[64];
-    std::snprintf(end, sizeof end, ",\"seconds\":%.3f}\n", seconds);
-    out << end;
+    j.number("seconds", seconds);
+    std::ofstream out(q.json);
+    out << j.str() << "\n";
     if (!out) throw std::runtime_error(q.json + ": cannot write");
   }
 }

@@ -29,46 +29,30 @@ struct Request {
   double temperature = 1.0;
 };
 
-// Latent rows [n × L] from the seed alone (N(0, temperature² I)), and the decoder input rows [n × dec_in] that pair each with
-// label weights (one-hot, or a mix of two digits for an interpolation); labels gets those weights [n × classes].
+// The decoder input rows [n × dec_in] (latent noise from the seed alone, times the temperature) and the label weights
+// [n × classes] each is decoded with: one-hots of the grid or the chosen digits, or a mix of two digits along an interpolation.
 std::vector<float> inputs_for(const Request& q, const vae::Arch& arch, const vae::Kernels<float>& k, std::size_t& n, std::size_t& columns,
                               std::vector<float>& labels) {
-  const std::size_t L = std::size_t(arch.latent), dec_in = arch.dec_in();
-  std::vector<std::pair<std::vector<float>, std::size_t>> rows;  // (label weights, noise column)
-  if (!q.interpolate.empty()) {
-    columns = std::size_t(q.steps);
-    for (std::size_t r = 0; r < 4; ++r)
-      for (std::size_t c = 0; c < columns; ++c) {
-        const float t = columns > 1 ? float(c) / float(columns - 1) : 0.0f;
-        std::vector<float> w(std::size_t(arch.classes), 0.0f);
-        w[std::size_t(q.interpolate[0])] += 1.0f - t;
-        w[std::size_t(q.interpolate[1])] += t;
-        rows.push_back({w, r});
-      }
-  } else {
-    std::vector<int> digits = q.grid ? std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9} : q.digits;
+  const std::uint64_t key = vae::stream_key(q.seed, vae::Stream::samples, 1);
+  if (q.interpolate.empty()) {
+    const std::span<const int> digits = q.grid ? std::span<const int>(vae::kAllDigits) : std::span<const int>(q.digits);
     columns = q.grid ? 10 : std::size_t(q.count);
-    for (int d : digits)
-      for (std::size_t c = 0; c < columns; ++c) {
-        std::vector<float> w(std::size_t(arch.classes), 0.0f);
-        w[std::size_t(d)] = 1.0f;
-        rows.push_back({w, c});
-      }
+    n = digits.size() * columns;
+    return vae::digit_decoder_inputs(arch, k, digits, columns, q.temperature, key, &labels);
   }
-  n = rows.size();
-  std::size_t noise_rows = 0;
-  for (const auto& r : rows) noise_rows = std::max(noise_rows, r.second + 1);
-  std::vector<float> z(noise_rows * L);
-  k.gaussian_rows(z.data(), noise_rows, L, vae::stream_key(q.seed, vae::Stream::samples, 1), 0);
-  std::vector<float> in(n * dec_in, 0.0f);
-  labels.assign(n * std::size_t(arch.classes), 0.0f);
+  // Four rows, each its own noise; the label goes from digit A to digit B across the columns.
+  const std::size_t classes = std::size_t(arch.classes);
+  columns = std::size_t(q.steps);
+  n = 4 * columns;
+  labels.assign(n * classes, 0.0f);
+  std::vector<std::size_t> noise(n);
   for (std::size_t i = 0; i < n; ++i) {
-    std::copy(rows[i].first.begin(), rows[i].first.end(), labels.begin() + std::ptrdiff_t(i * std::size_t(arch.classes)));
-    for (std::size_t j = 0; j < L; ++j) in[i * dec_in + j] = float(q.temperature) * z[rows[i].second * L + j];
-    if (arch.conditional)
-      for (std::size_t c = 0; c < std::size_t(arch.classes); ++c) in[i * dec_in + L + c] = rows[i].first[c];
+    const float t = float(i % columns) / float(columns - 1);
+    labels[i * classes + std::size_t(q.interpolate[0])] += 1.0f - t;
+    labels[i * classes + std::size_t(q.interpolate[1])] += t;
+    noise[i] = i / columns;
   }
-  return in;
+  return vae::decoder_inputs(arch, k, labels, noise, q.temperature, key);
 }
 
 Request parse(int argc, char** argv, bool& help) {
