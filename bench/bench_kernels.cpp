@@ -48,7 +48,7 @@ void bench_reference(benchmark::State& state, Product p) {
 void register_all() {
   for (const char* preset : {"v1", "v2", "v3"}) {
     const Arch arch = preset_config(preset).arch;
-    for (std::size_t batch : {64, 256})
+    for (std::size_t batch : {32, 64, 128, 256})
       for (const Product& p : step_products(arch, batch)) {
         const std::string base = std::string("gemm/") + preset + "/b" + std::to_string(batch) + "/" + p.layer + "/" + op_name(p.op);
         for (int t : {1, 2}) {

@@ -150,18 +150,6 @@ class ParallelKernels final : public Kernels<float> {
              latent);
   }
 
-  void sum_segments(std::span<const float* const> segments, std::size_t begin, std::size_t n, float* out) const override {
-    arena_.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
-        for (std::size_t i = r.begin(); i < r.end(); ++i) {
-          float s = 0.0f;
-          for (const float* seg : segments) s += seg[begin + i];
-          out[i] = s;
-        }
-      });
-    });
-  }
-
   void gaussian_rows(float* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {
     for_rows(rows, [&](std::size_t r0, std::size_t r1) {
       float u[kMaxGaussianCols + 1];
@@ -178,12 +166,12 @@ class ParallelKernels final : public Kernels<float> {
     }, 8 * cols);
   }
 
-  void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2,
-                   float eps_t) const override {
+  void adam_update(float* p, std::span<const float* const> g, float* m, float* v, std::size_t count, float lr_t, float beta1,
+                   float beta2, float eps_t) const override {
     arena_.execute([&] {
       tbb::parallel_for(tbb::blocked_range<std::size_t>(0, count, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
         if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
-        ops_.adam(p, g, m, v, r.begin(), r.end(), lr_t, beta1, beta2, eps_t);
+        ops_.adam(p, g.data(), g.size(), m, v, r.begin(), r.end(), lr_t, beta1, beta2, eps_t);
       });
     });
   }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <stdexcept>
 
@@ -49,6 +50,15 @@ std::vector<std::filesystem::path> complete_checkpoints(const std::filesystem::p
 
 // Set from a signal handler; read once per step and agreed on by every rank in the step's loss allreduce.
 std::atomic<int> g_stop_requested{0};
+
+// What a rank of a one-node job tells the others after its backward pass, in the cache line after its gradient in the
+// node's window: the fence that shows the gradients shows these too, so the step needs no collective of its own.
+struct StepRecord {
+  double recon, kl;
+  std::int32_t finite, stop;
+};
+constexpr std::size_t kStepRecordFloats = 16;
+static_assert(sizeof(StepRecord) <= kStepRecordFloats * sizeof(float));
 
 std::filesystem::path pick(const std::string& given, const std::string& dir, const char* name) {
   return given.empty() ? resolve_idx_path(dir, name) : std::filesystem::path(given);
@@ -146,7 +156,8 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     }
   }
   requests_.assign(buckets_.size(), MPI_REQUEST_NULL);
-  if (comm_.size() > 1)
+  // Through shared memory there is nothing in flight to drive, and each call into MPI's progress engine costs microseconds.
+  if (comm_.size() > 1 && !node_shm_)
     kernels_->set_progress_hook([](void* self) { static_cast<Trainer*>(self)->progress(); }, this);
 
   long total = steps_per_epoch() * cfg_.epochs;
@@ -273,10 +284,29 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   // allreduce: a flag, so every rank learns in this step whether any rank's loss or gradient is not finite (and the lowest
   // such rank), then the wait for the buckets in flight: the gradient sum is the mean gradient of the global batch.
   step_ = step;
-  if (node_shm_) shared_->fence();  // every rank's gradient is written and visible
-  const int bad_rank = comm_.allreduce_min(finite ? comm_.size() : comm_.rank());
+  const int stop = g_stop_requested.load(std::memory_order_relaxed);
+  int bad_rank = comm_.size();
+  double stats[3] = {loss.recon, loss.kl, double(stop)};
+  if (node_shm_) {
+    const StepRecord mine{loss.recon, loss.kl, finite ? 1 : 0, stop};
+    std::memcpy(shared_->mine().data() + layout_.padded_size(), &mine, sizeof mine);
+    shared_->fence();  // every rank's gradient and record are written and visible
+    stats[0] = stats[1] = stats[2] = 0;
+    for (int r = 0; r < comm_.size(); ++r) {
+      StepRecord theirs{};
+      std::memcpy(&theirs, shared_->segments()[std::size_t(r)] + layout_.padded_size(), sizeof theirs);
+      if (!theirs.finite && bad_rank == comm_.size()) bad_rank = r;
+      stats[0] += theirs.recon;
+      stats[1] += theirs.kl;
+      stats[2] += theirs.stop;
+    }
+  } else {
+    bad_rank = comm_.allreduce_min(finite ? comm_.size() : comm_.rank());
+    if (bad_rank == comm_.size()) comm_.allreduce_sum(stats);
+  }
   if (bad_rank < comm_.size()) {
     comm_.wait_all(requests_);
+    if (node_shm_) shared_->fence();  // no rank writes its next record before every rank has read this one
     lap(phase_.allreduce);
     const std::string what = "non-finite loss or gradient at step " + std::to_string(step) + " on rank " + std::to_string(bad_rank);
     if (cfg_.nan_policy == NanPolicy::stop)
@@ -284,23 +314,17 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
     ++skipped_;
     return {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
   }
-  double stats[3] = {loss.recon, loss.kl, double(g_stop_requested.load(std::memory_order_relaxed))};
-  comm_.allreduce_sum(stats);
   stop_agreed_ = stats[2] > 0;
-  if (node_shm_) {
-    // Each rank sums its slice across every rank's segment, in rank order, into its own segment.
-    const auto [lo, hi] = node_slice(comm_.rank());
-    k.sum_segments(shared_->segments(), lo, hi - lo, grads_.data() + lo);
-  }
   lap(phase_.allreduce);
 
   if (node_shm_) {
-    // update: each rank updates its slice of the node's one parameter copy from the sum it formed (Adam's work divided
-    // by the ranks), then the fence shows every slice to every rank and frees the segments for the next backward pass.
+    // update: each rank updates its slice of the node's one parameter copy from the sum of every rank's gradient, read in
+    // place (Adam's work divided by the ranks), then the fence shows every slice to every rank and frees the segments
+    // and records for the next backward pass.
     ++updates_;
     const auto [lo, hi] = node_slice(comm_.rank());
-    adam_step<float>(k, params_.subspan(lo, hi - lo), grads_.subspan(lo, hi - lo), adam_m_.subspan(lo, hi - lo),
-                     adam_v_.subspan(lo, hi - lo), updates_, {lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps});
+    adam_step<float>(k, params_.subspan(lo, hi - lo), slice_grads_, adam_m_.subspan(lo, hi - lo), adam_v_.subspan(lo, hi - lo),
+                     updates_, {lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps});
     lap(phase_.update);
     shared_->fence();
     lap(phase_.allreduce);
@@ -386,10 +410,9 @@ void Trainer::layer_done(std::size_t layer, bool finite) {
   // (from then on the buffer is MPI's until it completes).
   grads_finite_ = grads_finite_ && finite;
   if (next_bucket_ == buckets_.size() || buckets_[next_bucket_].last_layer != layer) return;
-  const GradBucket& b = buckets_[next_bucket_];
-  const std::span<float> g = grads_.subspan(b.begin, b.end - b.begin);
-  if (comm_.size() > 1 && !node_shm_) requests_[next_bucket_] = comm_.start_allreduce_sum(g);
-  ++next_bucket_;
+  const std::size_t bucket = next_bucket_++;
+  if (comm_.size() == 1 || node_shm_) return;  // alone, or summed in place after the backward pass: nothing to send
+  requests_[bucket] = comm_.start_allreduce_sum(grads_.subspan(buckets_[bucket].begin, buckets_[bucket].end - buckets_[bucket].begin));
   progress();
 }
 
@@ -426,8 +449,10 @@ void Trainer::request_stop() { g_stop_requested.store(1, std::memory_order_relax
 
 void Trainer::initialize() {
   if (node_shm_ && !shared_) {
-    shared_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size());
+    shared_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size() + kStepRecordFloats);
     grads_ = shared_->mine().first(layout_.padded_size());
+    const std::size_t lo = node_slice(comm_.rank()).first;
+    for (const float* segment : shared_->segments()) slice_grads_.push_back(segment + lo);
     shared_params_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size(), true);
     params_ = shared_params_->segment(0).first(layout_.padded_size());
     shared_m_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size(), true);

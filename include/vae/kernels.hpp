@@ -68,15 +68,15 @@ class Kernels {
   // dhead from dz (row stride ldz) through the reparameterisation, plus β·scale·∂KL.
   virtual void reparam_kl_backward(const T* head, const T* eps, const T* dz, std::size_t ldz, T* dhead, std::size_t n, std::size_t latent,
                                    T scale, T beta) const = 0;
-  // out[i] = Σ_s segments[s][begin + i] for i < n, added in segment order, so every run sums the same way. out may be one of
-  // the segments' own range.
-  virtual void sum_segments(std::span<const T* const> segments, std::size_t begin, std::size_t n, T* out) const = 0;
   // Standard normals, row r of out [rows × cols] from its own generator Rng(hash_combine(key, first + r)): a row's values
   // depend on its key alone, not on which rank or thread draws it. Box-Muller on pairs of uniform24(): for the pair
   // (u, v), √(−2 ln u)·cos 2πv and √(−2 ln u)·sin 2πv; an odd last column takes the cosine of a final pair.
   virtual void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const = 0;
-  // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t.
-  virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const = 0;
+  // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t. The
+  // gradient is g[0][i] + g[1][i] + … added in that order (every rank's gradient, in rank order, read in place from
+  // shared memory), so the sum costs no pass of its own and every run adds the same way.
+  virtual void adam_update(T* p, std::span<const T* const> g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2,
+                           T eps_t) const = 0;
 
   // Scratch (packing buffers, per-row sums) for batches of up to max_rows and layer widths up to max_dim; the caller carves
   // it from its memory pool and binds it before the first call, so no kernel ever allocates.
@@ -228,14 +228,6 @@ class ReferenceKernels final : public Kernels<T> {
       }
   }
 
-  void sum_segments(std::span<const T* const> segments, std::size_t begin, std::size_t n, T* out) const override {
-    for (std::size_t i = 0; i < n; ++i) {
-      T s = 0;
-      for (const T* seg : segments) s += seg[begin + i];
-      out[i] = s;
-    }
-  }
-
   void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {
     for (std::size_t r = 0; r < rows; ++r) {
       Rng rng(hash_combine(key, first + r));
@@ -249,10 +241,13 @@ class ReferenceKernels final : public Kernels<T> {
     }
   }
 
-  void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const override {
+  void adam_update(T* p, std::span<const T* const> g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2,
+                   T eps_t) const override {
     for (std::size_t i = 0; i < count; ++i) {
-      m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
-      v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];
+      T gi = g[0][i];
+      for (std::size_t s = 1; s < g.size(); ++s) gi += g[s][i];
+      m[i] = beta1 * m[i] + (T(1) - beta1) * gi;
+      v[i] = beta2 * v[i] + (T(1) - beta2) * gi * gi;
       p[i] -= lr_t * m[i] / (std::sqrt(v[i]) + eps_t);
     }
   }

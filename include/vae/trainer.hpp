@@ -112,6 +112,7 @@ class Trainer : private BackwardListener {
   std::unique_ptr<NodeSegments> shared_;               // then grads_ is this rank's segment of it,
   std::unique_ptr<NodeSegments> shared_params_, shared_m_, shared_v_;  // and params_, adam_m_, adam_v_ the node's one copy
                                                                      // of each, every rank updating its slice
+  std::vector<const float*> slice_grads_;              // every rank's gradient at the start of this rank's slice
   std::optional<Checkpoint> resume_;                   // what --resume found, until initialize() applies it
   int first_epoch_ = 0;
   std::vector<EpochRecord> past_metrics_;              // the epochs before a resumed checkpoint, for the next one
