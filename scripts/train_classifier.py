@@ -3,7 +3,9 @@
 
 Run with Debian's Python (python3-torch, python3-h5py, python3-numpy): /usr/bin/python3 scripts/train_classifier.py
 A small CNN (conv 5×5 ×16, max-pool, conv 5×5 ×32, max-pool, dense 64, dense 10, ReLU), trained on the 60,000 training
-images with random shifts of up to two pixels, so it reads slightly displaced or blurred digits the way it reads clean ones.
+images, each drawn with a random small rotation, scaling, shear and shift, and half of them blurred by a Gaussian of random
+width and their contrast changed: a decoder's mean image is a smoothed, lower-contrast digit, and a reader trained only on
+sharp digits misreads those for their blur rather than their shape.
 The file stores the weights in PyTorch's layout, the test accuracy, and the logits of the first 32 test images, which
 the C++ inference must reproduce (tests/test_eval.cpp)."""
 import argparse
@@ -43,12 +45,32 @@ class Net(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
-def shifted(x, rng):
-    """Each image moved by up to two pixels in each direction, zeros shifted in."""
-    out = torch.zeros_like(x)
-    dx, dy = rng.integers(-2, 3, size=2)
-    src = x[:, :, max(0, -dy):28 - max(0, dy), max(0, -dx):28 - max(0, dx)]
-    out[:, :, max(0, dy):max(0, dy) + src.shape[2], max(0, dx):max(0, dx) + src.shape[3]] = src
+def augmented(x, rng):
+    """Each image rotated by up to 12°, scaled by 0.85–1.15, sheared by up to 0.15 and moved by up to two pixels; half of
+    them then blurred (Gaussian, σ up to 1.2 pixels) and their contrast scaled by 0.6–1."""
+    n = x.shape[0]
+    angle = np.deg2rad(rng.uniform(-12, 12, n))
+    scale = rng.uniform(0.85, 1.15, n)
+    shear = rng.uniform(-0.15, 0.15, n)
+    theta = np.zeros((n, 2, 3), dtype=np.float32)
+    theta[:, 0, 0] = np.cos(angle) / scale
+    theta[:, 0, 1] = (-np.sin(angle) + shear) / scale
+    theta[:, 1, 0] = np.sin(angle) / scale
+    theta[:, 1, 1] = np.cos(angle) / scale
+    theta[:, :, 2] = rng.uniform(-2, 2, (n, 2)) * 2 / 28
+    grid = F.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    blur = rng.random(n) < 0.5
+    if blur.any():
+        sigma = rng.uniform(0.3, 1.2)
+        r = torch.arange(-3, 4, dtype=torch.float32)
+        k = torch.exp(-r ** 2 / (2 * sigma ** 2))
+        k = k / k.sum()
+        idx = torch.from_numpy(np.flatnonzero(blur))
+        b = F.conv2d(out[idx], k.view(1, 1, 1, 7), padding=(0, 3))
+        b = F.conv2d(b, k.view(1, 1, 7, 1), padding=(3, 0))
+        gain = torch.from_numpy(rng.uniform(0.6, 1.0, len(idx)).astype(np.float32)).view(-1, 1, 1, 1)
+        out[idx] = (b / b.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6) * gain).clamp(0, 1)
     return out
 
 
@@ -56,7 +78,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.path.join(ROOT, "data", "mnist"))
     ap.add_argument("--out", default=os.path.join(ROOT, "configs", "mnist_classifier.h5"))
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -78,7 +100,7 @@ def main():
         perm = torch.from_numpy(rng.permutation(len(train_x)))
         for i in range(0, len(perm), 64):
             idx = perm[i:i + 64]
-            loss = F.cross_entropy(net(shifted(train_x[idx], rng)), train_y[idx])
+            loss = F.cross_entropy(net(augmented(train_x[idx], rng)), train_y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

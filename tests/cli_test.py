@@ -269,9 +269,10 @@ def case_eval():
         code, out, err = run(1, "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--run-dir", d, "--epochs", "2")
         assert code == 0, err
         trained = json.loads(open(os.path.join(d, "metrics.jsonl")).read().splitlines()[-1])
-        out_json, recon, samples = (os.path.join(d, n) for n in ("eval.json", "recon.png", "samples.png"))
+        out_json, recon, samples, misread = (os.path.join(d, n) for n in ("eval.json", "recon.png", "samples.png", "misread.png"))
         code, out, err = run_eval(2, "--checkpoint", os.path.join(d, "checkpoints", "ckpt-e0002.h5"), "--test-limit", "2000", "--iw-samples", "64",
-                                  "--samples-per-digit", "20", "--json", out_json, "--recon-png", recon, "--samples-png", samples)
+                                  "--samples-per-digit", "20", "--json", out_json, "--recon-png", recon, "--samples-png", samples,
+                                  "--misread-png", misread)
         assert code == 0, out + err
         r = json.loads(open(out_json).read())
         assert r["images"] == 2000 and r["ranks"] == 2 and not r["binarized"], r
@@ -282,7 +283,12 @@ def case_eval():
         assert 0 <= r["conditional_accuracy"] <= 1 and r["classifier_test_accuracy"] >= 0.985, r
         assert abs(sum(r["conditional_accuracy_per_digit"].values()) / 10 - r["conditional_accuracy"]) < 1e-9, r
         assert "test -ELBO" in out and "IW NLL, k = 64" in out and "conditional accuracy" in out, out
+        # every misread sample is counted once, under the digit asked for and the digit read (never the same)
+        for digit, accuracy in r["conditional_accuracy_per_digit"].items():
+            read_as = r["misread_as"][digit]
+            assert digit not in read_as and round(sum(read_as.values())) == round(20 * (1 - accuracy)), (digit, accuracy, read_as)
         assert png_size(recon) == (280, 560) and png_size(samples) == (560, 280), (png_size(recon), png_size(samples))
+        assert png_size(misread) == (560, 280), png_size(misread)
 
 
 def case_eval_binarized():

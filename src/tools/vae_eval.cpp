@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Request {
-  std::string checkpoint, data_dir, classifier, json, recon_png, samples_png, binarize;
+  std::string checkpoint, data_dir, classifier, json, recon_png, samples_png, misread_png, binarize;
   std::vector<int> digits;
   int test_limit = 0, iw_samples = 0, samples_per_digit = 0, threads = 0;
   double temperature = 1.0;
@@ -55,13 +55,14 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
       "binarize", po::value<std::string>()->default_value("auto"),
       "auto (as the model was trained), none, or dynamic (the test set binarised once with the fixed evaluation seed)")(
       "iw-samples", po::value<int>()->default_value(100), "k importance samples per image for the NLL estimate (0: skip; Burda et al. use 5000)")(
-      "samples-per-digit", po::value<int>()->default_value(100), "generated samples of each digit that the classifier reads (0: skip)")(
+      "samples-per-digit", po::value<int>()->default_value(1000), "generated samples of each digit that the classifier reads (0: skip)")(
       "temperature", po::value<double>()->default_value(1.0), "scale of the latent noise of the generated samples (1: the prior)")(
       "seed", po::value<std::uint64_t>()->default_value(1), "noise of the importance samples and of the generated digits")(
       "classifier", po::value<std::string>()->default_value(default_classifier()), "the digit classifier (configs/mnist_classifier.h5)")(
       "json", po::value<std::string>()->default_value(""), "also write the results to this JSON file")(
       "recon-png", po::value<std::string>()->default_value(""), "write originals above their reconstructions (ten of each digit) to this PNG")(
       "samples-png", po::value<std::string>()->default_value(""), "write the generated digits that were classified (one row per digit) to this PNG")(
+      "misread-png", po::value<std::string>()->default_value(""), "write the generated digits the classifier misread (row d: asked for d, at most 20) to this PNG")(
       "threads", po::value<int>()->default_value(0), "threads per rank (0: the cores available / ranks sharing them)");
   po::variables_map vm;
   try {
@@ -92,6 +93,7 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
   q.json = vm["json"].as<std::string>();
   q.recon_png = vm["recon-png"].as<std::string>();
   q.samples_png = vm["samples-png"].as<std::string>();
+  q.misread_png = vm["misread-png"].as<std::string>();
   q.threads = vm["threads"].as<int>();
   if (q.binarize != "auto" && q.binarize != "none" && q.binarize != "dynamic")
     throw vae::UsageError("option --binarize: unknown value '" + q.binarize + "' (expected auto, none or dynamic)");
@@ -216,6 +218,7 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   std::array<double, vae::kNumClasses> accuracy{};
   accuracy.fill(NAN);
   double overall = NAN, classifier_accuracy = NAN;
+  std::array<std::array<std::size_t, vae::kNumClasses>, vae::kNumClasses> read_as{};  // [asked][read], the samples misread
   if (classify) {
     vae::Classifier reader(in.weights, threads);
     const std::vector<int> seen = reader.predict(test_file.pixels.data(), test_file.count);
@@ -228,7 +231,11 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
     std::size_t total = 0, asked = 0;
     for (int d : q.digits) {
       std::size_t ok = 0;
-      for (std::size_t i = 0; i < per; ++i) ok += read[std::size_t(d) * per + i] == d;
+      for (std::size_t i = 0; i < per; ++i) {
+        const int r = read[std::size_t(d) * per + i];
+        ok += r == d;
+        if (r != d) ++read_as[std::size_t(d)][std::size_t(r)];
+      }
       accuracy[std::size_t(d)] = double(ok) / double(per);
       total += ok;
       asked += per;
@@ -239,6 +246,19 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
       for (int d : q.digits) rows.insert(rows.end(), samples.begin() + std::ptrdiff_t(std::size_t(d) * per * P), samples.begin() + std::ptrdiff_t((std::size_t(d) + 1) * per * P));
       const std::vector<std::uint8_t> grid = vae::tile_images(rows.data(), rows.size() / P, per);
       vae::write_png_gray(q.samples_png, per * vae::kImageSide, grid.size() / (per * vae::kImageSide), grid.data());
+    }
+    if (!q.misread_png.empty()) {
+      constexpr std::size_t kColumns = 20;
+      std::vector<std::uint8_t> rows(q.digits.size() * kColumns * P, 0);  // black where a row has fewer misread digits
+      for (std::size_t row = 0; row < q.digits.size(); ++row) {
+        const std::size_t d = std::size_t(q.digits[row]);
+        std::size_t col = 0;
+        for (std::size_t i = 0; i < per && col < kColumns; ++i)
+          if (read[d * per + i] != int(d))
+            std::copy_n(samples.begin() + std::ptrdiff_t((d * per + i) * P), P, rows.begin() + std::ptrdiff_t((row * kColumns + col++) * P));
+      }
+      const std::vector<std::uint8_t> grid = vae::tile_images(rows.data(), rows.size() / P, kColumns);
+      vae::write_png_gray(q.misread_png, kColumns * vae::kImageSide, grid.size() / (kColumns * vae::kImageSide), grid.data());
     }
   }
 
@@ -266,11 +286,15 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   if (classify)
     std::printf("  conditional accuracy  %.2f%% of %d samples per digit at temperature %g (the classifier reads %.2f%% of the MNIST test set right)\n",
                 100 * overall, q.samples_per_digit, q.temperature, 100 * classifier_accuracy);
-  std::printf("  digit   images    SSIM%s\n", classify ? "   accuracy" : "");
+  std::printf("  digit   images    SSIM%s\n", classify ? "   accuracy   misread as" : "");
   for (int d : q.digits) {
     const std::size_t i = std::size_t(d);
     std::printf("  %5d  %7.0f  %.4f", d, all.count[i], ssim_digit[i]);
-    if (classify) std::printf("   %7.2f%%", 100 * accuracy[i]);
+    if (classify) {
+      std::printf("   %7.2f%%  ", 100 * accuracy[i]);
+      for (std::size_t r = 0; r < vae::kNumClasses; ++r)
+        if (read_as[i][r] > 0) std::printf(" %zu×%zu", r, read_as[i][r]);
+    }
     std::printf("\n");
   }
   std::printf("  %.1f s\n", seconds);
@@ -285,6 +309,14 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
     if (classify) {
       j.number("samples_per_digit", q.samples_per_digit).number("temperature", q.temperature).number("conditional_accuracy", overall);
       j.number("classifier_test_accuracy", classifier_accuracy).raw("conditional_accuracy_per_digit", per_digit(accuracy, q.digits));
+      JsonObject misread;
+      for (int d : q.digits) {
+        JsonObject as;
+        for (std::size_t r = 0; r < vae::kNumClasses; ++r)
+          if (read_as[std::size_t(d)][r] > 0) as.number(std::to_string(r), double(read_as[std::size_t(d)][r]));
+        misread.raw(std::to_string(d), as.str());
+      }
+      j.raw("misread_as", misread.str());
     }
     j.number("seconds", seconds);
     std::ofstream out(q.json);
