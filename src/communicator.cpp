@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <stdexcept>
@@ -143,12 +145,13 @@ void Communicator::abort(int code) const {
 
 NodeSegments::NodeSegments(const Communicator& comm, std::size_t floats, bool only_rank0)
     : rank_(comm.rank()), floats_(only_rank0 && comm.rank() != 0 ? 0 : round_up_floats(floats)) {
+  // Each segment is followed by a cache line holding its rank's counter (post, wait_for).
   check_mpi(MPI_Comm_dup(comm.handle(), &comm_), "MPI_Comm_dup");
   MPI_Info info = MPI_INFO_NULL;
   check_mpi(MPI_Info_create(&info), "MPI_Info_create");
   MPI_Info_set(info, "alloc_shared_noncontig", "true");  // each rank's segment on its own pages
   float* base = nullptr;
-  const int rc = MPI_Win_allocate_shared(MPI_Aint(floats_ * sizeof(float)), int(sizeof(float)), info, comm_, &base, &win_);
+  const int rc = MPI_Win_allocate_shared(MPI_Aint((floats_ + kCounterFloats) * sizeof(float)), int(sizeof(float)), info, comm_, &base, &win_);
   MPI_Info_free(&info);
   check_mpi(rc, "MPI_Win_allocate_shared");
   check_mpi(MPI_Win_lock_all(MPI_MODE_NOCHECK, win_), "MPI_Win_lock_all");
@@ -157,11 +160,13 @@ NodeSegments::NodeSegments(const Communicator& comm, std::size_t floats, bool on
     int unit = 0;
     float* p = nullptr;
     check_mpi(MPI_Win_shared_query(win_, r, &size, &unit, &p), "MPI_Win_shared_query");
+    const std::size_t n = std::size_t(size) / sizeof(float) - kCounterFloats;
     bases_.push_back(p);
     views_.push_back(p);
-    sizes_.push_back(std::size_t(size) / sizeof(float));
+    sizes_.push_back(n);
+    counters_.push_back(reinterpret_cast<std::uint64_t*>(p + n));
   }
-  std::fill(bases_[std::size_t(rank_)], bases_[std::size_t(rank_)] + floats_, 0.0f);
+  std::fill(bases_[std::size_t(rank_)], bases_[std::size_t(rank_)] + floats_ + kCounterFloats, 0.0f);
   fence();
 }
 
@@ -176,6 +181,26 @@ NodeSegments::~NodeSegments() {
     MPI_Win_free(&win_);
   }
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void NodeSegments::post(std::uint64_t value) {
+  std::atomic_ref<std::uint64_t>(*counters_[std::size_t(rank_)]).store(value, std::memory_order_release);
+}
+
+void NodeSegments::wait_for(std::uint64_t value) const {
+  for (std::uint64_t* c : counters_) {
+    // Spin briefly (the others are usually microseconds behind), then give the core away: with more ranks than cores the
+    // rank being waited for may need this one.
+    for (int spins = 0; std::atomic_ref<std::uint64_t>(*c).load(std::memory_order_acquire) < value; ++spins) {
+      if (spins < 256) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        sched_yield();
+      }
+    }
+  }
 }
 
 void NodeSegments::fence() const {

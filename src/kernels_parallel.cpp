@@ -166,12 +166,12 @@ class ParallelKernels final : public Kernels<float> {
     }, 8 * cols);
   }
 
-  void adam_update(float* p, std::span<const float* const> g, float* m, float* v, std::size_t count, float lr_t, float beta1,
-                   float beta2, float eps_t) const override {
+  void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2,
+                   float eps_t) const override {
     arena_.execute([&] {
       tbb::parallel_for(tbb::blocked_range<std::size_t>(0, count, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
         if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
-        ops_.adam(p, g.data(), g.size(), m, v, r.begin(), r.end(), lr_t, beta1, beta2, eps_t);
+        ops_.adam(p, g, m, v, r.begin(), r.end(), lr_t, beta1, beta2, eps_t);
       });
     });
   }
@@ -230,7 +230,7 @@ class ParallelKernels final : public Kernels<float> {
     for (std::size_t t = 0; t < threads_; ++t) ws_.nonfinite[t * kFlagStride] = false;
     g.check_finite = true;
     run(g);
-    bool finite = ops_.all_finite(db, 0, m);
+    bool finite = !db || ops_.all_finite(db, 0, m);
     for (std::size_t t = 0; t < threads_; ++t) finite = finite && !ws_.nonfinite[t * kFlagStride];
     return finite;
   }

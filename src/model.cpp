@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <sstream>
+#include <stdexcept>
+#include <utility>
 
 #include "vae/rng.hpp"
 
@@ -90,22 +92,31 @@ template void init_parameters<float>(const ParamLayout&, std::uint64_t, std::spa
 template void init_parameters<double>(const ParamLayout&, std::uint64_t, std::span<double>);
 
 template <class T>
-Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena) : arch_(arch), max_batch_(max_batch) {
-  const std::size_t B = max_batch, L = std::size_t(arch.latent);
-  pixels_ = arena.take<std::uint8_t>(B * std::size_t(arch.image));
-  labels_ = arena.take<std::uint8_t>(B);
-  images_ = {pixels_.data(), std::size_t(arch.image), std::size_t(arch.image), labels_.data(),
-             arch.conditional ? std::size_t(arch.classes) : 0};
-  for (const DenseSpec& s : layout.layers()) hidden_.push_back(arena.take<T>(B * s.out));
+Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena, const RowShare& share)
+    : arch_(arch), max_batch_(max_batch), rank_(share.rank), ranks_(share.ranks) {
+  const std::size_t B = max_batch, L = std::size_t(arch.latent), classes = arch.conditional ? std::size_t(arch.classes) : 0;
+  Arena& node = share.arena ? *share.arena : arena;
+  // This rank's rows [B × width] of a tensor every rank sharing the pass reads: [ranks·B × width] in the node's arena.
+  auto rows = [&]<class U>(std::span<U> all, std::size_t width) {
+    return std::span<U>(all.data() ? all.data() + rank_ * B * width : nullptr, B * width);
+  };
+  auto shared = [&](std::size_t width) { return rows(node.take<T>(ranks_ * B * width), width); };
+  const std::span<std::uint8_t> all_pixels = node.take<std::uint8_t>(ranks_ * B * std::size_t(arch.image));
+  const std::span<std::uint8_t> all_labels = node.take<std::uint8_t>(ranks_ * B);
+  pixels_ = rows(all_pixels, std::size_t(arch.image));
+  labels_ = rows(all_labels, 1);
+  images_ = {pixels_.data(), std::size_t(arch.image), std::size_t(arch.image), labels_.data(), classes};
+  all_images_ = {all_pixels.data(), std::size_t(arch.image), std::size_t(arch.image), all_labels.data(), classes};
+  for (const DenseSpec& s : layout.layers()) hidden_.push_back(shared(s.out));
   head_ = hidden_[layout.encoder_layers() - 1];
   logits_ = hidden_.back();
   eps_ = arena.take<T>(B * L);
-  z_in_ = arena.take<T>(B * arch.dec_in());
-  dlogits_ = arena.take<T>(B * std::size_t(arch.image));
-  dhead_ = arena.take<T>(B * 2 * L);
+  z_in_ = shared(arch.dec_in());
+  dlogits_ = shared(std::size_t(arch.image));
+  dhead_ = shared(2 * L);
   dz_ = arena.take<T>(B * L);
-  dpp_[0] = arena.take<T>(B * arch.max_hidden());
-  dpp_[1] = arena.take<T>(B * arch.max_hidden());
+  dpp_[0] = node.take<T>(ranks_ * B * arch.max_hidden());
+  dpp_[1] = node.take<T>(ranks_ * B * arch.max_hidden());
 
   const auto& layers = layout.layers();
   wide_.resize(layers.size());
@@ -113,7 +124,7 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
     const bool first_enc = l == 0, first_dec = l == layout.encoder_layers();
     const bool network_input = first_enc || first_dec;
     const bool widened = !network_input && l > layout.encoder_layers() && layers[l].in > layers[l - 1].out;
-    if (widened) wide_[l] = arena.take<T>(B * layers[l].in);
+    if (widened) wide_[l] = shared(layers[l].in);
     T* in = first_enc ? nullptr : first_dec ? z_in_.data() : widened ? wide_[l].data() : hidden_[l - 1].data();
     const std::size_t ld = first_enc ? arch.enc_in() : first_dec ? arch.dec_in() : layers[l].in;
     const Activation in_act = network_input ? Activation::identity : layers[l - 1].act;
@@ -128,6 +139,21 @@ std::size_t Network<T>::workspace_bytes(const Arch& arch, const ParamLayout& lay
   Arena probe = Arena::measure();
   Network<T> n(arch, layout, max_batch, probe);
   return probe.used();
+}
+
+template <class T>
+std::pair<std::size_t, std::size_t> Network<T>::arena_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch,
+                                                            std::size_t ranks) {
+  Arena own = Arena::measure(), node = Arena::measure();
+  Network<T> n(arch, layout, max_batch, own, {&node, 0, ranks});
+  return {own.used(), node.used()};
+}
+
+template <class T>
+std::pair<std::size_t, std::size_t> Network<T>::weight_rows(const Arch& arch, const DenseSpec& layer, std::size_t l, std::size_t r,
+                                                            std::size_t ranks) {
+  const std::size_t split = l == 0 ? std::size_t(arch.image) : layer.in;
+  return {split * r / ranks, r + 1 == ranks ? layer.in : split * (r + 1) / ranks};
 }
 
 template <class T>
@@ -164,21 +190,34 @@ void Network<T>::chain_backward(const Kernels<T>& k, const T* params, T* grads, 
                                 T* d_input, std::size_t d_cols, std::size_t n, BackwardListener* listener) {
   T* dy = d_top;
   int pp = 0;
+  const std::size_t rows = ranks_ * n, mine = rank_ * n;  // every rank's rows; where this rank's begin
   for (std::size_t l = last; l-- > first;) {
     const Stage& s = stages_[l];
-    // dW [s.in × s.out] = inᵀ · dy,  db [s.out] = Σ dy
-    T* dw = grads + s.spec->w_offset;
-    T* db = grads + s.spec->b_offset;
-    const bool finite = s.in ? k.dense_weight_grad(s.in, s.ld_in, dy, dw, db, n, s.spec->in, s.spec->out)
-                             : k.dense_weight_grad_image(images_, dy, dw, db, n, s.spec->out);
+    // dW [s.in × s.out] = inᵀ · dy,  db [s.out] = Σ dy, over the rows of every rank sharing the pass: this rank's rows
+    // [i0, i1) of dW (and db on rank 0), once every rank has written its rows of in and dy.
+    if (ranks_ > 1) listener->rows_ready(l);
+    const auto [i0, i1] = weight_rows(arch_, *s.spec, l, rank_, ranks_);
+    const T* dy_all = dy - mine * s.spec->out;
+    T* dw = grads + s.spec->w_offset + i0 * s.spec->out;
+    T* db = rank_ == 0 ? grads + s.spec->b_offset : nullptr;
+    bool finite = true;
+    if (s.in) {
+      finite = k.dense_weight_grad(s.in - mine * s.ld_in + i0, s.ld_in, dy_all, dw, db, rows, i1 - i0, s.spec->out);
+    } else {
+      // the image columns [i0, i1): pixels from i0, and the label columns when the share reaches past the pixels
+      const std::size_t image = std::size_t(arch_.image);
+      const ImageBatch part{all_images_.pixels + i0, all_images_.ld, std::min(i1, image) - i0, all_images_.labels,
+                            i1 > image ? all_images_.classes : 0};
+      finite = k.dense_weight_grad_image(part, dy_all, dw, db, rows, s.spec->out);
+    }
     if (listener) listener->layer_done(l, finite);
     if (l == first && !d_input) break;
     const bool inner = l > first;
-    T* dx = inner ? dpp_[pp].data() : d_input;
+    const std::size_t cols = inner ? s.grad_cols : d_cols;
+    T* dx = inner ? dpp_[pp].data() + mine * cols : d_input;
     pp ^= 1;
     // dx [n × cols] = (dy · Wᵀ) ⊙ act'(prev), for the input columns that need it: prev's (not a widened input's label
     // columns, whose weights come last in W), or the chain input's first d_cols
-    const std::size_t cols = inner ? s.grad_cols : d_cols;
     k.dense_input_grad(dy, params + s.spec->w_offset, dx, cols, n, cols, s.spec->out, s.in_act, inner ? s.prev : nullptr);
     dy = dx;
   }
@@ -203,12 +242,24 @@ typename Network<T>::Losses Network<T>::loss(const Kernels<T>& k, std::size_t n,
 
 template <class T>
 void Network<T>::backward(const Kernels<T>& k, const T* params, T* grads, std::size_t n, T scale, T beta, BackwardListener* listener) {
+  if (ranks_ > 1 && (n != max_batch_ || !listener))
+    throw std::logic_error("a backward pass shared by ranks needs every rank's full batch and a listener to wait on");
   const std::size_t enc_end = arch_.hidden.size() + 1;
   const std::size_t L = std::size_t(arch_.latent);
   chain_backward(k, params, grads, enc_end, stages_.size(), dlogits_.data(), dz_.data(), L, n, listener);
   // dhead [n × 2L] from dz [n × L] and β·∂KL
   k.reparam_kl_backward(head_.data(), eps_.data(), dz_.data(), L, dhead_.data(), n, L, scale, beta);
   chain_backward(k, params, grads, 0, enc_end, dhead_.data(), nullptr, 0, n, listener);
+}
+
+template <class T>
+bool Network<T>::rows_finite(std::size_t n) const {
+  // each tensor is this rank's [max_batch × width]: its first n·width elements
+  auto finite = [&](std::span<const T> t) {
+    const std::size_t count = t.size() / max_batch_ * n;
+    return std::all_of(t.begin(), t.begin() + std::ptrdiff_t(count), [](T x) { return std::isfinite(x); });
+  };
+  return std::all_of(hidden_.begin(), hidden_.end(), finite) && finite(z_in_) && finite(dlogits_) && finite(dhead_) && finite(dz_);
 }
 
 template <class T>

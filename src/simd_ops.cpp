@@ -390,8 +390,8 @@ void box_muller(const float* u, float* out, std::size_t n) {
   }
 }
 
-void adam(float* p, const float* const* g, std::size_t segments, float* m, float* v, std::size_t begin, std::size_t end, float lr_t,
-          float beta1, float beta2, float eps_t) {
+void adam(float* p, const float* g, float* m, float* v, std::size_t begin, std::size_t end, float lr_t, float beta1, float beta2,
+          float eps_t) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   const VF b1 = hn::Set(d, beta1), b2 = hn::Set(d, beta2), c1 = hn::Set(d, 1.0f - beta1), c2 = hn::Set(d, 1.0f - beta2);
@@ -399,8 +399,7 @@ void adam(float* p, const float* const* g, std::size_t segments, float* m, float
   const VF tiny = hn::Set(d, 1e-37f);
   std::size_t i = begin;
   for (; i + N <= end; i += N) {
-    VF gi = hn::LoadU(d, g[0] + i);
-    for (std::size_t s = 1; s < segments; ++s) gi = hn::Add(gi, hn::LoadU(d, g[s] + i));
+    const VF gi = hn::LoadU(d, g + i);
     const VF mi = hn::MulAdd(b1, hn::LoadU(d, m + i), hn::Mul(c1, gi));
     const VF vi = hn::MulAdd(b2, hn::LoadU(d, v + i), hn::Mul(c2, hn::Mul(gi, gi)));
     hn::StoreU(mi, d, m + i);
@@ -416,10 +415,8 @@ void adam(float* p, const float* const* g, std::size_t segments, float* m, float
     hn::StoreU(hn::NegMulAdd(hn::Mul(lr, mi), q, hn::LoadU(d, p + i)), d, p + i);
   }
   for (; i < end; ++i) {
-    float gi = g[0][i];
-    for (std::size_t s = 1; s < segments; ++s) gi += g[s][i];
-    m[i] = beta1 * m[i] + (1.0f - beta1) * gi;
-    v[i] = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
+    v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
     p[i] -= lr_t * (m[i] / (std::sqrt(v[i]) + eps_t));
   }
 }

@@ -73,9 +73,8 @@ struct Ops {
   bool (*all_finite)(const float* x, std::size_t begin, std::size_t end) = nullptr;
   // Box-Muller: out[2i] = √(−2 ln u[2i])·cos 2πu[2i+1], out[2i+1] = … sin …, for pairs i < n/2 (n even)
   void (*box_muller)(const float* u, float* out, std::size_t n) = nullptr;
-  // Adam over [begin, end) with the gradient g[0][i] + … + g[segments − 1][i], added in that order
-  void (*adam)(float* p, const float* const* g, std::size_t segments, float* m, float* v, std::size_t begin, std::size_t end,
-               float lr_t, float beta1, float beta2, float eps_t) = nullptr;
+  void (*adam)(float* p, const float* g, float* m, float* v, std::size_t begin, std::size_t end, float lr_t, float beta1, float beta2,
+               float eps_t) = nullptr;
 };
 
 // The best instruction set this CPU runs.

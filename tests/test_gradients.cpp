@@ -1,8 +1,10 @@
 // Central finite-difference gradient checks in double: each dense layer and activation, the loss, and the whole CVAE.
 #include <gtest/gtest.h>
 
+#include <barrier>
 #include <functional>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "vae/kernels.hpp"
@@ -164,6 +166,89 @@ TEST_P(ModelGradient, EndToEnd) {
 INSTANTIATE_TEST_SUITE_P(Conditioning, ModelGradient, ::testing::Values(0, 1, 2), [](const auto& p) {
   return std::string(p.param == 0 ? "unconditional" : p.param == 1 ? "conditional" : "label_every_layer");
 });
+
+// Ranks of one node in a shared pass, played by threads: each announces its rows and waits for the others.
+class ThreadRanks final : public BackwardListener {
+ public:
+  explicit ThreadRanks(std::barrier<>& all) : all_(all) {}
+  void layer_done(std::size_t, bool finite) override { finite_ = finite_ && finite; }
+  void rows_ready(std::size_t) override { all_.arrive_and_wait(); }
+  bool finite_ = true;
+
+ private:
+  std::barrier<>& all_;
+};
+
+// R networks sharing a backward pass (RowShare), each with n rows, write together exactly the gradient one network
+// computes for all R·n rows: the weight gradients sum the same rows in the same order, only split by input unit.
+TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
+  Arch arch;
+  arch.hidden = {6, 5};
+  arch.latent = 3;
+  arch.image = 10;
+  arch.classes = 4;
+  arch.conditional = GetParam() > 0;
+  arch.label_every_layer = GetParam() == 2;
+  const ParamLayout layout(arch);
+  const std::size_t n = 2, R = 3;
+  ReferenceKernels<double> K;
+  std::vector<double> params(layout.padded_size());
+  init_parameters<double>(layout, 5, params);
+  std::uint8_t pixels[R * n][10];
+  for (std::size_t r = 0; r < R * n; ++r)
+    for (int i = 0; i < 10; ++i) pixels[r][i] = std::uint8_t((r * 41 + std::size_t(i) * 29) % 256);
+  const std::vector<double> eps = random_vector(R * n * 3, 13);
+  const double beta = 0.7, scale = 1.0 / double(R * n);
+  auto load = [&](Network<double>& net, std::size_t first, std::size_t rows) {
+    for (std::size_t r = 0; r < rows; ++r) net.load_example(r, pixels[first + r], int((first + r) % 4));
+    std::copy_n(eps.begin() + std::ptrdiff_t(first * 3), rows * 3, net.eps().begin());
+  };
+
+  const std::size_t one_bytes = Network<double>::workspace_bytes(arch, layout, R * n);
+  Arena alone(one_bytes);
+  Network<double> whole(arch, layout, R * n, alone);
+  load(whole, 0, R * n);
+  std::vector<double> want(layout.padded_size(), 0.0);
+  whole.forward(K, params.data(), R * n);
+  whole.loss(K, R * n, scale);
+  whole.backward(K, params.data(), want.data(), R * n, scale, beta);
+
+  const auto [own_bytes, node_bytes] = Network<double>::arena_bytes(arch, layout, n, R);
+  AlignedBuffer<std::byte> node(node_bytes);  // the node's shared memory, carved alike by every rank
+  std::vector<double> got(layout.padded_size(), std::nan(""));
+  std::barrier<> all{std::ptrdiff_t(R)};
+  std::vector<int> finite(R, 0);
+  std::vector<std::thread> ranks;
+  for (std::size_t rank = 0; rank < R; ++rank)
+    ranks.emplace_back([&, rank] {
+      Arena own(own_bytes), shared = Arena::over(node.span());
+      Network<double> net(arch, layout, n, own, {&shared, rank, R});
+      load(net, rank * n, n);
+      ThreadRanks listener(all);
+      net.forward(K, params.data(), n);
+      net.loss(K, n, scale);
+      net.backward(K, params.data(), got.data(), n, scale, beta, &listener);
+      finite[rank] = listener.finite_;
+    });
+  for (auto& t : ranks) t.join();
+  EXPECT_EQ(finite, std::vector<int>(R, 1));
+  // Every weight and bias was written by one rank, and holds the single network's value to the last bit.
+  for (const DenseSpec& s : layout.layers()) {
+    for (std::size_t i = 0; i < s.in * s.out; ++i) ASSERT_EQ(got[s.w_offset + i], want[s.w_offset + i]) << s.name << " weight " << i;
+    for (std::size_t j = 0; j < s.out; ++j) ASSERT_EQ(got[s.b_offset + j], want[s.b_offset + j]) << s.name << " bias " << j;
+  }
+  // The shares of each layer's rows are contiguous, in rank order, and cover the layer.
+  for (std::size_t l = 0; l < layout.layers().size(); ++l) {
+    std::size_t next = 0;
+    for (std::size_t rank = 0; rank < 5; ++rank) {
+      const auto [i0, i1] = Network<double>::weight_rows(arch, layout.layers()[l], l, rank, 5);
+      EXPECT_EQ(i0, next);
+      EXPECT_LE(i0, i1);
+      next = i1;
+    }
+    EXPECT_EQ(next, layout.layers()[l].in);
+  }
+}
 
 TEST(ParamLayoutTest, V3CountAndAlignment) {
   Arch arch;

@@ -295,32 +295,5 @@ TEST(Adam, MatchesTextbookWithBiasCorrection) {
   });
 }
 
-TEST(Adam, SumsGradientSegmentsInRankOrder) {
-  // Three ranks' gradients read in place must give exactly the step on (g0 + g1) + g2 formed first, in every kernel, and
-  // the tail past the last full vector (n = 16·k + 5) too.
-  const std::size_t n = 16 * 1000 + 5;
-  std::vector<float> g0(n), g1(n), g2(n), sum(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    g0[i] = float(std::sin(double(i))) * 1e-3f;
-    g1[i] = float(std::cos(0.7 * double(i))) * 3.0f;
-    g2[i] = float(std::sin(1.3 * double(i) + 0.5)) * 1e4f;
-    sum[i] = (g0[i] + g1[i]) + g2[i];
-  }
-  const float* segments[] = {g0.data(), g1.data(), g2.data()};
-  const AdamParams a{0.01, 0.9, 0.999, 1e-8};
-  auto check = [&](const Kernels<float>& k) {
-    std::vector<float> p(n, 1.0f), m(n, 0.1f), v(n, 0.2f), q(n, 1.0f), mq(n, 0.1f), vq(n, 0.2f);
-    adam_step<float>(k, p, std::span<const float* const>(segments), m, v, 3, a);
-    adam_step<float>(k, q, sum, mq, vq, 3, a);
-    for (std::size_t i = 0; i < n; ++i) {
-      ASSERT_EQ(p[i], q[i]) << k.name() << " at " << i;
-      ASSERT_EQ(m[i], mq[i]) << k.name() << " at " << i;
-      ASSERT_EQ(v[i], vq[i]) << k.name() << " at " << i;
-    }
-  };
-  check(ReferenceKernels<float>());
-  for_each_fast(1, 1, [&](const Fast& fast) { check(*fast); });
-}
-
 }  // namespace
 }  // namespace vae

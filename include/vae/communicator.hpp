@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
@@ -86,6 +87,11 @@ class NodeSegments {
   std::span<float> segment(int rank) { return {bases_[std::size_t(rank)], sizes_[std::size_t(rank)]}; }
   // Every rank's writes so far are visible to every rank, and no rank goes on before all have arrived.
   void fence() const;
+  // A counter per rank in the window, for waits inside a step that need no MPI call: post() raises this rank's counter to
+  // value (its writes so far become visible with it); wait_for(value) returns once every rank's counter has reached value.
+  // Counters only grow; a rank that died is never waited out here, but mpirun ends the job.
+  void post(std::uint64_t value);
+  void wait_for(std::uint64_t value) const;
 
  private:
   MPI_Win win_ = MPI_WIN_NULL;
@@ -95,6 +101,8 @@ class NodeSegments {
   std::vector<const float*> views_;
   std::vector<float*> bases_;
   std::vector<std::size_t> sizes_;
+  std::vector<std::uint64_t*> counters_;
+  static constexpr std::size_t kCounterFloats = 16;  // one cache line
 };
 
 // Threads per rank when the user gives none: the cores this rank may run on (its affinity mask, which mpirun's binding

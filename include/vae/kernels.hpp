@@ -49,7 +49,8 @@ class Kernels {
   // y = act(x · w + b) with x an image batch: the first layer.          x [n × x.cols()], w [x.cols() × m], y [n × m]
   virtual void dense_forward_image(const ImageBatch& x, const T* w, const T* b, T* y, std::size_t n, std::size_t m, Activation act) const = 0;
   // dw = xᵀ · dy,  db = Σ_rows dy                           x [n × k] (ldx), dy [n × m], dw [k × m], db [m]
-  // Both weight-gradient kernels return whether every element of dw and db is finite, found while they are written.
+  // Both weight-gradient kernels return whether every element of dw and db is finite, found while they are written. db may
+  // be nullptr: the bias gradient is another rank's to form.
   virtual bool dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
                                  std::size_t m) const = 0;
   // dw = xᵀ · dy,  db = Σ_rows dy with x an image batch.                  dw [x.cols() × m]
@@ -72,11 +73,8 @@ class Kernels {
   // depend on its key alone, not on which rank or thread draws it. Box-Muller on pairs of uniform24(): for the pair
   // (u, v), √(−2 ln u)·cos 2πv and √(−2 ln u)·sin 2πv; an odd last column takes the cosine of a final pair.
   virtual void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const = 0;
-  // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t. The
-  // gradient is g[0][i] + g[1][i] + … added in that order (every rank's gradient, in rank order, read in place from
-  // shared memory), so the sum costs no pass of its own and every run adds the same way.
-  virtual void adam_update(T* p, std::span<const T* const> g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2,
-                           T eps_t) const = 0;
+  // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t.
+  virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const = 0;
 
   // Scratch (packing buffers, per-row sums) for batches of up to max_rows and layer widths up to max_dim; the caller carves
   // it from its memory pool and binds it before the first call, so no kernel ever allocates.
@@ -159,8 +157,8 @@ class ReferenceKernels final : public Kernels<T> {
         for (std::size_t r = 0; r < n; ++r) s += x.at<T>(r, i) * dy[r * m + j];
         dw[i * m + j] = s;
       }
-    column_sums(dy, db, n, m);
-    return all_finite(dw, k * m) && all_finite(db, m);
+    if (db) column_sums(dy, db, n, m);
+    return all_finite(dw, k * m) && (!db || all_finite(db, m));
   }
 
   bool dense_weight_grad(const T* x, std::size_t ldx, const T* dy, T* dw, T* db, std::size_t n, std::size_t k,
@@ -171,8 +169,8 @@ class ReferenceKernels final : public Kernels<T> {
         for (std::size_t r = 0; r < n; ++r) s += x[r * ldx + i] * dy[r * m + j];
         dw[i * m + j] = s;
       }
-    column_sums(dy, db, n, m);
-    return all_finite(dw, k * m) && all_finite(db, m);
+    if (db) column_sums(dy, db, n, m);
+    return all_finite(dw, k * m) && (!db || all_finite(db, m));
   }
 
   void dense_input_grad(const T* dy, const T* w, T* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
@@ -241,13 +239,10 @@ class ReferenceKernels final : public Kernels<T> {
     }
   }
 
-  void adam_update(T* p, std::span<const T* const> g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2,
-                   T eps_t) const override {
+  void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const override {
     for (std::size_t i = 0; i < count; ++i) {
-      T gi = g[0][i];
-      for (std::size_t s = 1; s < g.size(); ++s) gi += g[s][i];
-      m[i] = beta1 * m[i] + (T(1) - beta1) * gi;
-      v[i] = beta2 * v[i] + (T(1) - beta2) * gi * gi;
+      m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
+      v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];
       p[i] -= lr_t * m[i] / (std::sqrt(v[i]) + eps_t);
     }
   }

@@ -65,9 +65,22 @@ class BackwardListener {
  public:
   // finite: every element of the layer's weight and bias gradients is finite (no NaN, no ±Inf)
   virtual void layer_done(std::size_t layer, bool finite) = 0;
+  // Ranks sharing a backward pass (RowShare): return once every rank has written its rows of the layer's input and output
+  // gradient, which the layer's weight gradient reads.
+  virtual void rows_ready(std::size_t layer) = 0;
 
  protected:
   ~BackwardListener() = default;
+};
+
+// The ranks of one node sharing one backward pass. The tensors a weight gradient reads (each layer's input and output
+// gradient, the image batch) are [ranks·max_batch × width] in `arena`, the node's shared memory carved alike on every rank,
+// with this rank's rows from rank·max_batch; each rank then computes its share of the rows of every weight gradient from
+// all ranks' rows, so the gradient of the global batch is formed once, summed over rows inside the product, and never
+// summed across ranks. ranks = 1 (no arena): a network of its own.
+struct RowShare {
+  Arena* arena = nullptr;
+  std::size_t rank = 0, ranks = 1;
 };
 
 template <class T>
@@ -78,10 +91,17 @@ class Network {
     double kl = 0;     // Σ KL(q(z|x,y) ‖ N(0, I)) over the batch, nats
   };
 
-  Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena);
+  Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena, const RowShare& share = {});
 
   // Bytes of arena this network takes for max_batch rows (the exact figure, as the arena rounds each buffer to 64 bytes).
   static std::size_t workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch);
+  // For `ranks` networks of max_batch rows sharing a pass: the bytes each takes of its own arena, and of the shared one.
+  static std::pair<std::size_t, std::size_t> arena_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch,
+                                                         std::size_t ranks);
+  // The rows [first, last) of layer l's weight gradient that rank r of `ranks` computes: the input units split evenly
+  // (the first layer's pixels split, its label units with the last rank, so each share is one image column range).
+  static std::pair<std::size_t, std::size_t> weight_rows(const Arch& arch, const DenseSpec& layer, std::size_t l, std::size_t r,
+                                                         std::size_t ranks);
 
   // Writes one example into row r: its pixels (uint8, converted inside the first layer's packing) and label, and the
   // label's one-hot into the decoder input.
@@ -99,8 +119,12 @@ class Network {
   // loss: Σ reconstruction NLL; writes dlogits = scale·∂/∂logits (scale = 1/global batch averages over ranks).
   Losses loss(const Kernels<T>& k, std::size_t n, T scale);
   // backward: gradients of scale·(recon + beta·KL) into grads (overwritten, same layout as params); the listener, if any,
-  // hears of each layer as its gradients are done.
+  // hears of each layer as its gradients are done. Ranks sharing the pass each write only their rows of every weight
+  // gradient (weight_rows; rank 0 the biases) into the one gradient buffer of the node, and need n = max_batch.
   void backward(const Kernels<T>& k, const T* params, T* grads, std::size_t n, T scale, T beta, BackwardListener* listener = nullptr);
+  // Whether rows [0, n) of every layer's output, the decoder input and the loss gradients are finite (a diagnosis, not
+  // for every step).
+  bool rows_finite(std::size_t n) const;
   // decode: decoder only, from decoder_input() rows [0, n) to logits.
   void decode(const Kernels<T>& k, const T* params, std::size_t n);
 
@@ -121,9 +145,11 @@ class Network {
 
   Arch arch_;
   std::size_t max_batch_;
+  std::size_t rank_ = 0, ranks_ = 1;
   std::vector<Stage> stages_;  // one per layer, forward order
-  std::span<std::uint8_t> pixels_;  // [B × 784]
+  std::span<std::uint8_t> pixels_;  // [B × 784], this rank's rows of the shared [ranks·B × 784]
   std::span<std::uint8_t> labels_;  // [B]
+  ImageBatch all_images_;           // every rank's rows, [ranks·B × enc_in]
   ImageBatch images_;               // the encoder input: pixels/255 and one-hot labels, [B × enc_in]
   std::vector<std::span<T>> hidden_;  // each layer's output, [B × out]
   std::vector<std::span<T>> wide_;    // with label_every_layer, a decoder layer's input [B × (prev out + classes)]
@@ -134,7 +160,8 @@ class Network {
   std::span<T> dlogits_;       // [B × 784]
   std::span<T> dhead_;         // [B × 2L]
   std::span<T> dz_;            // [B × L], the gradient of z only (the label columns of the decoder input need none)
-  std::span<T> dpp_[2];        // ping-pong gradients of hidden layers, [B × max_hidden]
+  std::span<T> dpp_[2];        // ping-pong gradients of hidden layers, [ranks·B × max_hidden]; this rank's rows start at
+                               // rank·B·width for a layer `width` wide
   double kl_ = 0;
 };
 

@@ -14,19 +14,11 @@ struct AdamParams {
 
 // Step t (1-based). Bias correction m̂ = m/(1−β1ᵗ), v̂ = v/(1−β2ᵗ) is folded into the step size and ε, which is exact:
 // lr·m̂/(√v̂ + ε) = lr_t·m/(√v + ε_t) with lr_t = lr·√(1−β2ᵗ)/(1−β1ᵗ), ε_t = ε·√(1−β2ᵗ).
-// The gradient is the sum of the buffers `g` points to (each at least p.size() long), added in order.
-template <class T>
-void adam_step(const Kernels<T>& k, std::span<T> p, std::span<const T* const> g, std::span<T> m, std::span<T> v, long t,
-               const AdamParams& a) {
-  const double c1 = 1.0 - std::pow(a.beta1, double(t)), c2 = 1.0 - std::pow(a.beta2, double(t));
-  k.adam_update(p.data(), g, m.data(), v.data(), p.size(), T(a.lr * std::sqrt(c2) / c1), T(a.beta1), T(a.beta2),
-                T(a.eps * std::sqrt(c2)));
-}
-
 template <class T>
 void adam_step(const Kernels<T>& k, std::span<T> p, std::span<const T> g, std::span<T> m, std::span<T> v, long t, const AdamParams& a) {
-  const T* one[] = {g.data()};
-  adam_step<T>(k, p, std::span<const T* const>(one), m, v, t, a);
+  const double c1 = 1.0 - std::pow(a.beta1, double(t)), c2 = 1.0 - std::pow(a.beta2, double(t));
+  k.adam_update(p.data(), g.data(), m.data(), v.data(), p.size(), T(a.lr * std::sqrt(c2) / c1), T(a.beta1), T(a.beta2),
+                T(a.eps * std::sqrt(c2)));
 }
 
 }  // namespace vae

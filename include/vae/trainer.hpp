@@ -78,8 +78,12 @@ class Trainer : private BackwardListener {
     std::size_t last_layer = 0;      // forward index of the layer that completes it
   };
   void layer_done(std::size_t layer, bool finite) override;
+  void rows_ready(std::size_t layer) override;
+  // Sharing the backward pass, every weight-gradient row mixes every rank's batch rows, so the rank that found a non-finite
+  // gradient (found) need not be where it came from: the lowest rank whose own loss, activations or loss gradients are not
+  // finite, else found. Collective over the node; only on a failed step.
+  int source_rank(std::size_t n, bool loss_finite, int found);
   void progress();  // drives the buckets in flight; called between layers and from inside the kernels
-  std::pair<std::size_t, std::size_t> node_slice(int rank) const;  // [begin, end) of the gradient that rank sums
   StepLoss train_step(std::span<const std::uint32_t> global_batch, double beta, double lr);
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
                  std::uint64_t eps_base);
@@ -109,10 +113,16 @@ class Trainer : private BackwardListener {
   std::unique_ptr<Network<float>> net_;
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
   bool node_shm_ = false;                              // one node, gradients summed through shared memory
-  std::unique_ptr<NodeSegments> shared_;               // then grads_ is this rank's segment of it,
-  std::unique_ptr<NodeSegments> shared_params_, shared_m_, shared_v_;  // and params_, adam_m_, adam_v_ the node's one copy
-                                                                     // of each, every rank updating its slice
-  std::vector<const float*> slice_grads_;              // every rank's gradient at the start of this rank's slice
+  // Then params_ and the activations that weight gradients read are the node's one copy of each (the backward pass
+  // shared: see RowShare), each rank forming and updating its rows of every layer (owned_) in its own grads_, adam_m_,
+  // adam_v_; shared_ holds each rank's step record and the counter the ranks wait on inside the backward pass.
+  std::unique_ptr<NodeSegments> shared_, shared_params_, shared_acts_;
+  std::unique_ptr<NodeSegments> shared_moments_;       // [m | v], where a checkpoint's moments are gathered for rank 0
+  std::span<std::byte> net_memory_;                    // this rank's own part of a shared network, in the pool
+  std::size_t shared_act_bytes_ = 0;
+  std::vector<std::pair<std::size_t, std::size_t>> owned_;  // [offset, count) of the flat buffer this rank updates
+  std::uint64_t rows_posted_ = 0;                      // layers whose rows this rank has announced (rows_ready)
+  double rows_wait_ = 0;                               // seconds this step spent waiting for other ranks' rows
   std::optional<Checkpoint> resume_;                   // what --resume found, until initialize() applies it
   int first_epoch_ = 0;
   std::vector<EpochRecord> past_metrics_;              // the epochs before a resumed checkpoint, for the next one
