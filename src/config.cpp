@@ -132,8 +132,8 @@ po::options_description make_options() {
       ("bucket-mb", po::value<double>()->default_value(1.0),
        "gradient allreduce bucket size in MiB: each bucket is reduced while the backward pass goes on")
       ("node-reduce", po::value<std::string>()->default_value("shm"),
-       "how the ranks of a one-node job sum gradients: shm (in an MPI shared-memory window, no copies) or mpi (bucketed MPI_Iallreduce, "
-       "as across nodes)")
+       "how the ranks of a one-node job form the gradient: shm (one backward pass shared in MPI shared memory, each rank forming its "
+       "rows of every weight gradient: nothing to sum) or mpi (bucketed MPI_Iallreduce, as across nodes)")
       ("checkpoint-every", po::value<int>()->default_value(1), "epochs between HDF5 checkpoints in RUN_DIR/checkpoints (0: only at the end)")
       ("checkpoint-every-steps", po::value<long>()->default_value(0),
        "also checkpoint every N global steps inside an epoch, as ckpt-eNNNN-sSSSSSSSSS.h5 (0: off)")
