@@ -145,8 +145,8 @@ def memory_table():
         pool = int(re.search(r"memory pool: ([0-9,]+) bytes", out).group(1).replace(",", ""))
         rows.append(f"| {ranks} × {threads} | {pool:,} | {rec['peak_rss_bytes'] / 2**20:.0f} MiB |")
     return ["| ranks × threads | pool bytes per rank | peak RSS (largest rank) |", "|---|---|---|"] + rows + [
-        "", "With more than one rank on the node, parameters, gradients and Adam moments live in shared memory (a gradient "
-        "segment per rank, one copy of the rest per node), outside the per-rank pool."]
+        "", "With more than one rank on the node, the parameters and the activations of the global batch live in shared "
+        "memory (one copy per node), outside the per-rank pool; each rank's pool keeps its gradient and Adam moments."]
 
 
 def main():
