@@ -48,11 +48,11 @@ std::vector<std::filesystem::path> complete_checkpoints(const std::filesystem::p
 }
 
 
-// Set from a signal handler; read once per step and agreed on by every rank in the step's loss allreduce.
+// Set from a signal handler; read once per step and agreed on by every rank with the step's losses.
 std::atomic<int> g_stop_requested{0};
 
-// What a rank of a one-node job tells the others after its backward pass, in the cache line after its gradient in the
-// node's window: the fence that shows the gradients shows these too, so the step needs no collective of its own.
+// What a rank of a one-node job tells the others after its backward pass, in its cache line of a shared window: the
+// fence that ends the backward pass shows these too, so the step needs no collective of its own.
 struct StepRecord {
   double recon, kl;
   std::int32_t finite, stop;
