@@ -281,7 +281,8 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   const Network<float>::Losses loss = net_->loss(k, n, scale);
   lap(phase_.forward);
 
-  // backward, with each bucket's allreduce started as soon as its layers are done (layer_done)
+  // backward, with each bucket's allreduce started as soon as its layers are done (layer_done); on one node, the ranks
+  // sharing one pass, each waiting for the others' rows before a layer's weight gradient (rows_ready)
   next_bucket_ = 0;
   grads_finite_ = true;
   // --inject-fault nan spoils one element of the loss gradient: the loss stays finite, so only the gradient check sees it.
@@ -295,7 +296,8 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   rows_wait_ = 0;
 
   // allreduce: a flag, so every rank learns in this step whether any rank's loss or gradient is not finite (and the lowest
-  // such rank), then the wait for the buckets in flight: the gradient sum is the mean gradient of the global batch.
+  // such rank), then the wait for the buckets in flight: the gradient sum is the mean gradient of the global batch. On
+  // one node the flags and losses are records in shared memory, and there is no gradient to sum.
   step_ = step;
   const int stop = g_stop_requested.load(std::memory_order_relaxed);
   int bad_rank = comm_.size();
@@ -303,7 +305,7 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   if (node_shm_) {
     const StepRecord mine{loss.recon, loss.kl, finite ? 1 : 0, stop};
     std::memcpy(shared_->mine().data(), &mine, sizeof mine);
-    shared_->fence();  // every rank's gradient and record are written and visible
+    shared_->fence();  // every rank's weight-gradient rows and record are written and visible
     stats[0] = stats[1] = stats[2] = 0;
     for (int r = 0; r < comm_.size(); ++r) {
       StepRecord theirs{};
