@@ -130,6 +130,16 @@ def case_fault_nan_stop():
     assert seconds < 10, f"{seconds:.1f} s"
 
 
+def case_fault_nan_stop_allreduce():
+    """The same through the bucketed allreduce of multi-node jobs: the flag allreduce names the rank."""
+    code, out, err, seconds, rows = run_fault("nan:5:1", "--node-reduce", "mpi")
+    assert code == 3, f"exit {code}, expected 3\n{err}"
+    lines = our_errors(err)
+    assert len(lines) == 1 and "non-finite loss or gradient at step 5 on rank 1" in lines[0], lines
+    assert rows == [], "an epoch finished after the failure"
+    assert seconds < 10, f"{seconds:.1f} s"
+
+
 def case_fault_nan_skip():
     code, out, err, seconds, rows = run_fault("nan:5:1", "--nan-policy", "skip", "--epochs", "1")
     assert code == 0, f"exit {code}\n{err}"

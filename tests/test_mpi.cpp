@@ -102,8 +102,9 @@ TEST(MpiTest, ResumeContinuesBitForBitOnTwoRanks) {
   comm.barrier();
 }
 
-// The same training at 1, 2 and 4 ranks (global batch fixed): parameters agree to float rounding after 100 steps; the same
-// rank count twice agrees bit for bit. Run with mpiexec -n 4.
+// The same training at 1, 2 and 4 ranks (global batch fixed): parameters agree to float rounding after 100 steps, through
+// the one-node shared pass and through the bucketed allreduce of multi-node jobs; the same rank count twice agrees bit for
+// bit. Run with mpiexec -n 4.
 TEST(MpiTest, RankCountInvariance) {
   const Communicator& comm = world();
   ASSERT_EQ(comm.size(), 4) << "run with mpiexec -n 4";
@@ -113,7 +114,7 @@ TEST(MpiTest, RankCountInvariance) {
   Config cfg = test::small_config(dir);
   cfg.epochs = 1;
   cfg.max_steps = 100;
-  cfg.bucket_mb = 0.004;  // several buckets even for this small model
+  cfg.bucket_mb = 0.004;  // several buckets even for this small model (the allreduce path)
 
   auto train = [&](const Communicator& c, const std::string& name) {
     cfg.run_dir = (dir / name).string();
@@ -123,6 +124,9 @@ TEST(MpiTest, RankCountInvariance) {
     return std::vector<float>(t.parameters().begin(), t.parameters().end());
   };
   const std::vector<float> four = train(comm, "four"), four_again = train(comm, "four_again");
+  cfg.node_shm = false;
+  const std::vector<float> four_mpi = train(comm, "four_mpi");
+  cfg.node_shm = true;
   const Communicator pair = comm.split(comm.rank() / 2);
   const std::vector<float> two = train(pair, "two" + std::to_string(comm.rank() / 2));
   if (comm.rank() == 0) {
@@ -139,6 +143,7 @@ TEST(MpiTest, RankCountInvariance) {
     for (std::size_t i = 0; i < one.size(); ++i) {
       ASSERT_NEAR(two[i], one[i], 1e-5 * (std::abs(one[i]) + rms)) << "-n 2 vs -n 1, parameter " << i;
       ASSERT_NEAR(four[i], one[i], 1e-5 * (std::abs(one[i]) + rms)) << "-n 4 vs -n 1, parameter " << i;
+      ASSERT_NEAR(four_mpi[i], one[i], 1e-5 * (std::abs(one[i]) + rms)) << "-n 4 by allreduce vs -n 1, parameter " << i;
     }
   }
   comm.barrier();
