@@ -60,6 +60,14 @@ struct StepRecord {
 constexpr std::size_t kStepRecordFloats = 16;
 static_assert(sizeof(StepRecord) <= kStepRecordFloats * sizeof(float));
 
+void post_record(NodeSegments& node, const StepRecord& record) { std::memcpy(node.mine().data(), &record, sizeof record); }
+
+StepRecord record_of(const NodeSegments& node, int rank) {
+  StepRecord record{};
+  std::memcpy(&record, node.segments()[std::size_t(rank)], sizeof record);
+  return record;
+}
+
 std::filesystem::path pick(const std::string& given, const std::string& dir, const char* name) {
   return given.empty() ? resolve_idx_path(dir, name) : std::filesystem::path(given);
 }
@@ -303,13 +311,11 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   int bad_rank = comm_.size();
   double stats[3] = {loss.recon, loss.kl, double(stop)};
   if (node_shm_) {
-    const StepRecord mine{loss.recon, loss.kl, finite ? 1 : 0, stop};
-    std::memcpy(shared_->mine().data(), &mine, sizeof mine);
+    post_record(*shared_, {loss.recon, loss.kl, finite ? 1 : 0, stop});
     shared_->fence();  // every rank's weight-gradient rows and record are written and visible
     stats[0] = stats[1] = stats[2] = 0;
     for (int r = 0; r < comm_.size(); ++r) {
-      StepRecord theirs{};
-      std::memcpy(&theirs, shared_->segments()[std::size_t(r)], sizeof theirs);
+      const StepRecord theirs = record_of(*shared_, r);
       if (!theirs.finite && bad_rank == comm_.size()) bad_rank = r;
       stats[0] += theirs.recon;
       stats[1] += theirs.kl;
@@ -331,15 +337,17 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   }
   stop_agreed_ = stats[2] > 0;
   lap(phase_.allreduce);
+  ++updates_;
+  const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
+  auto update = [&](std::size_t begin, std::size_t count) {
+    adam_step<float>(k, params_.subspan(begin, count), grads_.subspan(begin, count), adam_m_.subspan(begin, count),
+                     adam_v_.subspan(begin, count), updates_, adam);
+  };
 
   if (node_shm_) {
     // update: each rank updates the rows of the node's one parameter copy whose gradient it formed (Adam's work divided by
     // the ranks), then the fence shows them to every rank and frees the activations and records for the next step.
-    ++updates_;
-    const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
-    for (const auto& [begin, count] : owned_)
-      adam_step<float>(k, params_.subspan(begin, count), grads_.subspan(begin, count), adam_m_.subspan(begin, count),
-                       adam_v_.subspan(begin, count), updates_, adam);
+    for (const auto& [begin, count] : owned_) update(begin, count);
     lap(phase_.update);
     shared_->fence();
     lap(phase_.allreduce);
@@ -348,15 +356,12 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
 
   // update, bucket by bucket in the order their allreduces were started: the first buckets are updated while the last,
   // finished by the backward pass just now, is still in flight.
-  ++updates_;
-  const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
   const std::size_t passes = comm_.size() > 1 ? buckets_.size() : 1;  // alone, one pass over everything
   for (std::size_t b = 0; b < passes; ++b) {
     comm_.wait_all(std::span<MPI_Request>(requests_).subspan(b, 1));
     lap(phase_.allreduce);
-    const std::size_t begin = passes > 1 ? buckets_[b].begin : 0, count = passes > 1 ? buckets_[b].end - begin : params_.size();
-    adam_step<float>(k, params_.subspan(begin, count), grads_.subspan(begin, count), adam_m_.subspan(begin, count),
-                     adam_v_.subspan(begin, count), updates_, adam);
+    const std::size_t begin = passes > 1 ? buckets_[b].begin : 0;
+    update(begin, passes > 1 ? buckets_[b].end - begin : params_.size());
     lap(phase_.update);
   }
   return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
@@ -429,15 +434,11 @@ std::vector<std::uint8_t> Trainer::sample_grid() {
 
 int Trainer::source_rank(std::size_t n, bool loss_finite, int found) {
   shared_->fence();  // every rank has read the step's records: they can be written again
-  const StepRecord mine{0, 0, loss_finite && net_->rows_finite(n) ? 1 : 0, 0};
-  std::memcpy(shared_->mine().data(), &mine, sizeof mine);
+  post_record(*shared_, {0, 0, loss_finite && net_->rows_finite(n) ? 1 : 0, 0});
   shared_->fence();
   int source = found;
-  for (int r = comm_.size() - 1; r >= 0; --r) {
-    StepRecord theirs{};
-    std::memcpy(&theirs, shared_->segments()[std::size_t(r)], sizeof theirs);
-    if (!theirs.finite) source = r;
-  }
+  for (int r = comm_.size() - 1; r >= 0; --r)
+    if (!record_of(*shared_, r).finite) source = r;
   shared_->fence();  // no rank writes its next record before every rank has read this one
   return source;
 }

@@ -121,22 +121,27 @@ TEST(LossGradient, KlOfStandardNormalIsZero) {
 }
 
 // Conditioning: 0 unconditional, 1 the label into the decoder's first layer, 2 into every decoder layer.
-class ModelGradient : public ::testing::TestWithParam<int> {};
+class ModelGradient : public ::testing::TestWithParam<int> {
+ protected:
+  // A CVAE small enough to check by finite differences: 10 pixels, 4 classes, 6-5 hidden, latent 3.
+  static Arch tiny_arch() {
+    Arch arch;
+    arch.hidden = {6, 5};
+    arch.latent = 3;
+    arch.image = 10;
+    arch.classes = 4;
+    arch.conditional = GetParam() > 0;
+    arch.label_every_layer = GetParam() == 2;
+    return arch;
+  }
+};
 
 // The whole CVAE: loss = scale·(Σ recon + β·Σ KL) with fixed ε, against its gradient from forward/loss/backward.
 TEST_P(ModelGradient, EndToEnd) {
-  Arch arch;
-  arch.hidden = {6, 5};
-  arch.latent = 3;
-  arch.image = 10;
-  arch.classes = 4;
-  arch.conditional = GetParam() > 0;
-  arch.label_every_layer = GetParam() == 2;
+  const Arch arch = tiny_arch();
   const ParamLayout layout(arch);
   const std::size_t n = 3;
-  Arena probe = Arena::measure();
-  Network<double> sized(arch, layout, n, probe);
-  Arena arena(probe.used());
+  Arena arena(Network<double>::workspace_bytes(arch, layout, n));
   Network<double> net(arch, layout, n, arena);
   ReferenceKernels<double> K;
 
@@ -182,13 +187,7 @@ class ThreadRanks final : public BackwardListener {
 // R networks sharing a backward pass (RowShare), each with n rows, write together exactly the gradient one network
 // computes for all R·n rows: the weight gradients sum the same rows in the same order, only split by input unit.
 TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
-  Arch arch;
-  arch.hidden = {6, 5};
-  arch.latent = 3;
-  arch.image = 10;
-  arch.classes = 4;
-  arch.conditional = GetParam() > 0;
-  arch.label_every_layer = GetParam() == 2;
+  const Arch arch = tiny_arch();
   const ParamLayout layout(arch);
   const std::size_t n = 2, R = 3;
   ReferenceKernels<double> K;
@@ -204,8 +203,7 @@ TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
     std::copy_n(eps.begin() + std::ptrdiff_t(first * 3), rows * 3, net.eps().begin());
   };
 
-  const std::size_t one_bytes = Network<double>::workspace_bytes(arch, layout, R * n);
-  Arena alone(one_bytes);
+  Arena alone(Network<double>::workspace_bytes(arch, layout, R * n));
   Network<double> whole(arch, layout, R * n, alone);
   load(whole, 0, R * n);
   std::vector<double> want(layout.padded_size(), 0.0);
