@@ -1,6 +1,8 @@
 // MPI calls, each checked; nothing else in the project includes mpi.h except the trainer through this header.
 #include "vae/communicator.hpp"
 
+#include "vae/bf16.hpp"
+
 #include <sched.h>
 #include <unistd.h>
 
@@ -39,9 +41,10 @@ MpiSession::~MpiSession() {
   if (!finalized) MPI_Finalize();
 }
 
-Communicator Communicator::world() {
+Communicator Communicator::wrap(MPI_Comm comm, bool owned) {
   Communicator c;
-  c.comm_ = MPI_COMM_WORLD;
+  c.comm_ = comm;
+  c.owned_ = owned;
   check_mpi(MPI_Comm_set_errhandler(c.comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
   check_mpi(MPI_Comm_rank(c.comm_, &c.rank_), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(c.comm_, &c.size_), "MPI_Comm_size");
@@ -50,24 +53,34 @@ Communicator Communicator::world() {
   check_mpi(MPI_Comm_size(local, &c.local_size_), "MPI_Comm_size(local)");
   check_mpi(MPI_Comm_rank(local, &c.local_rank_), "MPI_Comm_rank(local)");
   MPI_Comm_free(&local);
+  // Nodes: the ranks that are first on their node. Uniform when the smallest and largest node hold as many ranks.
+  int counts[3] = {c.local_rank_ == 0 ? 1 : 0, c.local_size_, -c.local_size_};
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, counts, 1, MPI_INT, MPI_SUM, c.comm_), "MPI_Allreduce(nodes)");
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, counts + 1, 2, MPI_INT, MPI_MAX, c.comm_), "MPI_Allreduce(node sizes)");
+  c.nodes_ = counts[0];
+  c.uniform_ = counts[1] == -counts[2];
   return c;
 }
 
+Communicator Communicator::world() { return wrap(MPI_COMM_WORLD, false); }
+
 Communicator Communicator::split(int colour) const {
-  Communicator c;
-  check_mpi(MPI_Comm_split(comm_, colour, rank_, &c.comm_), "MPI_Comm_split");
-  c.owned_ = true;
-  check_mpi(MPI_Comm_set_errhandler(c.comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
-  check_mpi(MPI_Comm_rank(c.comm_, &c.rank_), "MPI_Comm_rank");
-  check_mpi(MPI_Comm_size(c.comm_, &c.size_), "MPI_Comm_size");
-  c.local_size_ = std::min(local_size_, c.size_);
-  c.local_rank_ = std::min(local_rank_, c.size_ - 1);
-  return c;
+  MPI_Comm comm = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split(comm_, colour, rank_, &comm), "MPI_Comm_split");
+  return wrap(comm, true);
 }
+
+Communicator Communicator::node() const {
+  MPI_Comm comm = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &comm), "MPI_Comm_split_type");
+  return wrap(comm, true);
+}
+
+Communicator Communicator::cross() const { return split(local_rank_); }
 
 Communicator::Communicator(Communicator&& o) noexcept
     : comm_(std::exchange(o.comm_, MPI_COMM_NULL)), owned_(std::exchange(o.owned_, false)), rank_(o.rank_), size_(o.size_),
-      local_size_(o.local_size_), local_rank_(o.local_rank_) {}
+      local_size_(o.local_size_), local_rank_(o.local_rank_), nodes_(o.nodes_), uniform_(o.uniform_) {}
 
 Communicator::~Communicator() {
   int finalized = 1;
@@ -100,6 +113,33 @@ bool Communicator::test_all(std::span<MPI_Request> requests) const {
 
 void Communicator::wait_all(std::span<MPI_Request> requests) const {
   check_mpi(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+}
+
+namespace {
+
+extern "C" void sum_bf16(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const std::uint16_t*>(in);
+  auto* b = static_cast<std::uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = bf16_round(bf16_widen(a[i]) + bf16_widen(b[i]));
+}
+
+MPI_Op bf16_sum_op() {
+  // Created on first use by the thread that drives MPI, freed by MPI_Finalize with the rest of MPI's objects.
+  static MPI_Op op = [] {
+    MPI_Op o = MPI_OP_NULL;
+    check_mpi(MPI_Op_create(&sum_bf16, 1, &o), "MPI_Op_create(bf16 sum)");
+    return o;
+  }();
+  return op;
+}
+
+}  // namespace
+
+MPI_Request Communicator::start_allreduce_sum_bf16(std::span<std::uint16_t> data) const {
+  MPI_Request r = MPI_REQUEST_NULL;
+  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data.data(), int(data.size()), MPI_UINT16_T, bf16_sum_op(), comm_, &r),
+            "MPI_Iallreduce(bf16)");
+  return r;
 }
 
 void Communicator::allreduce_sum(std::span<double> data) const {
@@ -187,7 +227,7 @@ void NodeSegments::post(std::uint64_t value) {
   std::atomic_ref<std::uint64_t>(*counters_[std::size_t(rank_)]).store(value, std::memory_order_release);
 }
 
-void NodeSegments::wait_for(std::uint64_t value) const {
+void NodeSegments::wait_for(std::uint64_t value, void (*idle)(void*), void* context) const {
   for (std::uint64_t* c : counters_) {
     // Spin briefly (the others are usually microseconds behind), then give the core away: with more ranks than cores the
     // rank being waited for may need this one.
@@ -197,6 +237,7 @@ void NodeSegments::wait_for(std::uint64_t value) const {
         __builtin_ia32_pause();
 #endif
       } else {
+        if (idle) idle(context);
         sched_yield();
       }
     }

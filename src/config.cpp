@@ -133,7 +133,13 @@ po::options_description make_options() {
        "gradient allreduce bucket size in MiB: each bucket is reduced while the backward pass goes on")
       ("node-reduce", po::value<std::string>()->default_value("shm"),
        "how the ranks of a one-node job form the gradient: shm (one backward pass shared in MPI shared memory, each rank forming its "
-       "rows of every weight gradient: nothing to sum) or mpi (bucketed MPI_Iallreduce, as across nodes)")
+       "rows of every weight gradient: nothing to sum; across nodes each rank then allreduces only its own rows with the ranks of "
+       "the same local index) or mpi (a flat bucketed MPI_Iallreduce of the whole gradient by every rank)")
+      ("wire", po::value<std::string>()->default_value("fp32"),
+       "format of the gradient sums that cross nodes: fp32, or bf16 (half the bytes; added in fp32 on arrival)")
+      ("comm-timeout", po::value<double>()->default_value(30),
+       "seconds a step may wait on other ranks without progress before the job is ended with exit code 5 (a lost link, a "
+       "stuck peer); start-up and checkpoints get 10 times as long; 0: wait forever")
       ("checkpoint-every", po::value<int>()->default_value(1), "epochs between HDF5 checkpoints in RUN_DIR/checkpoints (0: only at the end)")
       ("checkpoint-every-steps", po::value<long>()->default_value(0),
        "also checkpoint every N global steps inside an epoch, as ckpt-eNNNN-sSSSSSSSSS.h5 (0: off)")
@@ -239,6 +245,11 @@ Config build(const po::variables_map& vm) {
   if (reduce == "shm") c.node_shm = true;
   else if (reduce == "mpi") c.node_shm = false;
   else bad("node-reduce", "unknown value '" + reduce + "' (expected shm or mpi)");
+  const std::string wire = get<std::string>(vm, "wire");
+  if (wire == "fp32") c.wire_bf16 = false;
+  else if (wire == "bf16") c.wire_bf16 = true;
+  else bad("wire", "unknown value '" + wire + "' (expected fp32 or bf16)");
+  c.comm_timeout = get<double>(vm, "comm-timeout");
   c.fault = parse_fault(get<std::string>(vm, "inject-fault"));
   const std::string kernels = get<std::string>(vm, "kernels");
   if (kernels == "parallel") c.kernels = KernelChoice::parallel;
@@ -276,6 +287,7 @@ void validate(const Config& c) {
   if (c.epochs < 0) bad("epochs", "must not be negative, got " + std::to_string(c.epochs));
   if (c.max_steps < 0) bad("max-steps", "must not be negative");
   if (!(c.bucket_mb > 0 && c.bucket_mb <= 4096)) bad("bucket-mb", "must be in (0, 4096]");
+  if (!(c.comm_timeout >= 0 && c.comm_timeout <= 86400)) bad("comm-timeout", "must be in 0-86400 seconds");
   if (c.checkpoint_every < 0) bad("checkpoint-every", "must not be negative");
   if (c.checkpoint_every_steps < 0) bad("checkpoint-every-steps", "must not be negative");
   if (c.keep_checkpoints < 1) bad("keep-checkpoints", "must be at least 1");
@@ -386,7 +398,8 @@ std::string Config::to_ini() const {
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir
      << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")
      << "\nnan-policy = " << (nan_policy == NanPolicy::skip ? "skip" : "stop") << "\nbucket-mb = " << bucket_mb
-     << "\nnode-reduce = " << (node_shm ? "shm" : "mpi") << "\ncheckpoint-every = " << checkpoint_every
+     << "\nnode-reduce = " << (node_shm ? "shm" : "mpi")
+     << "\nwire = " << (wire_bf16 ? "bf16" : "fp32") << "\ncomm-timeout = " << comm_timeout << "\ncheckpoint-every = " << checkpoint_every
      << "\ncheckpoint-every-steps = " << checkpoint_every_steps
      << "\nkeep-checkpoints = " << keep_checkpoints << "\n";
   for (int m = 0; m < 3; ++m) {

@@ -51,23 +51,6 @@ std::vector<std::filesystem::path> complete_checkpoints(const std::filesystem::p
 // Set from a signal handler; read once per step and agreed on by every rank with the step's losses.
 std::atomic<int> g_stop_requested{0};
 
-// What a rank of a one-node job tells the others after its backward pass, in its cache line of a shared window: the
-// fence that ends the backward pass shows these too, so the step needs no collective of its own.
-struct StepRecord {
-  double recon, kl;
-  std::int32_t finite, stop;
-};
-constexpr std::size_t kStepRecordFloats = 16;
-static_assert(sizeof(StepRecord) <= kStepRecordFloats * sizeof(float));
-
-void post_record(NodeSegments& node, const StepRecord& record) { std::memcpy(node.mine().data(), &record, sizeof record); }
-
-StepRecord record_of(const NodeSegments& node, int rank) {
-  StepRecord record{};
-  std::memcpy(&record, node.segments()[std::size_t(rank)], sizeof record);
-  return record;
-}
-
 std::filesystem::path pick(const std::string& given, const std::string& dir, const char* name) {
   return given.empty() ? resolve_idx_path(dir, name) : std::filesystem::path(given);
 }
@@ -108,7 +91,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
       layout_(config.arch),
       pool_(Arena::measure()),
       scheduler_(config.modes, config.plateau) {
-  ctx_ = {&comm_, threads_, kernels_.get()};
+  ctx_ = {&comm_, threads_, kernels_.get(), nullptr};
   const auto [train_images, train_labels, test_images, test_labels] = data_files(cfg_);
   train_file_ = load_idx_pair(train_images, train_labels);
   test_file_ = load_idx_pair(test_images, test_labels);
@@ -132,48 +115,30 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     throw UsageError("option --batch: global batch " + std::to_string(cfg_.batch) + " is larger than the " +
                      std::to_string(train_.size()) + " training images");
   local_batch_ = std::size_t(cfg_.batch / comm_.size());
-  node_shm_ = cfg_.node_shm && comm_.size() > 1 && comm_.local_size() == comm_.size();
+  // Start-up and checkpoints wait on every rank (file systems, other nodes' start): ten times the limit.
+  watchdog_ = std::make_unique<Watchdog>(cfg_.comm_timeout, 10 * cfg_.comm_timeout, comm_.rank(), "vae_dist");
+  ctx_.watchdog = watchdog_.get();
+  sync_ = make_gradient_sync({&cfg_, &comm_, &layout_, kernels_.get(), watchdog_.get(), local_batch_});
 
-  // A shared pass's weight gradients run over the rows of the whole global batch.
-  const std::size_t kernel_rows = node_shm_ ? std::size_t(cfg_.batch) : local_batch_;
-  const auto net_bytes = node_shm_ ? Network<float>::arena_bytes(cfg_.arch, layout_, local_batch_, std::size_t(comm_.size()))
-                                   : std::pair<std::size_t, std::size_t>{};
-  shared_act_bytes_ = net_bytes.second;
   const std::size_t P = layout_.padded_size();
   auto carve = [&](Arena& a) {
-    if (!node_shm_) params_ = a.take<float>(P);
-    // Sharing the pass, this rank writes and reads only its own rows of these: they stay in its pool, on 2 MiB pages,
-    // where the optimizer pass runs nearly twice as fast as on the 4 KiB pages of shared memory.
+    // The gradient and the moments stay in this rank's pool, on 2 MiB pages, even when the pass is shared (each rank then
+    // writes and reads only its rows of them): the optimizer pass runs nearly twice as fast there as on the 4 KiB pages
+    // of shared memory.
     grads_ = a.take<float>(P);
     adam_m_ = a.take<float>(P);
     adam_v_ = a.take<float>(P);
     order_ = a.take<std::uint32_t>(train_.size());
-    // Sharing the backward pass, the network is made in initialize(), over shared memory that only exists from there.
-    if (node_shm_) net_memory_ = a.take<std::byte>(net_bytes.first);
-    else net_ = std::make_unique<Network<float>>(cfg_.arch, layout_, local_batch_, a);
-    workspace_ = a.take<std::byte>(kernels_->workspace_bytes(kernel_rows, layout_.max_dim()));
+    sync_->carve(a);
+    workspace_ = a.take<std::byte>(kernels_->workspace_bytes(sync_->kernel_rows(), layout_.max_dim()));
   };
   Arena probe = Arena::measure();
   carve(probe);
   pool_ = Arena(probe.used());
   carve(pool_);
-  kernels_->bind_workspace(workspace_, kernel_rows, layout_.max_dim());
-
-  // Buckets of at least --bucket-mb, whole layers each, in the order the backward pass finishes them.
-  const auto& layers = layout_.layers();
-  const std::size_t bucket_floats = std::max<std::size_t>(1, std::size_t(cfg_.bucket_mb * 1024 * 1024 / sizeof(float)));
-  std::size_t begin = 0;
-  for (std::size_t l = layers.size(); l-- > 0;) {
-    const std::size_t end = l > 0 ? layers[l - 1].b_offset : layout_.padded_size();
-    if (end - begin >= bucket_floats || l == 0) {
-      buckets_.push_back({begin, end, l});
-      begin = end;
-    }
-  }
-  requests_.assign(buckets_.size(), MPI_REQUEST_NULL);
-  // Through shared memory there is nothing in flight to drive, and each call into MPI's progress engine costs microseconds.
-  if (comm_.size() > 1 && !node_shm_)
-    kernels_->set_progress_hook([](void* self) { static_cast<Trainer*>(self)->progress(); }, this);
+  kernels_->bind_workspace(workspace_, sync_->kernel_rows(), layout_.max_dim());
+  sync_->set_gradients(grads_);
+  if (sync_->needs_progress()) kernels_->set_progress_hook([](void* sync) { static_cast<GradientSync*>(sync)->progress(); }, sync_.get());
 
   long total = steps_per_epoch() * cfg_.epochs;
   if (cfg_.max_steps > 0) total = std::min(total, cfg_.max_steps);
@@ -226,17 +191,16 @@ void Trainer::print_header() const {
               with_commas(layout_.parameter_count()).c_str());
   std::printf("data: %zu train, %zu validation, %zu test images; global batch %d (%zu per rank), %zu steps per epoch\n", train_.size(),
               val_.size(), test_.size(), cfg_.batch, local_batch_, train_.size() / std::size_t(cfg_.batch));
-  if (!node_shm_) {
+  if (sync_->shared_bytes() == 0) {
     std::printf("memory pool: %s bytes per rank (parameters, gradients, Adam moments, activations, kernel scratch, sampler)\n",
                 with_commas(pool_.capacity()).c_str());
   } else {
-    const std::size_t buffer = layout_.padded_size() * sizeof(float);
     std::printf("memory pool: %s bytes per rank (gradient and Adam moments, of which it uses its rows, kernel scratch, sampler), "
-                "plus shared memory per node: parameters (%s bytes), the activations of the global batch (%s bytes) and the "
-                "checkpoint's staging of the moments (%s bytes)\n",
-                with_commas(pool_.capacity()).c_str(), with_commas(buffer).c_str(), with_commas(shared_act_bytes_).c_str(),
-                with_commas(2 * buffer).c_str());
+                "plus %s bytes of shared memory per node (parameters, the activations of the node's rows of the global batch, "
+                "the checkpoint's staging of the moments)\n",
+                with_commas(pool_.capacity()).c_str(), with_commas(sync_->shared_bytes()).c_str());
   }
+  std::printf("gradient sync: %s\n", sync_->describe().c_str());
   std::printf("run directory: %s\n", cfg_.run_dir.c_str());
   std::fflush(stdout);
 }
@@ -270,6 +234,7 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   if (faulty && cfg_.fault.kind == Fault::Kind::exception)
     throw std::runtime_error("injected fault at step " + std::to_string(step) + " (--inject-fault)");
   if (faulty && cfg_.fault.kind == Fault::Kind::kill) std::raise(SIGKILL);
+  watchdog_->beat(step, "data");
   auto t = std::chrono::steady_clock::now();
   auto lap = [&t](double& phase) {
     const auto now = std::chrono::steady_clock::now();
@@ -289,101 +254,49 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   const Network<float>::Losses loss = net_->loss(k, n, scale);
   lap(phase_.forward);
 
-  // backward, with each bucket's allreduce started as soon as its layers are done (layer_done); on one node, the ranks
-  // sharing one pass, each waiting for the others' rows before a layer's weight gradient (rows_ready)
-  next_bucket_ = 0;
-  grads_finite_ = true;
+  // backward: the sync strategy hears of each layer as its gradient is done (and starts its sum), and a shared pass waits
+  // in it for the other ranks' rows before each weight gradient
+  sync_->start_step(step);
   // --inject-fault nan spoils one element of the loss gradient: the loss stays finite, so only the gradient check sees it.
   if (faulty && cfg_.fault.kind == Fault::Kind::nan) net_->loss_gradient()[0] = std::numeric_limits<float>::quiet_NaN();
-  net_->backward(k, params_.data(), grads_.data(), n, scale, float(beta), this);
-  const bool finite = grads_finite_ && std::isfinite(loss.recon + loss.kl);
+  net_->backward(k, params_.data(), grads_.data(), n, scale, float(beta), sync_.get());
   lap(phase_.backward);
-  // Sharing the pass, the waits for the other ranks' rows are synchronisation, not backward work.
-  phase_.backward -= rows_wait_;
-  phase_.allreduce += rows_wait_;
-  rows_wait_ = 0;
+  const double rows_wait = sync_->take_backward_wait();
+  phase_.backward -= rows_wait;
+  phase_.allreduce += rows_wait;
 
-  // allreduce: a flag, so every rank learns in this step whether any rank's loss or gradient is not finite (and the lowest
-  // such rank), then the wait for the buckets in flight: the gradient sum is the mean gradient of the global batch. On
-  // one node the flags and losses are records in shared memory, and there is no gradient to sum.
+  // sync: every rank learns the global batch's losses, a stop request, and whether any rank's loss or gradient is not
+  // finite (and where it came from)
   step_ = step;
-  const int stop = g_stop_requested.load(std::memory_order_relaxed);
-  int bad_rank = comm_.size();
-  double stats[3] = {loss.recon, loss.kl, double(stop)};
-  if (node_shm_) {
-    post_record(*shared_, {loss.recon, loss.kl, finite ? 1 : 0, stop});
-    shared_->fence();  // every rank's weight-gradient rows and record are written and visible
-    stats[0] = stats[1] = stats[2] = 0;
-    for (int r = 0; r < comm_.size(); ++r) {
-      const StepRecord theirs = record_of(*shared_, r);
-      if (!theirs.finite && bad_rank == comm_.size()) bad_rank = r;
-      stats[0] += theirs.recon;
-      stats[1] += theirs.kl;
-      stats[2] += theirs.stop;
-    }
-  } else {
-    bad_rank = comm_.allreduce_min(finite ? comm_.size() : comm_.rank());
-    if (bad_rank == comm_.size()) comm_.allreduce_sum(stats);
-  }
-  if (bad_rank < comm_.size()) {
-    comm_.wait_all(requests_);
-    if (node_shm_) bad_rank = source_rank(n, std::isfinite(loss.recon + loss.kl), bad_rank);
-    lap(phase_.allreduce);
-    const std::string what = "non-finite loss or gradient at step " + std::to_string(step) + " on rank " + std::to_string(bad_rank);
+  const bool stop = g_stop_requested.load(std::memory_order_relaxed) != 0;
+  const StepVerdict verdict = sync_->agree({loss.recon, loss.kl, std::isfinite(loss.recon + loss.kl), stop});
+  lap(phase_.allreduce);
+  if (verdict.bad_rank >= 0) {
+    const std::string what = "non-finite loss or gradient at step " + std::to_string(step) + " on rank " + std::to_string(verdict.bad_rank);
     if (cfg_.nan_policy == NanPolicy::stop)
       throw AgreedError(what + "; nothing was updated (--nan-policy skip would drop the step and go on)", kExitDiverged);
     ++skipped_;
     return {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
   }
-  stop_agreed_ = stats[2] > 0;
-  lap(phase_.allreduce);
+  stop_agreed_ = verdict.stop;
+
+  // update: Adam on each range of the flat buffers this rank updates, as soon as its sum is complete
   ++updates_;
   const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
-  auto update = [&](std::size_t begin, std::size_t count) {
+  const double sum_wait = sync_->update([&](std::size_t begin, std::size_t count) {
     adam_step<float>(k, params_.subspan(begin, count), grads_.subspan(begin, count), adam_m_.subspan(begin, count),
                      adam_v_.subspan(begin, count), updates_, adam);
-  };
-
-  if (node_shm_) {
-    // update: each rank updates the rows of the node's one parameter copy whose gradient it formed (Adam's work divided by
-    // the ranks), then the fence shows them to every rank and frees the activations and records for the next step.
-    for (const auto& [begin, count] : owned_) update(begin, count);
-    lap(phase_.update);
-    shared_->fence();
-    lap(phase_.allreduce);
-    return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
-  }
-
-  // update, bucket by bucket in the order their allreduces were started: the first buckets are updated while the last,
-  // finished by the backward pass just now, is still in flight.
-  const std::size_t passes = comm_.size() > 1 ? buckets_.size() : 1;  // alone, one pass over everything
-  for (std::size_t b = 0; b < passes; ++b) {
-    comm_.wait_all(std::span<MPI_Request>(requests_).subspan(b, 1));
-    lap(phase_.allreduce);
-    const std::size_t begin = passes > 1 ? buckets_[b].begin : 0;
-    update(begin, passes > 1 ? buckets_[b].end - begin : params_.size());
-    lap(phase_.update);
-  }
-  return {stats[0] / cfg_.batch, stats[1] / cfg_.batch};
-}
-
-void Trainer::progress() {
-  if (next_bucket_ > 0) comm_.test_all(std::span<MPI_Request>(requests_).first(next_bucket_));
+  });
+  lap(phase_.update);
+  phase_.update -= sum_wait;
+  phase_.allreduce += sum_wait;
+  return {verdict.recon / cfg_.batch, verdict.kl / cfg_.batch};
 }
 
 void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch) {
-  std::span<const float> m = adam_m_, v = adam_v_;
-  if (node_shm_) {
-    // Each rank holds the moments of its own rows: they meet in the node's staging copy, which rank 0 writes.
-    const std::span<float> staged = shared_moments_->segment(0).first(2 * layout_.padded_size());
-    for (const auto& [begin, count] : owned_) {
-      std::copy_n(adam_m_.data() + begin, count, staged.data() + begin);
-      std::copy_n(adam_v_.data() + begin, count, staged.data() + layout_.padded_size() + begin);
-    }
-    shared_moments_->fence();
-    m = staged.first(layout_.padded_size());
-    v = staged.last(layout_.padded_size());
-  }
+  watchdog_->allow_slow(step_ + 1);
+  watchdog_->beat(step_, "checkpoint");
+  const auto [m, v] = sync_->checkpoint_moments(adam_m_, adam_v_);
   if (comm_.rank() != 0) return;
   const auto t0 = std::chrono::steady_clock::now();
   const std::filesystem::path dir = std::filesystem::path(cfg_.run_dir) / "checkpoints";
@@ -432,35 +345,6 @@ std::vector<std::uint8_t> Trainer::sample_grid() {
   return tile_images(images.data(), 100, 10);
 }
 
-int Trainer::source_rank(std::size_t n, bool loss_finite, int found) {
-  shared_->fence();  // every rank has read the step's records: they can be written again
-  post_record(*shared_, {0, 0, loss_finite && net_->rows_finite(n) ? 1 : 0, 0});
-  shared_->fence();
-  int source = found;
-  for (int r = comm_.size() - 1; r >= 0; --r)
-    if (!record_of(*shared_, r).finite) source = r;
-  shared_->fence();  // no rank writes its next record before every rank has read this one
-  return source;
-}
-
-void Trainer::rows_ready(std::size_t) {
-  const auto t0 = std::chrono::steady_clock::now();
-  shared_->post(++rows_posted_);
-  shared_->wait_for(rows_posted_);
-  rows_wait_ += seconds_since(t0);
-}
-
-void Trainer::layer_done(std::size_t layer, bool finite) {
-  // The kernels checked the gradient as they wrote it: nothing is read again, and nothing after the allreduce starts
-  // (from then on the buffer is MPI's until it completes).
-  grads_finite_ = grads_finite_ && finite;
-  if (next_bucket_ == buckets_.size() || buckets_[next_bucket_].last_layer != layer) return;
-  const std::size_t bucket = next_bucket_++;
-  if (comm_.size() == 1 || node_shm_) return;  // alone, or summed in place after the backward pass: nothing to send
-  requests_[bucket] = comm_.start_allreduce_sum(grads_.subspan(buckets_[bucket].begin, buckets_[bucket].end - buckets_[bucket].begin));
-  progress();
-}
-
 EvalResult Trainer::evaluate(const Dataset& data) {
   const Kernels<float>& k = *ctx_.kernels;
   const std::size_t N = data.size(), P = std::size_t(comm_.size()), r = std::size_t(comm_.rank());
@@ -493,35 +377,24 @@ void Trainer::show_progress(int epoch, long step_in_epoch, long steps, double lo
 void Trainer::request_stop() { g_stop_requested.store(1, std::memory_order_relaxed); }
 
 void Trainer::initialize() {
-  if (node_shm_ && !shared_) {
-    shared_ = std::make_unique<NodeSegments>(comm_, kStepRecordFloats);
-    shared_acts_ = std::make_unique<NodeSegments>(comm_, (shared_act_bytes_ + sizeof(float) - 1) / sizeof(float), true);
-    Arena own = Arena::over(net_memory_), node = Arena::over(std::as_writable_bytes(shared_acts_->segment(0)));
-    const std::size_t rank = std::size_t(comm_.rank()), ranks = std::size_t(comm_.size());
-    net_ = std::make_unique<Network<float>>(cfg_.arch, layout_, local_batch_, own, RowShare{&node, rank, ranks});
-    for (std::size_t l = 0; l < layout_.layers().size(); ++l) {
-      const DenseSpec& s = layout_.layers()[l];
-      const auto [i0, i1] = Network<float>::weight_rows(cfg_.arch, s, l, rank, ranks);
-      owned_.push_back({s.w_offset + i0 * s.out, (i1 - i0) * s.out});
-      if (rank == 0) owned_.push_back({s.b_offset, s.out});
-    }
-    shared_params_ = std::make_unique<NodeSegments>(comm_, layout_.padded_size(), true);
-    params_ = shared_params_->segment(0).first(layout_.padded_size());
-    shared_moments_ = std::make_unique<NodeSegments>(comm_, 2 * layout_.padded_size(), true);
+  watchdog_->allow_slow(resume_ ? resume_->state.step + 1 : 1);
+  watchdog_->beat(resume_ ? resume_->state.step : 0, "start-up", "the other ranks' shared memory and communicators");
+  if (!net_) {
+    sync_->attach();
+    params_ = sync_->parameters();
+    net_ = &sync_->network();
   }
-  // Every rank reads the checkpoint it resumes from; otherwise rank 0's initialisation is everyone's: one broadcast, or on
-  // one node one shared copy.
+  // Every rank reads the checkpoint it resumes from, and the seed draws the same parameters everywhere: the writers of
+  // each copy fill it, and it is every rank's.
   if (resume_) {
-    if (!node_shm_ || comm_.rank() == 0) std::copy(resume_->params.begin(), resume_->params.end(), params_.begin());
+    sync_->set_parameters([&](std::span<float> p) { std::copy(resume_->params.begin(), resume_->params.end(), p.begin()); });
     std::copy(resume_->adam_m.begin(), resume_->adam_m.end(), adam_m_.begin());
     std::copy(resume_->adam_v.begin(), resume_->adam_v.end(), adam_v_.begin());
   } else {
-    if (comm_.rank() == 0) init_parameters<float>(layout_, cfg_.seed, params_);
+    sync_->set_parameters([&](std::span<float> p) { init_parameters<float>(layout_, cfg_.seed, p); });
     std::fill(adam_m_.begin(), adam_m_.end(), 0.0f);
     std::fill(adam_v_.begin(), adam_v_.end(), 0.0f);
   }
-  if (node_shm_) shared_params_->fence();
-  else if (!resume_) comm_.broadcast(params_.data(), params_.size_bytes());
   step_ = resume_ ? resume_->state.step : 0;
   updates_ = resume_ ? resume_->state.updates : 0;
   skipped_ = resume_ ? resume_->state.skipped : 0;
@@ -555,6 +428,7 @@ void Trainer::run() {
     if (cfg_.max_steps > 0 && step_ >= cfg_.max_steps) break;
     // Rank 0 decides the epoch's mode, β and learning rate; every rank applies the same values.
     EpochPlan plan = scheduler_.plan(epoch);
+    watchdog_->beat(step_, "epoch start", "rank 0's plan of the epoch");
     comm_.broadcast(&plan, sizeof plan);
     const double lr = cfg_.lr * plan.lr_factor;
 
@@ -608,6 +482,7 @@ void Trainer::run() {
     rec.train_recon = applied ? recon / double(applied) : 0;
     rec.train_kl = applied ? kl / double(applied) : 0;
     rec.skipped_steps = skipped_ - skipped_before;
+    watchdog_->beat(step_, "epoch end", "the other ranks' evaluation");
     double phases[6] = {phase_.data, phase_.forward, phase_.backward, phase_.allreduce, phase_.update, phase_.checkpoint};
     comm_.allreduce_sum(phases);
     for (double& x : phases) x /= comm_.size();

@@ -33,6 +33,10 @@ class Communicator {
   // The ranks of this communicator with the same colour, in the same order (a new communicator, freed with the object).
   // Collective over this communicator.
   Communicator split(int colour) const;
+  // The ranks of this communicator on this node (MPI_COMM_TYPE_SHARED). Collective.
+  Communicator node() const;
+  // The ranks with this rank's local index, one per node, in node order (Horovod's cross communicator). Collective.
+  Communicator cross() const;
 
   Communicator(Communicator&& o) noexcept;
   Communicator& operator=(Communicator&&) = delete;
@@ -43,6 +47,8 @@ class Communicator {
   int size() const { return size_; }
   int local_size() const { return local_size_; }  // ranks sharing this node
   int local_rank() const { return local_rank_; }  // this rank's place among them
+  int nodes() const { return nodes_; }            // nodes this communicator spans
+  bool uniform_nodes() const { return uniform_; }  // every node holds the same number of its ranks
 
   void allreduce_sum(std::span<float> data) const;
   // Non-blocking sum in place; complete it with test_all or wait_all. Every rank must start the same ones in the same order.
@@ -50,6 +56,9 @@ class Communicator {
   // Drives outstanding requests forward (Open MPI progresses them only inside MPI calls); true when all are complete.
   bool test_all(std::span<MPI_Request> requests) const;
   void wait_all(std::span<MPI_Request> requests) const;
+  // The same sum of bfloat16 values (the upper halves of floats, as uint16): each pair is added in fp32 and rounded to
+  // nearest even, so half the bytes travel.
+  MPI_Request start_allreduce_sum_bf16(std::span<std::uint16_t> data) const;
   void allreduce_sum(std::span<double> data) const;
   void allreduce_max(std::span<double> data) const;
   int allreduce_min(int value) const;
@@ -66,9 +75,11 @@ class Communicator {
 
  private:
   Communicator() = default;
+  static Communicator wrap(MPI_Comm comm, bool owned);  // sets the error handler, rank, size and node shape
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool owned_ = false;
-  int rank_ = 0, size_ = 1, local_size_ = 1, local_rank_ = 0;
+  int rank_ = 0, size_ = 1, local_size_ = 1, local_rank_ = 0, nodes_ = 1;
+  bool uniform_ = true;
 };
 
 // The gradient buffers of all ranks of a one-node job, in one MPI-3 shared-memory window: each rank writes its own
@@ -91,7 +102,8 @@ class NodeSegments {
   // value (its writes so far become visible with it); wait_for(value) returns once every rank's counter has reached value.
   // Counters only grow; a rank that died is never waited out here, but mpirun ends the job.
   void post(std::uint64_t value);
-  void wait_for(std::uint64_t value) const;
+  // idle, if given, is called while waiting (to drive MPI requests in flight) after the first spins.
+  void wait_for(std::uint64_t value, void (*idle)(void*) = nullptr, void* context = nullptr) const;
 
  private:
   MPI_Win win_ = MPI_WIN_NULL;

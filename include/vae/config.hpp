@@ -48,7 +48,9 @@ struct Config {
   std::string step_log;  // optional per-step loss log (JSON lines), written by rank 0
   NanPolicy nan_policy = NanPolicy::stop;
   double bucket_mb = 1.0;  // gradient allreduce bucket size
-  bool node_shm = true;    // one-node jobs sum gradients in shared memory instead of MPI_Iallreduce
+  bool node_shm = true;    // the ranks of a node share one backward pass (and nodes sync hierarchically) instead of a flat allreduce
+  bool wire_bf16 = false;  // cross-node gradient sums travel as bfloat16 (added in fp32 on arrival)
+  double comm_timeout = 30;  // seconds a step may make no communication progress before the watchdog ends the job (0: off)
   int checkpoint_every = 1;  // epochs between checkpoints (0: only at the end)
   long checkpoint_every_steps = 0;  // also every N global steps inside an epoch (0: off)
   int keep_checkpoints = 3;  // the newest K are kept

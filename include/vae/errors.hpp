@@ -28,5 +28,7 @@ inline constexpr int kExitFailure = 1;   // an error on some rank; the job was a
 inline constexpr int kExitUsage = 2;     // a bad option or input file; nothing was trained
 inline constexpr int kExitDiverged = 3;  // a NaN or Inf in a loss or gradient with --nan-policy stop
 inline constexpr int kExitPreempted = 4; // stopped by SIGTERM, SIGUSR1 or SIGUSR2 after writing a checkpoint: requeue and --resume auto
+inline constexpr int kExitCommTimeout = 5;  // no communication progress for --comm-timeout seconds (a lost link, a stuck or
+                                            // dead peer): the job was ended; the last checkpoint is intact, requeue and resume
 
 }  // namespace vae

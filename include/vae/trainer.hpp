@@ -14,19 +14,22 @@
 #include "vae/communicator.hpp"
 #include "vae/config.hpp"
 #include "vae/dataset.hpp"
+#include "vae/gradient_sync.hpp"
 #include "vae/idx.hpp"
 #include "vae/kernels.hpp"
 #include "vae/metrics.hpp"
 #include "vae/model.hpp"
 #include "vae/scheduler.hpp"
+#include "vae/watchdog.hpp"
 
 namespace vae {
 
-// What a rank needs to run: its communicator, thread count and kernels. Passed around instead of globals.
+// What a rank needs to run: its communicator, thread count, kernels and watchdog. Passed around instead of globals.
 struct Context {
   const Communicator* comm = nullptr;
   int threads = 1;
   const Kernels<float>* kernels = nullptr;
+  Watchdog* watchdog = nullptr;
 };
 
 struct EvalResult {
@@ -34,7 +37,7 @@ struct EvalResult {
   double elbo() const { return recon + kl; }
 };
 
-class Trainer : private BackwardListener {
+class Trainer {
  public:
   // Decompresses any .gz data file into its cache (see decompressed_cache). Call it on one rank per node, before the
   // Trainers of that node are made, so each node decompresses once. Local work; throws UsageError.
@@ -60,7 +63,7 @@ class Trainer : private BackwardListener {
   StepLoss step(int epoch, long s, double beta, double lr);
   long steps_per_epoch() const;
 
-  std::span<const float> parameters() const { return params_; }
+  std::span<const float> parameters() const { return sync_->parameters(); }
   const std::vector<double>& step_losses() const { return step_losses_; }  // global loss per image, β-weighted, per step
   const std::vector<EpochRecord>& history() const { return history_; }
   std::size_t pool_bytes() const { return pool_.capacity(); }
@@ -71,19 +74,6 @@ class Trainer : private BackwardListener {
   const Dataset& test_set() const { return test_; }
 
  private:
-  // A contiguous range of the flat gradient buffer, synchronised by one non-blocking allreduce as soon as its last layer
-  // (in backward order) has its gradients.
-  struct GradBucket {
-    std::size_t begin = 0, end = 0;  // floats
-    std::size_t last_layer = 0;      // forward index of the layer that completes it
-  };
-  void layer_done(std::size_t layer, bool finite) override;
-  void rows_ready(std::size_t layer) override;
-  // Sharing the backward pass, every weight-gradient row mixes every rank's batch rows, so the rank that found a non-finite
-  // gradient (found) need not be where it came from: the lowest rank whose own loss, activations or loss gradients are not
-  // finite, else found. Collective over the node; only on a failed step.
-  int source_rank(std::size_t n, bool loss_finite, int found);
-  void progress();  // drives the buckets in flight; called between layers and from inside the kernels
   StepLoss train_step(std::span<const std::uint32_t> global_batch, double beta, double lr);
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
                  std::uint64_t eps_base);
@@ -105,32 +95,20 @@ class Trainer : private BackwardListener {
 
   ParamLayout layout_;
   std::size_t local_batch_;
+  std::unique_ptr<Watchdog> watchdog_;
+  std::unique_ptr<GradientSync> sync_;                 // how this run combines gradients, chosen at start-up
   Arena pool_;
-  std::span<float> params_, grads_, adam_m_, adam_v_;  // one flat layout, [padded_size] each
+  std::span<float> params_;                            // sync_'s parameters: this rank's own, or its node's one copy
+  std::span<float> grads_, adam_m_, adam_v_;           // one flat layout, [padded_size] each, in this rank's pool
   std::span<std::uint32_t> order_;                     // [train size], epoch order_epoch_'s permutation
   int order_epoch_ = -1;
   std::array<std::uint8_t, kImagePixels> binarized_{};  // one image as dynamically binarised, on its way into the batch
-  std::unique_ptr<Network<float>> net_;
+  Network<float>* net_ = nullptr;                      // sync_'s network
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
-  bool node_shm_ = false;                              // one node, gradients summed through shared memory
-  // Then params_ and the activations that weight gradients read are the node's one copy of each (the backward pass
-  // shared: see RowShare), each rank forming and updating its rows of every layer (owned_) in its own grads_, adam_m_,
-  // adam_v_; shared_ holds each rank's step record and the counter the ranks wait on inside the backward pass.
-  std::unique_ptr<NodeSegments> shared_, shared_params_, shared_acts_;
-  std::unique_ptr<NodeSegments> shared_moments_;       // [m | v], where a checkpoint's moments are gathered for rank 0
-  std::span<std::byte> net_memory_;                    // this rank's own part of a shared network, in the pool
-  std::size_t shared_act_bytes_ = 0;
-  std::vector<std::pair<std::size_t, std::size_t>> owned_;  // [offset, count) of the flat buffer this rank updates
-  std::uint64_t rows_posted_ = 0;                      // layers whose rows this rank has announced (rows_ready)
-  double rows_wait_ = 0;                               // seconds this step spent waiting for other ranks' rows
   std::optional<Checkpoint> resume_;                   // what --resume found, until initialize() applies it
   int first_epoch_ = 0;
   std::vector<EpochRecord> past_metrics_;              // the epochs before a resumed checkpoint, for the next one
   bool stop_agreed_ = false;                           // some rank was asked to stop: checkpoint and exit after this step
-  std::vector<GradBucket> buckets_;                    // in backward order, covering the gradient buffer
-  std::vector<MPI_Request> requests_;                  // one per bucket
-  std::size_t next_bucket_ = 0;
-  bool grads_finite_ = true;                           // every layer gradient so far was finite on this rank
 
   ModeScheduler scheduler_;
   long step_ = 0;     // global steps completed (applied or dropped)
