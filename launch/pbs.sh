@@ -72,7 +72,18 @@ threads=${OMP_NUM_THREADS:-${NCPUS:-1}}
 # Parallel file systems (NFS, Lustre) often lack the POSIX locks HDF5 takes by default, and its open then fails.
 export HDF5_USE_FILE_LOCKING=FALSE
 
-launch=(mpirun -n "$ranks" --hostfile "$PBS_NODEFILE" --map-by "ppr:$per_node:node:PE=$threads" --bind-to core
+# A lost node or link: each rank's watchdog names what it waits on after COMM_TIMEOUT seconds without progress, and ends
+# itself (exit 5) at twice that. The daemons' TCP keepalive finds a lost node in between, from COMM_TIMEOUT + 2 to
+# 1.5 x COMM_TIMEOUT + 2 seconds (Open MPI's default: 8 minutes), and mpirun ends the job with status 205; an abort
+# started by a rank's exit before that would wait for the lost daemon forever. Both are requeued, at most
+# MAX_COMM_REQUEUES times.
+comm_timeout=$(option_value --comm-timeout "${user_args[@]}") || { comm_timeout=${COMM_TIMEOUT:-30}; args+=(--comm-timeout "$comm_timeout"); }
+comm_timeout=${comm_timeout%.*}
+(( comm_timeout > 0 )) || comm_timeout=600  # the watchdog off: the daemons still give up, after 10 minutes
+lost_node=(--mca oob_tcp_keepalive_time $(( (comm_timeout + 1) / 2 ))
+           --mca oob_tcp_keepalive_intvl 2 --mca oob_tcp_keepalive_probes $(( comm_timeout / 2 + 1 )))
+
+launch=(mpirun -n "$ranks" --hostfile "$PBS_NODEFILE" --map-by "ppr:$per_node:node:PE=$threads" --bind-to core "${lost_node[@]}"
         -x HDF5_USE_FILE_LOCKING -x PATH -x LD_LIBRARY_PATH)
 [[ $(id -u) -eq 0 ]] && launch+=(--allow-run-as-root)
 read -r -a extra <<<"${LAUNCHER_ARGS:-}"
@@ -116,6 +127,13 @@ if [[ -n "$stopped_at" && $status -ne 0 && $status -ne 4 ]] &&
   status=4
 fi
 
+if [[ ($status -eq 5 || $status -eq 205) && -n "${PBS_JOBID:-}" ]]; then
+  restarts=${PBS_RUN_COUNT:-0}
+  if (( restarts < ${MAX_COMM_REQUEUES:-3} )); then
+    echo "pbs.sh: a node or link was lost (exit $status): requeueing from the last checkpoint"
+    status=4
+  fi
+fi
 if [[ $status -eq 4 && -n "${PBS_JOBID:-}" ]]; then
   mode=${REQUEUE:-auto}
   if [[ $mode == auto || $mode == qrerun ]] && qrerun "$PBS_JOBID"; then

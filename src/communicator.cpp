@@ -159,6 +159,14 @@ void Communicator::broadcast(void* data, std::size_t bytes, int root) const {
   check_mpi(MPI_Bcast(data, int(bytes), MPI_BYTE, root, comm_), "MPI_Bcast");
 }
 
+void Communicator::send(std::span<const std::byte> data, int peer) const {
+  check_mpi(MPI_Send(data.data(), int(data.size()), MPI_BYTE, peer, 0, comm_), "MPI_Send");
+}
+
+void Communicator::receive(std::span<std::byte> data, int peer) const {
+  check_mpi(MPI_Recv(data.data(), int(data.size()), MPI_BYTE, peer, 0, comm_, MPI_STATUS_IGNORE), "MPI_Recv");
+}
+
 void Communicator::barrier() const { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }
 
 bool Communicator::any_failed(const std::string& error, const char* program) const {

@@ -384,6 +384,14 @@ void Trainer::initialize() {
     params_ = sync_->parameters();
     net_ = &sync_->network();
   }
+  // Every rank chose its checkpoint itself: across nodes that needs one shared run directory, seen alike by all.
+  double found[2] = {resume_ ? double(resume_->state.step) : -1.0, resume_ ? -double(resume_->state.step) : 1.0};
+  comm_.allreduce_max(found);
+  if (found[0] != -found[1])
+    throw AgreedError("the ranks resume from different checkpoints (step " + std::to_string(long(-found[1])) + " on some, " +
+                          std::to_string(long(found[0])) + " on others; -1: none): is " + cfg_.run_dir +
+                          " one directory shared by every node?",
+                      kExitUsage);
   // Every rank reads the checkpoint it resumes from, and the seed draws the same parameters everywhere: the writers of
   // each copy fill it, and it is every rank's.
   if (resume_) {
@@ -519,6 +527,10 @@ void Trainer::run() {
     std::printf("%s", format_profile(profile_, step_, cfg_.batch).c_str());
     std::fflush(stdout);
   }
+  // The last checkpoint is on disk before any rank goes on (to resume from it, say).
+  watchdog_->allow_slow(step_ + 1);
+  watchdog_->beat(step_, "end", "rank 0's last checkpoint");
+  comm_.barrier();
 }
 
 }  // namespace vae

@@ -63,11 +63,16 @@ void Watchdog::fire(double idle) const {
   else if (what[0] != '\0') std::snprintf(waits, sizeof waits, ", waiting on %s", what);
   std::fprintf(stderr,
                "%s: rank %d: error: no communication progress for %.0f s at step %ld, phase %s%s (a lost link or a stuck "
-               "peer; --comm-timeout); ending the job with exit code %d, the last checkpoint is intact\n",
+               "peer; --comm-timeout); the job ends within %.0f s (exit %d, or mpirun's 205 for a lost node), the last "
+               "checkpoint is intact\n",
                program_.c_str(), rank_, idle, step_.load(std::memory_order_relaxed), phase_.load(std::memory_order_relaxed), waits,
-               kExitCommTimeout);
+               idle, kExitCommTimeout);
   std::fflush(stderr);
   std::fflush(stdout);
+  // Not at once: a rank's exit starts mpirun's abort, which waits for every daemon, a lost one too, forever. The
+  // launcher's keepalive (launch/*.sh) finds a lost node before this sleep ends and ends the job itself; a stuck but
+  // reachable peer is ended by the abort this exit starts.
+  std::this_thread::sleep_for(std::chrono::duration<double>(idle));
   std::_Exit(kExitCommTimeout);
 }
 

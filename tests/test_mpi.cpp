@@ -102,6 +102,14 @@ TEST(MpiTest, ResumeContinuesBitForBitOnTwoRanks) {
   comm.barrier();
 }
 
+// The same at any rank count and layout (the emulated cluster runs it at 2 nodes × 2 ranks, through the hierarchical sync).
+TEST(MpiTest, ResumeContinuesBitForBit) {
+  const Communicator& comm = world();
+  const SharedData data(comm, 640, 64);
+  test::expect_resume_bit_for_bit(test::small_config(data.dir()), comm, 1, data.dir());
+  comm.barrier();
+}
+
 // The same training at 1, 2 and 4 ranks (global batch fixed): parameters agree to float rounding after 100 steps, through
 // the one-node shared pass and through the bucketed allreduce of multi-node jobs; the same rank count twice agrees bit for
 // bit. Run with mpiexec -n 4.

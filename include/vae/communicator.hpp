@@ -63,6 +63,9 @@ class Communicator {
   void allreduce_max(std::span<double> data) const;
   int allreduce_min(int value) const;
   void broadcast(void* data, std::size_t bytes, int root = 0) const;
+  // Blocking point-to-point bytes (the link benchmark's ping-pong).
+  void send(std::span<const std::byte> data, int peer) const;
+  void receive(std::span<std::byte> data, int peer) const;
   void barrier() const;
 
   // Every rank calls this with its error ("" if none). Returns true on every rank if any rank failed; the lowest failing

@@ -31,7 +31,7 @@ class Watchdog {
 
  private:
   void watch();
-  [[noreturn]] void fire(double idle) const;
+  [[noreturn]] void fire(double idle) const;  // the line, then the exit after as long again
 
   double timeout_, grace_;
   int rank_;

@@ -8,6 +8,7 @@
 #   cluster.sh down NAME                    end the processes in its namespaces, then remove namespaces, veths, bridge
 #   cluster.sh exec NAME NODE CMD...        run CMD on node NODE (1-based) under its host name
 #   cluster.sh mpirun NAME NP PPN ARGS...   mpirun on node 1 for NP ranks, PPN per node, ARGS the program and its options
+#                                           (NAME - : the cluster of the enclosing cluster.sh run)
 #   cluster.sh link NAME NODE up|down       set node NODE's link to the bridge up or down (a cable pulled)
 #   cluster.sh agent HOST CMD...            the plm_rsh_agent: runs Open MPI's daemon command on HOST's node
 #   cluster.sh run NODES [RATE DELAY] -- CMD...
@@ -61,6 +62,9 @@ up() {
     ip -n "$ns" link set lo up
     ip -n "$ns" addr add "$subnet.$k/24" dev eth0
     ip -n "$ns" link set eth0 up
+    # A daemon with output still unsent to a lost peer waits out TCP's retransmissions, not its keepalive: 15 minutes
+    # with the kernel's default of 15 retries, about 25 s with 6. On a real cluster the batch system fences a lost node.
+    ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_retries2=6
     if [[ "$rate" != - ]]; then
       # Shaping each node's sending side shapes every packet between two nodes once.
       ip netns exec "$ns" tc qdisc add dev eth0 root netem rate "$rate" delay "$delay" limit 100000
@@ -86,8 +90,8 @@ down() {
   for sig in TERM KILL; do
     for ((k = 1; k <= nodes; k++)); do
       ns=$(ns_of "$name" "$k")
-      pids=$(ip netns pids "$ns" 2>/dev/null || true)
-      [[ -n "$pids" ]] && kill "-$sig" $pids 2>/dev/null || true
+      read -r -a pids <<<"$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
+      if ((${#pids[@]})); then kill "-$sig" "${pids[@]}" 2>/dev/null || true; fi
     done
     for _ in $(seq 30); do
       local left=0
@@ -111,24 +115,30 @@ down() {
 on_node() {
   local name=$1 k=$2
   shift 2
+  # shellcheck disable=SC2016 # $0 and $@ belong to the inner shell
   exec ip netns exec "$(ns_of "$name" "$k")" unshare --uts -- /bin/sh -c 'hostname "$0" && exec "$@"' "$(host_of "$name" "$k")" "$@"
 }
 
 mpirun_on() {
   local name=$1 np=$2 ppn=$3 s
+  [[ "$name" == - ]] && name=${VAE_CLUSTER:?cluster name - means the cluster of cluster.sh run}
   shift 3
   s=$(state_of "$name")
   [[ -f "$s/hostfile" ]] || die "no cluster named '$name' is up"
   local root_flags=()
   [[ $(id -u) -eq 0 ]] && root_flags=(--allow-run-as-root)
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 VAE_CLUSTER_NAME=$name
-  # Keepalive on the daemons' own connections: with a link down, a daemon learns that its peer is gone in seconds,
-  # not after TCP's retransmission timeout of many minutes.
+  # Keepalive on the daemons' own connections, as launch/*.sh set it for vae_dist's --comm-timeout T (VAE_COMM_TIMEOUT
+  # here, default 30): with a link down the daemons learn that a peer is gone between T + 2 and 1.5·T + 2 seconds (not
+  # Open MPI's default of 8 minutes), after the ranks' watchdogs have named what they wait on (at T) and before they end
+  # themselves (at 2·T; an abort started then would wait for the lost daemon forever).
+  local t=${VAE_COMM_TIMEOUT:-30}
+  local keepalive=($(( (t + 1) / 2 )) 2 $(( t / 2 + 1 )))
   on_node "$name" 1 mpirun "${root_flags[@]}" --hostfile "$s/hostfile" -np "$np" --map-by "ppr:$ppn:node" --bind-to none \
     --mca plm_rsh_agent "$self agent" --mca plm_rsh_no_tree_spawn 1 \
     --mca btl tcp,vader,self --mca btl_tcp_if_include "$subnet.0/24" --mca oob_tcp_if_include "$subnet.0/24" \
-    --mca oob_tcp_keepalive_time 2 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 \
-    "$@"
+    --mca oob_tcp_keepalive_time "${keepalive[0]}" --mca oob_tcp_keepalive_intvl "${keepalive[1]}" \
+    --mca oob_tcp_keepalive_probes "${keepalive[2]}" "$@"
 }
 
 agent() {
