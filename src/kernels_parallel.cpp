@@ -360,6 +360,10 @@ std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads) {
   return make_parallel_kernels(threads);
 }
 
+void to_bf16(const float* x, std::uint16_t* out, std::size_t n, const std::string& isa) { ops_named(isa).to_bf16(x, out, n); }
+void from_bf16(const std::uint16_t* h, float* out, std::size_t n, const std::string& isa) { ops_named(isa).from_bf16(h, out, n); }
+void add_bf16(const std::uint16_t* a, std::uint16_t* b, std::size_t n, const std::string& isa) { ops_named(isa).add_bf16(a, b, n); }
+
 std::vector<std::string> available_isas() {
   std::vector<std::string> names;
   for (const simd::Ops* o : simd::available_ops()) names.emplace_back(o->target);

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <utility>
 
+#include "vae/bf16.hpp"
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "simd_ops.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -421,6 +423,51 @@ void adam(float* p, const float* g, float* m, float* v, std::size_t begin, std::
   }
 }
 
+// bf16 from f32 lanes, rounded to nearest even (NaN kept quiet), narrowed to u16 lanes.
+template <class DU16>
+hn::Vec<DU16> round_to_bf16(DU16 d16, VF v) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const auto u = hn::BitCast(du, v);
+  auto r = hn::Add(u, hn::Add(hn::Set(du, 0x7fffu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u))));
+  r = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::Or(u, hn::Set(du, 0x400000u)), r);
+  return hn::DemoteTo(d16, hn::BitCast(di, hn::ShiftRight<16>(r)));
+}
+
+template <class DU16>
+VF widen_bf16(DU16 d16, const std::uint16_t* h) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  return hn::BitCast(d, hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(d16, h))));
+}
+
+void to_bf16(const float* x, std::uint16_t* out, std::size_t n) {
+  const DF d;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const std::size_t N = hn::Lanes(d);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(round_to_bf16(d16, hn::LoadU(d, x + i)), d16, out + i);
+  for (; i < n; ++i) out[i] = bf16_round(x[i]);
+}
+
+void from_bf16(const std::uint16_t* h, float* out, std::size_t n) {
+  const DF d;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const std::size_t N = hn::Lanes(d);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(widen_bf16(d16, h + i), d, out + i);
+  for (; i < n; ++i) out[i] = bf16_widen(h[i]);
+}
+
+void add_bf16(const std::uint16_t* a, std::uint16_t* b, std::size_t n) {
+  const DF d;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const std::size_t N = hn::Lanes(d);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(round_to_bf16(d16, hn::Add(widen_bf16(d16, a + i), widen_bf16(d16, b + i))), d16, b + i);
+  for (; i < n; ++i) b[i] = bf16_round(bf16_widen(a[i]) + bf16_widen(b[i]));
+}
+
 const Ops* get_ops() {
   static const Ops ops = [] {
     Ops o;
@@ -436,6 +483,9 @@ const Ops* get_ops() {
     o.all_finite = &all_finite;
     o.box_muller = &box_muller;
     o.adam = &adam;
+    o.to_bf16 = &to_bf16;
+    o.from_bf16 = &from_bf16;
+    o.add_bf16 = &add_bf16;
     return o;
   }();
   return &ops;

@@ -2,6 +2,7 @@
 // awkward shapes, and the real model shapes.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <limits>
 #include <random>
 #include <string>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "vae/aligned.hpp"
+#include "vae/bf16.hpp"
 #include "vae/kernels.hpp"
 #include "vae/model.hpp"
 #include "vae/optimizer.hpp"
@@ -293,6 +295,58 @@ TEST(Adam, MatchesTextbookWithBiasCorrection) {
     EXPECT_NEAR(fp[i], tp[i], 2e-6) << i;
   }
   });
+}
+
+
+// The bf16 wire format by hand: 1 + 2⁻⁸ is a tie between 1 and 1 + 2⁻⁷ and rounds to even (1); just above it rounds up;
+// NaN stays NaN, ±Inf stay, and the largest float rounds to +Inf as IEEE's nearest-even does.
+TEST(Bf16, RoundsToNearestEvenByHand) {
+  EXPECT_EQ(bf16_round(1.0f), 0x3f80);
+  EXPECT_EQ(bf16_round(1.0f + 0x1p-8f), 0x3f80);
+  EXPECT_EQ(bf16_round(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);
+  EXPECT_EQ(bf16_round(1.0f + 3 * 0x1p-8f), 0x3f82);  // the tie between 0x3f81 and 0x3f82 goes to the even 0x3f82
+  EXPECT_EQ(bf16_round(-2.5f), 0xc020);
+  EXPECT_EQ(bf16_round(std::numeric_limits<float>::infinity()), 0x7f80);
+  EXPECT_EQ(bf16_round(std::numeric_limits<float>::max()), 0x7f80);
+  EXPECT_TRUE(std::isnan(bf16_widen(bf16_round(std::numeric_limits<float>::quiet_NaN()))));
+  EXPECT_EQ(bf16_widen(0x3f81), 1.0f + 0x1p-7f);
+}
+
+// Every instruction set's conversions and sums equal the scalar definition, bit for bit, on an awkward length (a SIMD
+// body and a tail) with ties, NaN and infinities in it.
+TEST(Bf16, SimdMatchesScalarOnEveryIsa) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  const std::size_t n = 1000 + 13;
+  std::vector<float> x(n);
+  for (float& v : x) v = normal(rng);
+  x[3] = 1.0f + 0x1p-8f;
+  x[17] = std::numeric_limits<float>::quiet_NaN();
+  x[n - 1] = -std::numeric_limits<float>::infinity();
+  x[n - 2] = std::numeric_limits<float>::max();
+  std::vector<std::uint16_t> ref(n), a(n), b_ref(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    ref[i] = bf16_round(x[i]);
+    a[i] = bf16_round(x[n - 1 - i] * 0.5f);
+    b_ref[i] = bf16_round(bf16_widen(a[i]) + bf16_widen(ref[i]));
+  }
+  for (const std::string& isa : available_isas()) {
+    std::vector<std::uint16_t> h(n);
+    to_bf16(x.data(), h.data(), n, isa);
+    EXPECT_EQ(h, ref) << isa;
+    std::vector<float> back(n);
+    from_bf16(h.data(), back.data(), n, isa);
+    for (std::size_t i = 0; i < n; ++i)
+      if (!std::isnan(x[i])) {
+        ASSERT_EQ(back[i], bf16_widen(ref[i])) << isa << " element " << i;
+      }
+    EXPECT_TRUE(std::isnan(back[17])) << isa;
+    add_bf16(a.data(), h.data(), n, isa);
+    for (std::size_t i = 0; i < n; ++i)
+      if (!std::isnan(bf16_widen(b_ref[i]))) {
+        ASSERT_EQ(h[i], b_ref[i]) << isa << " element " << i;
+      }
+  }
 }
 
 }  // namespace

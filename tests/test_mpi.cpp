@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "test_util.hpp"
+#include "vae/bf16.hpp"
 #include "vae/communicator.hpp"
 #include "vae/config.hpp"
 #include "vae/trainer.hpp"
@@ -53,6 +54,21 @@ TEST(MpiTest, AllreduceSumsEveryElement) {
   EXPECT_DOUBLE_EQ(d[0], P * (P - 1) / 2.0);
   EXPECT_DOUBLE_EQ(d[1], P);
   EXPECT_DOUBLE_EQ(d[2], -2.5 * P * (P - 1) / 2.0);
+}
+
+// The bf16 wire: each pair added in fp32 and rounded. Small integers are exact in bf16 (8 bits of mantissa), so their sum
+// is too; 1 + 2⁻⁸ from every rank sums to P·(1 + 2⁻⁸), which bf16 holds only rounded.
+TEST(MpiTest, Bf16AllreduceAddsInFloat) {
+  const Communicator& comm = world();
+  const int P = comm.size(), r = comm.rank();
+  std::vector<std::uint16_t> h(1001);
+  for (std::size_t i = 0; i < h.size(); ++i) h[i] = bf16_round(float(r + 1) * float(i % 64));
+  h.back() = bf16_round(1.0f + 0x1p-8f);  // rounds to 1 already on the way in
+  MPI_Request request = comm.start_allreduce_sum_bf16(h);
+  comm.wait_all(std::span<MPI_Request>(&request, 1));
+  const float ranks = float(P * (P + 1) / 2);
+  for (std::size_t i = 0; i + 1 < h.size(); ++i) ASSERT_EQ(bf16_widen(h[i]), ranks * float(i % 64)) << "element " << i;
+  EXPECT_EQ(bf16_widen(h.back()), float(P));
 }
 
 TEST(MpiTest, ErrorAgreementReachesEveryRank) {

@@ -272,4 +272,11 @@ std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads);
 // The instruction sets this binary carries that this CPU runs, best first.
 std::vector<std::string> available_isas();
 
+// The bf16 wire format of gradient sums (--wire bf16), on the best instruction set, single-threaded (they run inside MPI
+// progress): out = bf16(x) rounded to nearest even; out = float(h); b = bf16(float(a) + float(b)). vae/bf16.hpp has the
+// scalar definition they are tested against; isa as for make_parallel_kernels.
+void to_bf16(const float* x, std::uint16_t* out, std::size_t n, const std::string& isa = "");
+void from_bf16(const std::uint16_t* h, float* out, std::size_t n, const std::string& isa = "");
+void add_bf16(const std::uint16_t* a, std::uint16_t* b, std::size_t n, const std::string& isa = "");
+
 }  // namespace vae

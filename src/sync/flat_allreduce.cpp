@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "sync/strategies.hpp"
-#include "vae/bf16.hpp"
 
 namespace vae {
 namespace {
@@ -57,7 +56,7 @@ class FlatAllreduceSync final : public GradientSync {
     beat("backward", "start of bucket", long(b));
     if (cfg().wire_bf16) {
       const std::span<std::uint16_t> wire = wire_.subspan(k.begin, k.end - k.begin);
-      to_bf16(grads_.subspan(k.begin, k.end - k.begin), wire.data());
+      to_bf16(grads_.data() + k.begin, wire.data(), wire.size());
       requests_[b] = comm().start_allreduce_sum_bf16(wire);
     } else {
       requests_[b] = comm().start_allreduce_sum(grads_.subspan(k.begin, k.end - k.begin));
@@ -89,7 +88,7 @@ class FlatAllreduceSync final : public GradientSync {
       comm().wait_all(std::span<MPI_Request>(requests_).subspan(b, 1));
       waited += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const Bucket& k = buckets_[b];
-      if (cfg().wire_bf16) from_bf16(wire_.data() + k.begin, grads_.subspan(k.begin, k.end - k.begin));
+      if (cfg().wire_bf16) from_bf16(wire_.data() + k.begin, grads_.data() + k.begin, k.end - k.begin);
       apply(k.begin, k.end - k.begin);
     }
     return waited;
@@ -114,13 +113,5 @@ class FlatAllreduceSync final : public GradientSync {
 }  // namespace
 
 std::unique_ptr<GradientSync> make_flat_allreduce_sync(const SyncSetup& setup) { return std::make_unique<FlatAllreduceSync>(setup); }
-
-void to_bf16(std::span<const float> from, std::uint16_t* to) {
-  for (std::size_t i = 0; i < from.size(); ++i) to[i] = bf16_round(from[i]);
-}
-
-void from_bf16(const std::uint16_t* from, std::span<float> to) {
-  for (std::size_t i = 0; i < to.size(); ++i) to[i] = bf16_widen(from[i]);
-}
 
 }  // namespace vae

@@ -3,7 +3,6 @@
 #include <vector>
 
 #include "sync/node_shared.hpp"
-#include "vae/bf16.hpp"
 
 namespace vae {
 namespace {
@@ -46,7 +45,7 @@ class HierarchicalSync final : public NodeSharedSync {
       beat("backward", "start of the cross-node sum of bucket", long(started_));
       if (cfg().wire_bf16) {
         const std::span<std::uint16_t> wire = wire_.subspan(begin, count);
-        to_bf16(grads_.subspan(begin, count), wire.data());
+        to_bf16(grads_.data() + begin, wire.data(), count);
         requests_[started_] = cross_->start_allreduce_sum_bf16(wire);
       } else {
         requests_[started_] = cross_->start_allreduce_sum(grads_.subspan(begin, count));
@@ -82,7 +81,7 @@ class HierarchicalSync final : public NodeSharedSync {
     const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (cfg().wire_bf16) {
       const auto [begin, count] = owned_[i];
-      from_bf16(wire_.data() + begin, grads_.subspan(begin, count));
+      from_bf16(wire_.data() + begin, grads_.data() + begin, count);
     }
     return waited;
   }

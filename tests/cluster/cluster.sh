@@ -4,7 +4,7 @@
 #
 # Usage (as root):
 #   cluster.sh up NAME NODES [RATE DELAY]   make cluster NAME (≤ 6 characters) with NODES nodes; RATE/DELAY shape every
-#                                           node's link with tc netem (e.g. 10gbit 50us), "-" for none
+#                                           node's link with tc (e.g. 10gbit 50us; a delay needs sch_netem), "-" for none
 #   cluster.sh down NAME                    end the processes in its namespaces, then remove namespaces, veths, bridge
 #   cluster.sh exec NAME NODE CMD...        run CMD on node NODE (1-based) under its host name
 #   cluster.sh mpirun NAME NP PPN ARGS...   mpirun on node 1 for NP ranks, PPN per node, ARGS the program and its options
@@ -65,9 +65,14 @@ up() {
     # A daemon with output still unsent to a lost peer waits out TCP's retransmissions, not its keepalive: 15 minutes
     # with the kernel's default of 15 retries, about 25 s with 6. On a real cluster the batch system fences a lost node.
     ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_retries2=6
-    if [[ "$rate" != - ]]; then
-      # Shaping each node's sending side shapes every packet between two nodes once.
-      ip netns exec "$ns" tc qdisc add dev eth0 root netem rate "$rate" delay "$delay" limit 100000
+    # Shaping each node's sending side shapes every packet between two nodes once. A delay needs sch_netem, which some
+    # kernels lack (this one's Firecracker kernel among them): then only the rate, with a token bucket.
+    if [[ "$delay" != - ]]; then
+      ip netns exec "$ns" tc qdisc add dev eth0 root netem rate "$rate" delay "$delay" limit 100000 2>/dev/null ||
+        die "this kernel has no sch_netem, so a link delay cannot be emulated; shape the rate alone (DELAY -)"
+    elif [[ "$rate" != - ]]; then
+      # A burst of at least rate / HZ, or the bucket cannot refill between ticks.
+      ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$rate" burst 4mb latency 20ms
     fi
     echo "$subnet.$k slots=64" >>"$s/hostfile"
   done

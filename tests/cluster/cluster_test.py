@@ -153,5 +153,18 @@ def case_resume_across_layouts():
             assert abs(got - ref) <= 1e-4 * abs(ref), (run_dir, got, ref)
 
 
+def case_wire_bf16():
+    """2 nodes × 2 ranks with the gradient sums in bf16 train as fp32 does, to within a fraction of a nat."""
+    with Cluster(2) as c, tempfile.TemporaryDirectory() as d:
+        elbo = {}
+        for wire in ("fp32", "bf16"):
+            code, out, err = c.run(4, 2, *SMOKE, "--run-dir", os.path.join(d, wire), "--wire", wire)
+            assert code == 0 and ("summed over 2 nodes" + (" as bf16" if wire == "bf16" else "")) in out, out + err
+            elbo[wire] = metrics(os.path.join(d, wire))[-1]["test_elbo"]
+        print(elbo)
+        assert elbo["bf16"] != elbo["fp32"], "the bf16 wire changed nothing: is it used?"
+        assert abs(elbo["bf16"] - elbo["fp32"]) < 0.005 * elbo["fp32"], elbo
+
+
 globals()["case_" + CASE]()
 print("ok", CASE)
