@@ -33,13 +33,20 @@ def tx_bytes(name, node):
         return int(f.read())
 
 
+def args_for(batch, run_dir, steps):
+    return ["--preset", "v3", "--batch", str(batch), "--epochs", "1", "--max-steps", str(steps), "--test-limit", "64",
+            "--progress", "never", "--run-dir", run_dir, "--checkpoint-every", "0"]
+
+
+def record(run_dir):
+    rec = json.loads(open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()[-1])
+    return rec["samples_per_s"], rec["time_allreduce_wait"] / sum(rec[p] for p in PHASES)
+
+
 def train(cmd, batch, run_dir):
     steps = 60000 // batch // 2  # half an epoch: the steady state, without the evaluation
-    args = ["--preset", "v3", "--batch", str(batch), "--epochs", "1", "--max-steps", str(steps), "--test-limit", "64",
-            "--progress", "never", "--run-dir", run_dir, "--checkpoint-every", "0"]
-    subprocess.run(cmd + args, cwd=ROOT, check=True, capture_output=True)
-    rec = json.loads(open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()[-1])
-    return rec["samples_per_s"], rec["time_allreduce_wait"] / sum(rec[p] for p in PHASES), steps
+    subprocess.run(cmd + args_for(batch, run_dir, steps), cwd=ROOT, check=True, capture_output=True)
+    return record(run_dir) + (steps,)
 
 
 def run_layout(layout, batch, binary):
@@ -48,6 +55,15 @@ def run_layout(layout, batch, binary):
     with tempfile.TemporaryDirectory() as d:
         if kind == "1x2":
             return train([binary, "--threads", "2"], batch, d) + (0.0,)
+        if kind == "half":
+            # What each of two nodes computes, half the batch on its core and the whole update, with the other core
+            # doing the same at the same time (two independent processes): the compute the α–β model adds the link to.
+            steps = 60000 // batch // 2
+            runs = [os.path.join(d, str(k)) for k in (0, 1)]
+            procs = [subprocess.Popen([binary, "--threads", "1"] + args_for(batch // 2, r, steps), cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for r in runs]
+            assert all(p.wait() == 0 for p in procs)
+            return sum(record(r)[0] for r in runs), 0.0, steps, 0.0
         if kind == "node2x1":
             cmd = [shutil.which("mpirun"), *root, "-n", "2", "--map-by", "slot:PE=1", "--bind-to", "core", binary, "--threads", "1"]
             return train(cmd, batch, d) + (0.0,)
@@ -74,7 +90,7 @@ def main():
     if a.delay != "-":
         CLUSTERS["10 Gb/s + " + a.delay] = ("bs", "10gbit", a.delay)
         del CLUSTERS["10 Gb/s"]
-    layouts = [("1x2", None, None), ("node2x1", None, None)]
+    layouts = [("1x2", None, None), ("half", None, None), ("node2x1", None, None)]
     layouts += [("2nodes", c, w) for c in CLUSTERS for w in ("fp32", "bf16")]
     try:
         for name, rate, delay in CLUSTERS.values():
@@ -89,9 +105,9 @@ def main():
         for name, _, _ in CLUSTERS.values():
             subprocess.run(["bash", CLUSTER, "down", name])
 
-    print("| link | one-way latency α | bandwidth β |\n|---|---|---|")
+    print("| link | one-way latency α | bandwidth β | bf16 wire's passes, per gradient float |\n|---|---|---|---|")
     for c, l in links.items():
-        print(f"| {c} | {1e6 * l['alpha_s']:.1f} µs | {l['beta_bytes_per_s'] / 1e9:.2f} GB/s |")
+        print(f"| {c} | {1e6 * l['alpha_s']:.1f} µs | {l['beta_bytes_per_s'] / 1e9:.2f} GB/s | {1e9 * l['bf16_seconds_per_float']:.2f} ns |")
     print("\n| global batch | layout | samples/s | vs 1 × 2 | sync wait, share of step | bytes sent per node and step | "
           "α–β model | model / measured |")
     print("|---|---|---|---|---|---|---|---|")
@@ -101,17 +117,18 @@ def main():
             rs = results[(batch, layout)]
             rate, wait = statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)
             kind, cluster, wire = layout
-            label = {"1x2": "1 process × 2 threads", "node2x1": "1 node × 2 ranks"}.get(kind) or f"2 nodes × 1 rank, {cluster}, {wire} wire"
+            label = {"1x2": "1 process × 2 threads", "node2x1": "1 node × 2 ranks",
+                     "half": "two nodes' compute without sync: 2 processes × 1 thread at half the batch"}.get(kind) or f"2 nodes × 1 rank, {cluster}, {wire} wire"
             sent = model = ratio = ""
             if kind == "2nodes":
                 sent = f"{statistics.median(r[3] for r in rs) / 1e6:.2f} MB"
                 link = links[cluster]
                 wire_bytes = scaling_model.GRADIENT_BYTES // (2 if wire == "bf16" else 1)
-                # Each node computes the whole step for its half of the batch on one core: the 1 × 2 step time, then the
-                # allreduce on top, as the cores that would overlap it are the ones that move its bytes.
-                step = batch / base + scaling_model.ring_allreduce(2, wire_bytes, link["alpha_s"], link["beta_bytes_per_s"],
-                                                                   buckets=12)
-                predicted = batch / step
+                compute = batch / statistics.median(r[0] for r in results[(batch, ("half", None, None))])
+                convert = link["bf16_seconds_per_float"] * scaling_model.GRADIENT_BYTES / 4 if wire == "bf16" else 0.0
+                buckets = 4  # the hierarchical sync's buckets of --bucket-mb 1 with one rank per node
+                predicted = batch / scaling_model.emulated_step(compute, 2, wire_bytes, link["alpha_s"], link["beta_bytes_per_s"],
+                                                                buckets, convert)
                 model, ratio = f"{predicted:,.0f}", f"{predicted / rate:.2f}"
             print(f"| {batch} | {label} | {rate:,.0f} | {rate / base:.2f} | {100 * wait:.1f}% | {sent} | {model} | {ratio} |")
     print(f"\nv3, medians of {a.repetitions} interleaved runs of half an epoch each.")

@@ -1,10 +1,12 @@
 // Ping-pong between ranks 0 and 1 (put them on two nodes): one-way time per message size, and the α–β fit of the link.
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <vector>
 
 #include "vae/communicator.hpp"
+#include "vae/kernels.hpp"
 
 int main(int argc, char** argv) {
   vae::MpiSession mpi(argc, argv);
@@ -48,6 +50,22 @@ int main(int argc, char** argv) {
   }
   const double n = double(points.size()), slope = (n * sxy - sx * sy) / (n * sxx - sx * sx);
   const double alpha = points.front().second;  // an 8-byte message is all latency
-  if (comm.rank() == 0) std::printf("], \"alpha_s\": %.9g, \"beta_bytes_per_s\": %.9g}\n", alpha, 1.0 / slope);
+  // The bf16 wire's own cost per gradient float on this core: rounding it to bf16, the sum on arrival, widening it back
+  // (v3's gradient, so the caches see what a step gives them).
+  const std::size_t floats = 1'548'560;
+  std::vector<float> g(floats, 0.37f);
+  std::vector<std::uint16_t> h(floats), other(floats, 0x3f80);
+  std::vector<double> conv;
+  for (int r = 0; r < 25; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    vae::to_bf16(g.data(), h.data(), floats);
+    vae::add_bf16(other.data(), h.data(), floats);
+    vae::from_bf16(h.data(), g.data(), floats);
+    conv.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(floats));
+  }
+  std::nth_element(conv.begin(), conv.begin() + 12, conv.end());
+  if (comm.rank() == 0)
+    std::printf("], \"alpha_s\": %.9g, \"beta_bytes_per_s\": %.9g, \"bf16_seconds_per_float\": %.9g}\n", alpha, 1.0 / slope,
+                conv[12]);
   return 0;
 }

@@ -1,4 +1,4 @@
-// The training loop. A step reads as its phases: data, forward, loss, backward, allreduce, update.
+// The training loop. A step reads as its phases: data, forward, loss, backward, sync, update.
 #include "vae/trainer.hpp"
 
 #include <sys/resource.h>

@@ -1,4 +1,4 @@
-// The data-parallel training loop: each rank trains on its slice of every global batch, gradients are averaged by allreduce.
+// The data-parallel training loop: each rank trains on its slice of every global batch; a sync strategy combines the gradients.
 #pragma once
 
 #include <array>

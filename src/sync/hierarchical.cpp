@@ -1,5 +1,7 @@
 // Across nodes: a shared backward pass in each node, and each rank's own rows summed with the ranks of its local index.
+#include <algorithm>
 #include <chrono>
+#include <utility>
 #include <vector>
 
 #include "sync/node_shared.hpp"
@@ -15,11 +17,28 @@ namespace {
 // to reduce).
 class HierarchicalSync final : public NodeSharedSync {
  public:
-  explicit HierarchicalSync(const SyncSetup& s) : NodeSharedSync(s), requests_(owned_.size(), MPI_REQUEST_NULL) {}
+  explicit HierarchicalSync(const SyncSetup& s) : NodeSharedSync(s) {
+    // Buckets of at least --bucket-mb where this rank's ranges of consecutive layers touch (with one rank per node they
+    // all do: its rows are the whole buffer), else one per layer: every sum costs a latency per node in the ring.
+    const std::size_t bucket_floats = std::max<std::size_t>(1, std::size_t(cfg().bucket_mb * 1024 * 1024 / sizeof(float)));
+    for (std::size_t i = 0; i < owned_.size(); ++i) {
+      const auto [begin, count] = owned_[i];
+      if (!buckets_.empty() && buckets_.back().end == begin && buckets_.back().end - buckets_.back().begin < bucket_floats) {
+        buckets_.back().end = begin + count;
+        buckets_.back().last_layer = owned_layer_[i];
+      } else {
+        buckets_.push_back({begin, begin + count, owned_layer_[i]});
+      }
+    }
+    requests_.assign(buckets_.size(), MPI_REQUEST_NULL);
+  }
 
   std::string describe() const override {
-    return "hierarchical: one backward pass shared by each node's " + std::to_string(node_size_) + " ranks, each rank's rows summed over " +
-           std::to_string(comm().nodes()) + " nodes" + (cfg().wire_bf16 ? " as bf16" : "");
+    const std::string within = node_size_ == 1 ? "one rank per node, its gradient"
+                                               : "one backward pass shared by each node's " + std::to_string(node_size_) +
+                                                     " ranks, each rank's rows";
+    return "hierarchical: " + within + " summed over " + std::to_string(comm().nodes()) + " nodes" + (cfg().wire_bf16 ? " as bf16" : "") +
+           " in " + std::to_string(buckets_.size()) + " buckets";
   }
 
   void carve(Arena& pool) override {
@@ -35,13 +54,13 @@ class HierarchicalSync final : public NodeSharedSync {
 
   void start_step(long step) override {
     NodeSharedSync::start_step(step);
-    started_ = 0;
+    started_ = waited_ = 0;
   }
 
   void layer_done(std::size_t layer, bool finite) override {
     GradientSync::layer_done(layer, finite);
-    for (; started_ < owned_.size() && owned_layer_[started_] == layer; ++started_) {
-      const auto [begin, count] = owned_[started_];
+    for (; started_ < buckets_.size() && buckets_[started_].last_layer == layer; ++started_) {
+      const std::size_t begin = buckets_[started_].begin, count = buckets_[started_].end - begin;
       beat("backward", "start of the cross-node sum of bucket", long(started_));
       if (cfg().wire_bf16) {
         const std::span<std::uint16_t> wire = wire_.subspan(begin, count);
@@ -74,22 +93,31 @@ class HierarchicalSync final : public NodeSharedSync {
     return cross_->allreduce_min(rank);
   }
 
+  // Range i is the first of its bucket: wait for the bucket's sum (the later ranges of a bucket find it complete).
   double wait_range(std::size_t i) override {
-    beat("update", "the cross-node sum of bucket", long(i));
-    const auto t0 = std::chrono::steady_clock::now();
-    cross_->wait_all(std::span<MPI_Request>(requests_).subspan(i, 1));
-    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (cfg().wire_bf16) {
-      const auto [begin, count] = owned_[i];
-      from_bf16(wire_.data() + begin, grads_.data() + begin, count);
+    const std::size_t begin = owned_[i].first;
+    while (waited_ < buckets_.size() && buckets_[waited_].begin <= begin) {
+      beat("update", "the cross-node sum of bucket", long(waited_));
+      const auto t0 = std::chrono::steady_clock::now();
+      cross_->wait_all(std::span<MPI_Request>(requests_).subspan(waited_, 1));
+      const Bucket& b = buckets_[waited_++];
+      if (cfg().wire_bf16) from_bf16(wire_.data() + b.begin, grads_.data() + b.begin, b.end - b.begin);
+      seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    return waited;
+    return std::exchange(seconds_, 0.0);
   }
 
  private:
+  struct Bucket {
+    std::size_t begin = 0, end = 0;  // floats of the flat buffers, [begin, end): whole owned ranges
+    std::size_t last_layer = 0;      // forward index of the layer that completes it
+  };
   std::optional<Communicator> cross_;
-  std::vector<MPI_Request> requests_;  // one per owned range
-  std::size_t started_ = 0;            // owned ranges whose sums are in flight this step
+  std::vector<Bucket> buckets_;        // in the order the backward pass completes them
+  std::vector<MPI_Request> requests_;  // one per bucket
+  std::size_t started_ = 0;            // buckets whose sums are in flight this step
+  std::size_t waited_ = 0;             // buckets whose sums update() has completed
+  double seconds_ = 0;
   std::span<std::uint16_t> wire_;      // --wire bf16: this rank's rows as sent, [padded_size] (its rows used)
 };
 

@@ -39,12 +39,10 @@ NodeSharedSync::NodeSharedSync(const SyncSetup& s)
   for (std::size_t l = layers.size(); l-- > 0;) {
     const DenseSpec& d = layers[l];
     const auto [i0, i1] = Network<float>::weight_rows(cfg().arch, d, l, std::size_t(node_rank_), std::size_t(node_size_));
-    owned_.push_back({d.w_offset + i0 * d.out, (i1 - i0) * d.out});
+    // A layer's bias sits just before its weights, so the first rank's share (the first rows and the bias) is one range.
+    const std::size_t begin = node_rank_ == 0 ? d.b_offset : d.w_offset + i0 * d.out;
+    owned_.push_back({begin, d.w_offset + i1 * d.out - begin});
     owned_layer_.push_back(l);
-    if (node_rank_ == 0) {
-      owned_.push_back({d.b_offset, d.out});
-      owned_layer_.push_back(l);
-    }
   }
 }
 

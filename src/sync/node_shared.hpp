@@ -46,8 +46,8 @@ class NodeSharedSync : public GradientSync {
 
   std::optional<Communicator> node_comm_;  // set by a strategy spanning nodes; otherwise the job's communicator is the node
   int node_rank_ = 0, node_size_ = 1;
-  // [offset, count) of the flat buffers this rank forms and updates, in the order the backward pass finishes them, and
-  // the layer each belongs to.
+  // [offset, count) of the flat buffers this rank forms and updates, one per layer in the order the backward pass finishes
+  // them (the first rank's with the layer's bias), and the layer each belongs to.
   std::vector<std::pair<std::size_t, std::size_t>> owned_;
   std::vector<std::size_t> owned_layer_;
 
