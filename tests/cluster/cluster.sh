@@ -28,6 +28,8 @@ host_of() { echo "$1-node$2"; }
 bridge_of() { echo "vbr-$1"; }
 veth_of() { echo "vv$1n$2"; }  # the root-side end; the node's end is eth0 inside its namespace
 state_of() { echo "/run/vae-cluster/$1"; }
+# Each node sees its own directory here, as a node's own /tmp would be (Slurm's PMIx plugin puts fixed names in it).
+node_local=/run/vae-cluster/node-local
 
 check_name() {
   [[ "$1" =~ ^[a-z0-9]{1,6}$ ]] || die "cluster name '$1' must be 1-6 lowercase letters or digits"
@@ -75,6 +77,8 @@ up() {
       ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$rate" burst 4mb latency 20ms
     fi
     echo "$subnet.$k slots=64" >>"$s/hostfile"
+    echo "$subnet.$k $(host_of "$name" "$k")" >>"$s/hosts"
+    mkdir -p "$s/local-$k" "$node_local"
   done
   # A node sees the others only when their links are up: wait for the bridge to forward (no traffic leaves it).
   for ((k = 2; k <= nodes; k++)); do
@@ -116,12 +120,16 @@ down() {
 }
 
 # Runs a command on node K with the node's host name: a network namespace plus a UTS namespace of its own (Open MPI
-# names shared-memory segments and session directories by host name).
+# names shared-memory segments and session directories by host name), and the cluster's host names in an /etc/hosts of
+# its own (bound in a private mount namespace; the machine's file is untouched). Not ip netns exec: it remounts /sys,
+# which hides the cgroup hierarchy slurmd needs.
 on_node() {
   local name=$1 k=$2
   shift 2
-  # shellcheck disable=SC2016 # $0 and $@ belong to the inner shell
-  exec ip netns exec "$(ns_of "$name" "$k")" unshare --uts -- /bin/sh -c 'hostname "$0" && exec "$@"' "$(host_of "$name" "$k")" "$@"
+  # shellcheck disable=SC2016 # $0, $1 and $@ belong to the inner shell
+  exec nsenter --net="/run/netns/$(ns_of "$name" "$k")" unshare --uts --mount --propagation private -- /bin/sh -c \
+    'hostname "$0" && mount --bind "$1" /etc/hosts && mount --bind "$2" "$3" && shift 3 && exec "$@"' \
+    "$(host_of "$name" "$k")" "$(state_of "$name")/hosts" "$(state_of "$name")/local-$k" "$node_local" "$@"
 }
 
 mpirun_on() {
