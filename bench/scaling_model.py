@@ -32,7 +32,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compute-ms-64", type=float, default=2.96)
     ap.add_argument("--compute-ms-256", type=float, default=8.76)
-    ap.add_argument("--buckets", type=int, default=12, help="buckets the gradient is sent in (the hierarchical sync: 12 for v3)")
+    ap.add_argument("--buckets", type=int, default=6, help="buckets the gradient is sent in (v3 with several ranks per node: one per layer)")
     ap.add_argument("--wire", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--link-alpha-us", type=float)
     ap.add_argument("--link-gbs", type=float)
