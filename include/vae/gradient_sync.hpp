@@ -112,6 +112,11 @@ class GradientSync : public BackwardListener {
   const Config& cfg() const { return *setup_.config; }
   const Communicator& comm() const { return *setup_.comm; }
   const ParamLayout& layout() const { return *setup_.layout; }
+  // A copy of the parameters and a network of its own, in the rank's pool (every strategy but the shared pass).
+  void carve_own(Arena& pool) {
+    params_ = pool.take<float>(layout().padded_size());
+    net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, pool);
+  }
   void beat(const char* phase, const char* what = "", long detail = -1) const {
     if (setup_.watchdog) setup_.watchdog->beat(step_, phase, what, detail);
   }

@@ -32,9 +32,8 @@ class FlatAllreduceSync final : public GradientSync {
   }
 
   void carve(Arena& pool) override {
-    params_ = pool.take<float>(layout().padded_size());
+    carve_own(pool);
     if (cfg().wire_bf16) wire_ = pool.take<std::uint16_t>(layout().padded_size());
-    net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, pool);
   }
   void attach() override {}
   // Every rank writes the same values (drawn from the seed, or read from the checkpoint): nothing to send.

@@ -10,10 +10,7 @@ class SingleRankSync final : public GradientSync {
 
   std::string describe() const override { return "one rank"; }
 
-  void carve(Arena& pool) override {
-    params_ = pool.take<float>(layout().padded_size());
-    net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, pool);
-  }
+  void carve(Arena& pool) override { carve_own(pool); }
   void attach() override {}
   void set_parameters(const std::function<void(std::span<float>)>& fill) override { fill(params_); }
   void start_step(long step) override {

@@ -16,11 +16,9 @@ data=$root/data/mnist
 [[ $(id -u) -eq 0 ]] || { echo "two-node slurm test: error: must run as root" >&2; exit 2; }
 [[ -x "$bin" ]] || { echo "two-node slurm test: error: $bin not found; build it or set VAE_DIST" >&2; exit 2; }
 [[ -f "$data/train-images-idx3-ubyte" ]] || { echo "two-node slurm test: error: no MNIST in $data" >&2; exit 2; }
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  echo "two-node slurm test: installing slurm-wlm and munge"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
-fi
+# shellcheck source=tests/slurm/common.sh
+source "$root/tests/slurm/common.sh"
+install_slurm "two-node slurm test"
 
 start=$SECONDS
 name=s$(( $$ % 100000 ))
@@ -47,23 +45,13 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "two-node slurm test: FAIL: $*" >&2; exit 1; }
 
-if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-  install -d -o munge -g munge -m 0755 /run/munge
-  install -d -o munge -g munge -m 0700 /var/log/munge /var/lib/munge /etc/munge
-  if [[ ! -s /etc/munge/munge.key ]]; then
-    mungekey --create --keyfile=/etc/munge/munge.key
-    chown munge:munge /etc/munge/munge.key
-    chmod 0400 /etc/munge/munge.key
-  fi
-  runuser -u munge -- munged
-  munged_started=1
-  munge -n | unmunge >/dev/null || fail "munged does not answer"
-fi
+start_munge
 
 bash "$cluster" up "$name" 2
 cluster_up=1
 on() { local k=$1; shift; bash "$cluster" exec "$name" "$k" "$@"; }
 slurm() { on 1 "$@"; }
+slurm_cmd=(bash "$cluster" exec "$name" 1)
 
 memory=$(awk '/MemTotal/ {print int($2 / 1024 * 0.4)}' /proc/meminfo)
 mkdir -p "$tmp/state" "$tmp/work"
@@ -71,28 +59,10 @@ export SLURM_CONF=$tmp/slurm.conf
 cat >"$SLURM_CONF" <<EOF
 ClusterName=vaetest2
 SlurmctldHost=$name-node1(10.213.0.1)
-SlurmctldPort=16817
-SlurmdPort=16818
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-StateSaveLocation=$tmp/state
 SlurmdSpoolDir=$tmp/spool-%n
-SlurmctldPidFile=$tmp/slurmctld.pid
 SlurmdPidFile=$tmp/slurmd-%n.pid
-SlurmctldLogFile=$tmp/slurmctld.log
 SlurmdLogFile=$tmp/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-ReturnToService=2
-SchedulerType=sched/backfill
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-JobAcctGatherType=jobacct_gather/none
-MinJobAge=600
+$(common_slurm_conf)
 NodeName=$name-node1 NodeAddr=10.213.0.1 CPUs=2 RealMemory=$memory State=UNKNOWN
 NodeName=$name-node2 NodeAddr=10.213.0.2 CPUs=2 RealMemory=$memory State=UNKNOWN
 PartitionName=test Nodes=$name-node[1-2] Default=YES MaxTime=INFINITE State=UP
@@ -110,16 +80,6 @@ done
 [[ "$(slurm sinfo -h -o %T | sort -u)" == idle ]] || fail "the nodes did not become idle: $(slurm sinfo 2>&1)"
 echo "two-node slurm test: Slurm up on $name-node1 and $name-node2 after $((SECONDS - start)) s"
 
-field() { slurm scontrol show job "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
-wait_done() {
-  local state
-  for _ in $(seq "$2"); do
-    state=$(field "$1" JobState)
-    case $state in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE) return 0 ;; esac
-    sleep 1
-  done
-  fail "job $1 still $state after $2 s"
-}
 # Open MPI's traffic and its daemons' stay on the bridge; the job environment reaches the ranks through sbatch.
 submit() {
   slurm env -C "$tmp/work" VAE_DIST="$bin" OMPI_MCA_btl_tcp_if_include=10.213.0.0/24 OMPI_MCA_oob_tcp_if_include=10.213.0.0/24 \
@@ -129,45 +89,16 @@ submit() {
 
 epochs=12  # both ranks of the mpirun job sit on core 0: --bind-to core binds each "node" alike on one machine
 preempt() {
-  local job run log last
+  local job run log
   job=$(LAUNCHER=$1 submit --job-name="two-$1" --export=ALL,LAUNCHER="$1" "$root/launch/slurm.sbatch" "$root/configs/smoke.ini" \
         --data-dir "$data" --progress never --epochs "$epochs" --train-limit 12000)
   run=$tmp/work/runs/two-$1-$job
   log=$tmp/work/vae_dist-$job.out
-  for _ in $(seq 240); do
-    [[ -f "$run/checkpoints/ckpt-e0001.h5" ]] && break
-    sleep 0.5
-  done
-  [[ -f "$run/checkpoints/ckpt-e0001.h5" ]] || fail "$1 job $job: no first checkpoint within 120 s"
+  # The header is printed before the first checkpoint, which the shared check waits for first.
+  expect_preempted_and_resumed "$job" "$1 on 2 nodes" "$run" "$log"
   grep -q "2 ranks x 1 thread" "$log" || fail "$1 job: no 2-rank header in the log"
   grep -q "summed over 2 nodes" "$log" || fail "$1 job: the ranks are not on two nodes"
-  slurm scancel --signal=USR1 --batch "$job"
-  echo "two-node slurm test: sent USR1 to the batch shell of job $job ($1) at $((SECONDS - start)) s"
-  for _ in $(seq 120); do
-    [[ "$(field "$job" Restarts)" -ge 1 ]] && break
-    sleep 1
-  done
-  [[ "$(field "$job" Restarts)" -ge 1 ]] || fail "$1 job $job was not requeued"
-  for _ in $(seq 60); do
-    pgrep -f "^slurmstepd: \[$job\." >/dev/null || break
-    sleep 0.5
-  done
-  slurm scontrol update JobId="$job" StartTime=now 2>/dev/null || true
-  # Right after the requeue the record may still show the first run's end: wait for the second run's last line.
-  for _ in $(seq 400); do
-    [[ $(grep -c "slurm.sbatch: vae_dist exited with" "$log") -ge 2 ]] && break
-    sleep 1
-  done
-  wait_done "$job" 60
-  [[ "$(field "$job" JobState) $(field "$job" ExitCode)" == "COMPLETED 0:0" ]] ||
-    fail "$1 job $job: $(field "$job" JobState) exit $(field "$job" ExitCode)"
-  grep -q "stopped by a signal at step" "$log" || fail "$1 job: the ranks did not stop on the signal"
-  grep -q "vae_dist exited with 4" "$log" || fail "$1 job: the first run did not exit 4"
-  grep -q "resumed after epoch" "$log" || fail "$1 job: the requeued run did not resume"
-  last=$(tail -n 1 "$run/metrics.jsonl")
-  [[ "$last" == "{\"epoch\":$epochs,"* ]] || fail "$1 job: last metrics line is not epoch $epochs: $last"
   passed=$((passed + 1))
-  echo "two-node slurm test: job $job ($1, 2 nodes) checkpointed, exited 4, was requeued and finished all $epochs epochs at $((SECONDS - start)) s"
 }
 for launcher in ${LAUNCHERS:-mpirun srun}; do preempt "$launcher"; done
 echo "two-node slurm: $passed passed"

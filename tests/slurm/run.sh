@@ -11,11 +11,10 @@ data=$root/data/mnist
 [[ -x "$bin" ]] || { echo "slurm test: error: $bin not found; build it or set VAE_DIST" >&2; exit 2; }
 [[ -f "$data/train-images-idx3-ubyte" ]] || { echo "slurm test: error: no MNIST in $data; run scripts/setup.sh" >&2; exit 2; }
 
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  echo "slurm test: installing slurm-wlm and munge"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
-fi
+# shellcheck source=tests/slurm/common.sh
+source "$root/tests/slurm/common.sh"
+slurm_cmd=()
+install_slurm "slurm test"
 
 start=$SECONDS
 tmp=$(mktemp -d /tmp/vae-slurm.XXXXXX)
@@ -47,19 +46,7 @@ trap cleanup EXIT
 
 fail() { echo "slurm test: FAIL: $*" >&2; exit 1; }
 
-# munged: reuse one that answers, otherwise start our own as the munge user (it refuses to run as root).
-if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-  install -d -o munge -g munge -m 0755 /run/munge
-  install -d -o munge -g munge -m 0700 /var/log/munge /var/lib/munge /etc/munge
-  if [[ ! -s /etc/munge/munge.key ]]; then
-    mungekey --create --keyfile=/etc/munge/munge.key
-    chown munge:munge /etc/munge/munge.key
-    chmod 0400 /etc/munge/munge.key
-  fi
-  runuser -u munge -- munged
-  munged_started=1
-  munge -n | unmunge >/dev/null || fail "munged does not answer"
-fi
+start_munge
 
 host=$(hostname -s)
 memory=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
@@ -68,28 +55,10 @@ export SLURM_CONF=$tmp/slurm.conf
 cat >"$SLURM_CONF" <<EOF
 ClusterName=vaetest
 SlurmctldHost=$host(127.0.0.1)
-SlurmctldPort=16817
-SlurmdPort=16818
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-StateSaveLocation=$tmp/state
 SlurmdSpoolDir=$tmp/spool
-SlurmctldPidFile=$tmp/slurmctld.pid
 SlurmdPidFile=$tmp/slurmd.pid
-SlurmctldLogFile=$tmp/slurmctld.log
 SlurmdLogFile=$tmp/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-ReturnToService=2
-SchedulerType=sched/backfill
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-JobAcctGatherType=jobacct_gather/none
-MinJobAge=600
+$(common_slurm_conf)
 NodeName=$host NodeAddr=127.0.0.1 CPUs=2 RealMemory=$memory State=UNKNOWN
 PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -105,17 +74,6 @@ done
 [[ "$(sinfo -h -o %T)" == idle ]] || fail "the node did not become idle: $(sinfo 2>&1)"
 echo "slurm test: one-node Slurm up on $host after $((SECONDS - start)) s"
 
-field() { scontrol show job "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
-# Waits until job $1 has ended (MinJobAge keeps its record); fails after $2 seconds.
-wait_done() {
-  local state
-  for _ in $(seq "$2"); do
-    state=$(field "$1" JobState)
-    case $state in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE) return 0 ;; esac
-    sleep 1
-  done
-  fail "job $1 still $state after $2 s"
-}
 submit() {
   local id
   id=$(cd "$tmp/work" && VAE_DIST=$bin sbatch --parsable --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 "$@")
@@ -148,40 +106,11 @@ echo "slurm test: smoke job $job completed (exit 0, 3 epochs, checkpoint readabl
 # exit 4; the script requeues the job, and the second run resumes and finishes.
 epochs=30
 preempt() {
-  local job run log last
+  local job
   job=$(LAUNCHER=$1 submit --job-name="preempt-$1" "$root/launch/slurm.sbatch" "$root/configs/smoke.ini" "${common[@]}" \
         --epochs "$epochs" --train-limit 12000)
-  run=$tmp/work/runs/preempt-$1-$job
-  log=$tmp/work/vae_dist-$job.out
-  for _ in $(seq 120); do
-    [[ -f "$run/checkpoints/ckpt-e0001.h5" ]] && break
-    sleep 0.5
-  done
-  [[ -f "$run/checkpoints/ckpt-e0001.h5" ]] || fail "$1 job $job: no first checkpoint within 60 s"
-  scancel --signal=USR1 --batch "$job"
-  echo "slurm test: sent USR1 to the batch shell of job $job ($1) at $((SECONDS - start)) s"
-  for _ in $(seq 120); do
-    [[ "$(field "$job" Restarts)" -ge 1 ]] && break
-    sleep 1
-  done
-  [[ "$(field "$job" Restarts)" -ge 1 ]] || fail "$1 job $job was not requeued"
-  # A requeued job waits out a begin time (two minutes here); release it once the first run's step daemons are gone:
-  # the second run reuses their step ids, and an srun step's PMIx socket outlives the step by a second or two.
-  for _ in $(seq 60); do
-    pgrep -f "^slurmstepd: \[$job\." >/dev/null || break
-    sleep 0.5
-  done
-  scontrol update JobId="$job" StartTime=now 2>/dev/null || true
-  wait_done "$job" 400
-  [[ "$(field "$job" JobState) $(field "$job" ExitCode)" == "COMPLETED 0:0" ]] ||
-    fail "$1 job $job: $(field "$job" JobState) exit $(field "$job" ExitCode)"
-  grep -q "stopped by a signal at step" "$log" || fail "$1 job: the ranks did not stop on the signal"
-  grep -q "vae_dist exited with 4" "$log" || fail "$1 job: the first run did not exit 4"
-  grep -q "resumed after epoch" "$log" || fail "$1 job: the requeued run did not resume"
-  last=$(tail -n 1 "$run/metrics.jsonl")
-  [[ "$last" == "{\"epoch\":$epochs,"* ]] || fail "$1 job: last metrics line is not epoch $epochs: $last"
+  expect_preempted_and_resumed "$job" "$1" "$tmp/work/runs/preempt-$1-$job" "$tmp/work/vae_dist-$job.out"
   passed=$((passed + 1))
-  echo "slurm test: job $job ($1) checkpointed, exited 4, was requeued and finished all $epochs epochs at $((SECONDS - start)) s"
 }
 preempt mpirun
 preempt srun
