@@ -8,8 +8,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 installed=0
 [[ -f "$root/CMakeLists.txt" ]] || installed=1
-ranks=${RANKS:-4}
 cores=$(nproc)
+# One rank per core, up to 4, unless told.
+ranks=${RANKS:-$(( cores < 4 ? cores : 4 ))}
 
 bin=${VAE_DIST:-}
 if [[ -z "$bin" ]]; then
@@ -47,5 +48,33 @@ else
   mpi+=(--map-by "slot:PE=$threads" --bind-to core)
 fi
 
+# The live progress line when this script's output is a terminal: under mpirun the ranks cannot tell (mpirun gives them
+# a pseudo-terminal either way). An explicit --progress wins.
+[[ -t 1 && " $* " != *" --progress"* ]] && args+=(--progress always)
+
 ((installed)) || cd "$root"
-exec "${mpi[@]}" "$bin" --threads "$threads" "${args[@]}" "$@"
+# After any non-zero exit Open MPI adds two banners ("Primary job terminated normally, but ..." and "mpirun detected that
+# one or more processes exited with non-zero status ..."); vae_dist's own line has said what went wrong, so exactly
+# those two are dropped. Everything else mpirun says (a crash, MPI_Abort, a missing executable) passes through.
+drop_exit_banners() {
+  awk '
+    function flush_block() { if (block !~ /Primary job +terminated normally|exited with non-zero status/) printf "%s", block; block = "" }
+    /^-----+$/ { block = block $0 "\n"; if (open) { flush_block(); open = 0 } else open = 1; fflush(); next }
+    open { block = block $0 "\n"; next }
+    { print; fflush() }
+    END { if (open) printf "%s", block }'
+}
+"${mpi[@]}" "$bin" --threads "$threads" "${args[@]}" "$@" 2> >(drop_exit_banners >&2) &
+pid=$!
+# mpirun runs in the background so that a stop signal sent to this script reaches the ranks (which checkpoint, exit 4).
+trap 'kill -TERM "$pid" 2>/dev/null || true' TERM
+trap 'kill -USR1 "$pid" 2>/dev/null || true' USR1
+trap 'kill -USR2 "$pid" 2>/dev/null || true' USR2
+status=0
+wait "$pid" || status=$?
+while kill -0 "$pid" 2>/dev/null; do
+  status=0
+  wait "$pid" || status=$?
+done
+wait  # for the filter to pass on the last of mpirun's output
+exit "$status"

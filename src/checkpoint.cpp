@@ -5,10 +5,15 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <hdf5_hl.h>
+#include <H5PLpublic.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <stdexcept>
@@ -298,13 +303,13 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
 
     if (!extras.grid.empty()) {
       H5Id samples(w.id(H5Gcreate2(file, "samples", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group samples"), H5Gclose);
-      write_grey_image(w, samples, "grid", extras.grid.data(), extras.grid_side, extras.grid_side);
+      write_grey_image(w, samples, "grid", extras.grid.data(), extras.grid_width, extras.grid_height);
       set_attr(w, samples, "layout", std::string("row d: ten samples of digit d; column c: the same latent noise z_c in every row"));
     }
   });
 }
 
-void write_sample_file(const std::filesystem::path& path, const SampleSet& set) {
+void write_sample_file(const std::filesystem::path& path, const SampleSet& set, const SampleSource& source) {
   write_atomically(path, [&](const Where& w, hid_t file) {
     set_attr(w, file, "format", std::string("vae_dist-samples"));
     set_attr(w, file, "program_version", std::string(version()));
@@ -314,39 +319,175 @@ void write_sample_file(const std::filesystem::path& path, const SampleSet& set) 
     set_attr(w, file, "seed", (long long)set.seed);
     set_attr(w, file, "temperature", set.temperature);
     H5Id samples(w.id(H5Gcreate2(file, "samples", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group samples"), H5Gclose);
-    const hsize_t n = set.count, side = hsize_t(kImageSide), classes = set.classes;
-    const hsize_t image_dims[3] = {n, side, side}, label_dims[2] = {n, classes};
-    {
-      // Generated digits are mostly black: deflate shrinks them several-fold for little time (unlike the float arrays).
+    const hsize_t n = set.count, side = hsize_t(kImageSide), classes = std::max<hsize_t>(set.classes, 1);
+    const hsize_t batch = std::min<hsize_t>(n, kSampleBatch);
+    // Generated digits are mostly black: deflate shrinks them several-fold for little time (unlike the float arrays).
+    // Chunks of one batch let each batch be written as it is made.
+    const auto create = [&](const char* name, hid_t type, std::vector<hsize_t> dims) {
+      std::vector<hsize_t> chunk = dims;
+      chunk[0] = batch;
       H5Id dcpl(w.id(H5Pcreate(H5P_DATASET_CREATE), "cannot create a property list"), H5Pclose);
-      w.check(H5Pset_chunk(dcpl, 3, image_dims), "cannot set the chunk size");
+      w.check(H5Pset_chunk(dcpl, int(chunk.size()), chunk.data()), "cannot set the chunk size");
       w.check(H5Pset_deflate(dcpl, 6), "cannot enable deflate");
-      H5Id space(w.id(H5Screate_simple(3, image_dims, nullptr), "cannot describe the images"), H5Sclose);
-      H5Id images(w.id(H5Dcreate2(samples, "images", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), "cannot create the images"),
-                  H5Dclose);
-      w.check(H5Dwrite(images, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, set.images.data()), "cannot write the images");
+      H5Id space(w.id(H5Screate_simple(int(dims.size()), dims.data(), nullptr), "cannot describe a dataset"), H5Sclose);
+      return H5Id(w.id(H5Dcreate2(samples, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), "cannot create a dataset"), H5Dclose);
+    };
+    H5Id images = create("images", H5T_STD_U8LE, {n, side, side});
+    H5Id labels = create("labels", H5T_IEEE_F32LE, {n, classes});
+    const auto write_rows = [&](hid_t set_id, hid_t memtype, std::vector<hsize_t> dims, hsize_t first, hsize_t rows, const void* data) {
+      H5Id file_space(w.id(H5Dget_space(set_id), "cannot read a dataset's shape"), H5Sclose);
+      std::vector<hsize_t> start(dims.size(), 0), count = dims;
+      start[0] = first;
+      count[0] = rows;
+      w.check(H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr), "cannot select rows");
+      H5Id mem_space(w.id(H5Screate_simple(int(count.size()), count.data(), nullptr), "cannot describe a batch"), H5Sclose);
+      w.check(H5Dwrite(set_id, memtype, mem_space, file_space, H5P_DEFAULT, data), "cannot write a batch of samples (is the disk full?)");
+    };
+    std::vector<std::uint8_t> image_batch(batch * side * side);
+    std::vector<float> label_batch(batch * classes);
+    for (hsize_t first = 0; first < n; first += batch) {
+      const hsize_t rows = std::min(batch, n - first);
+      source(first, rows, image_batch.data(), label_batch.data());
+      write_rows(images, H5T_NATIVE_UINT8, {n, side, side}, first, rows, image_batch.data());
+      write_rows(labels, H5T_NATIVE_FLOAT, {n, classes}, first, rows, label_batch.data());
     }
-    w.check(H5LTmake_dataset_float(samples, "labels", 2, label_dims, set.labels.data()), "cannot write the labels");
     set_attr(w, samples, "labels_meaning", std::string("row i: the label weights the decoder was given for image i (one-hot, or a mix)"));
-    write_grey_image(w, samples, "grid", set.grid.data(), set.grid_width, set.grid_height);
+    if (!set.grid.empty()) write_grey_image(w, samples, "grid", set.grid.data(), set.grid_width, set.grid_height);
+    else set_attr(w, samples, "grid_omitted", std::string("too many samples to tile: see /samples/images"));
   });
 }
 
 namespace {
-// Opens path read-only, checking that it is an HDF5 file whose root attribute `format` is `format`.
+
+// What a file of ours never holds, refused before any of it is read (docs/checkpoint-format.md, "Security").
+constexpr std::size_t kMaxObjects = 4096;          // links in the whole file
+constexpr std::size_t kMaxAttributes = 64;         // per object
+constexpr hsize_t kMaxAttributeBytes = 1 << 20;    // one attribute's stored size (the config text is a few KiB)
+constexpr hssize_t kMaxElements = hssize_t(1) << 28;  // one dataset's elements: 1 GiB of floats
+constexpr int kMaxRank = 4;
+
+struct Survey {
+  std::size_t links = 0;
+  std::string problem;  // the first refusal, if any
+};
+
+herr_t survey_attribute(hid_t object, const char* name, const H5A_info_t* info, void* data) {
+  Survey& s = *static_cast<Survey*>(data);
+  if (info->data_size > kMaxAttributeBytes) {
+    s.problem = "attribute " + printable(name) + " holds " + std::to_string(info->data_size) + " bytes";
+    return 1;
+  }
+  const hid_t attr = H5Aopen(object, name, H5P_DEFAULT);
+  if (attr < 0) {
+    s.problem = "cannot open attribute " + printable(name);
+    return 1;
+  }
+  const hid_t space = H5Aget_space(attr);
+  const int rank = space < 0 ? -1 : H5Sget_simple_extent_ndims(space);
+  const hssize_t n = space < 0 ? -1 : H5Sget_simple_extent_npoints(space);
+  if (space >= 0) H5Sclose(space);
+  H5Aclose(attr);
+  if (rank < 0 || rank > kMaxRank || n < 0 || n > 65536) s.problem = "attribute " + printable(name) + " has an impossible shape";
+  return s.problem.empty() ? 0 : 1;
+}
+
+// Refuses a dataset whose data lives outside the file, is assembled from other files, or needs a filter other than
+// deflate and shuffle (which could be a plugin), and one larger than any we write.
+std::string survey_dataset(hid_t set, const std::string& name) {
+  const hid_t dcpl = H5Dget_create_plist(set);
+  if (dcpl < 0) return "cannot read the storage of dataset " + name;
+  std::string problem;
+  const H5D_layout_t layout = H5Pget_layout(dcpl);
+  if (layout == H5D_VIRTUAL) problem = "dataset " + name + " is virtual (assembled from other files)";
+  else if (layout != H5D_CONTIGUOUS && layout != H5D_CHUNKED && layout != H5D_COMPACT) problem = "dataset " + name + " has an unknown layout";
+  else if (H5Pget_external_count(dcpl) != 0) problem = "dataset " + name + " keeps its data in external files";
+  const int filters = problem.empty() ? H5Pget_nfilters(dcpl) : 0;
+  for (int i = 0; i < filters && problem.empty(); ++i) {
+    unsigned flags = 0, config = 0;
+    std::size_t nvalues = 0;
+    char filter_name[64] = "";
+    const H5Z_filter_t id = H5Pget_filter2(dcpl, unsigned(i), &flags, &nvalues, nullptr, sizeof filter_name, filter_name, &config);
+    if (id != H5Z_FILTER_DEFLATE && id != H5Z_FILTER_SHUFFLE)
+      problem = "dataset " + name + " needs filter " + std::to_string(id) + " (" + printable(filter_name) + "); only deflate and shuffle are read";
+  }
+  H5Pclose(dcpl);
+  if (!problem.empty()) return problem;
+  const hid_t space = H5Dget_space(set);
+  const int rank = space < 0 ? -1 : H5Sget_simple_extent_ndims(space);
+  const hssize_t n = space < 0 ? -1 : H5Sget_simple_extent_npoints(space);
+  if (space >= 0) H5Sclose(space);
+  if (rank < 0 || rank > kMaxRank || n < 0 || n > kMaxElements) return "dataset " + name + " has an impossible shape";
+  const hid_t type = H5Dget_type(set);
+  const std::size_t bytes = type < 0 ? 0 : H5Tget_size(type);
+  const H5T_class_t cls = type < 0 ? H5T_NO_CLASS : H5Tget_class(type);
+  if (type >= 0) H5Tclose(type);
+  const bool number = (cls == H5T_INTEGER || cls == H5T_FLOAT) && bytes > 0 && bytes <= 8;
+  const bool text = cls == H5T_STRING && bytes > 0 && hsize_t(bytes) * hsize_t(n) <= kMaxAttributeBytes;  // the config's INI text
+  if (!number && !text) return "dataset " + name + " holds neither numbers nor a short text";
+  return {};
+}
+
+herr_t survey_link(hid_t group, const char* name, const H5L_info_t* info, void* data) {
+  Survey& s = *static_cast<Survey*>(data);
+  const std::string shown = printable(name);
+  if (++s.links > kMaxObjects) s.problem = "holds more than " + std::to_string(kMaxObjects) + " objects";
+  else if (info->type == H5L_TYPE_SOFT) s.problem = shown + " is a soft link";
+  else if (info->type == H5L_TYPE_EXTERNAL) s.problem = shown + " is a link into another file";
+  else if (info->type != H5L_TYPE_HARD) s.problem = shown + " is a user-defined link";
+  if (!s.problem.empty()) return 1;
+  H5O_info_t object{};
+  if (H5Oget_info_by_name2(group, name, &object, H5O_INFO_BASIC | H5O_INFO_NUM_ATTRS, H5P_DEFAULT) < 0) {
+    s.problem = "cannot read object " + shown;
+    return 1;
+  }
+  if (object.num_attrs > kMaxAttributes) {
+    s.problem = shown + " has " + std::to_string(object.num_attrs) + " attributes";
+    return 1;
+  }
+  if (object.type != H5O_TYPE_GROUP && object.type != H5O_TYPE_DATASET) {
+    s.problem = shown + " is neither a group nor a dataset";
+    return 1;
+  }
+  const hid_t opened = H5Oopen(group, name, H5P_DEFAULT);
+  if (opened < 0) {
+    s.problem = "cannot open object " + shown;
+    return 1;
+  }
+  if (object.type == H5O_TYPE_DATASET) s.problem = survey_dataset(opened, shown);
+  hsize_t at = 0;
+  if (s.problem.empty()) H5Aiterate2(opened, H5_INDEX_NAME, H5_ITER_NATIVE, &at, survey_attribute, &s);
+  H5Oclose(opened);
+  return s.problem.empty() ? 0 : 1;
+}
+
+// Opens path read-only, checking that it is an HDF5 file whose root attribute `format` is `format`, and that it holds
+// nothing a file of ours never holds (before anything is read from its datasets).
 hid_t open_for_reading(const std::filesystem::path& path, const Where& w, const std::string& format, const char* missing) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  // Filter plugins are code loaded from a directory the file's author may have chosen: none are loaded.
+  H5PLset_loading_state(0);
   std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) w.fail("is a directory, not an HDF5 file");
   if (!std::filesystem::is_regular_file(path, ec)) w.fail(missing);
   if (H5Fis_hdf5(path.c_str()) <= 0) w.fail("not an HDF5 file (truncated or corrupt?)");
   const hid_t file = w.id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
                           "cannot open (truncated, corrupt, or locked by a writer; on NFS or Lustre set HDF5_USE_FILE_LOCKING=FALSE)");
+  Survey survey;
+  hsize_t at = 0;
+  H5Aiterate2(file, H5_INDEX_NAME, H5_ITER_NATIVE, &at, survey_attribute, &survey);
+  if (survey.problem.empty() && H5Lvisit(file, H5_INDEX_NAME, H5_ITER_NATIVE, survey_link, &survey) < 0 && survey.problem.empty())
+    survey.problem = "cannot list its objects (corrupt?)";
+  if (!survey.problem.empty()) {
+    H5Fclose(file);
+    w.fail("refused: " + survey.problem);
+  }
   if (H5Aexists(file, "format") <= 0 || get_string(w, file, "format") != format) {
     H5Fclose(file);
     w.fail("not a " + format + " file");
   }
   return file;
 }
+
 }  // namespace
 
 Checkpoint read_checkpoint(const std::filesystem::path& path) {
@@ -384,8 +525,11 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
     if (!known) w.fail("unknown activation '" + act + "'");
     if (c.arch.latent <= 0 || c.arch.latent > 4096 || c.arch.classes < 0 || c.arch.classes > kNumClasses || c.arch.image != kImagePixels)
       w.fail("impossible architecture attributes in group model");
+    if (c.arch.conditional && c.arch.classes < 1) w.fail("a conditional model with no classes in group model");
   }
   const ParamLayout layout(c.arch);
+  if (layout.padded_size() > std::size_t(kMaxElements))
+    w.fail("the architecture in group model has " + std::to_string(layout.parameter_count()) + " parameters, more than any checkpoint holds");
   read_layers(w, file, "model", layout, c.params);
   read_layers(w, file, "optimizer/m", layout, c.adam_m);
   read_layers(w, file, "optimizer/v", layout, c.adam_v);
@@ -444,6 +588,64 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
     s.config_ini = text.c_str();
   }
   return c;
+}
+
+void check_in_child(const std::filesystem::path& path, const std::function<void(const std::filesystem::path&)>& read) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error(path.string() + ": cannot create a pipe: " + std::strerror(errno));
+  const pid_t child = ::fork();
+  if (child < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    throw std::runtime_error(path.string() + ": cannot fork to check it: " + std::strerror(errno));
+  }
+  if (child == 0) {
+    ::close(fds[0]);
+    int code = 0;
+    std::string message;
+    try {
+      read(path);
+    } catch (const UsageError& e) {
+      code = kExitUsage, message = e.what();
+    } catch (const std::exception& e) {
+      code = kExitFailure, message = e.what();
+    }
+    for (std::size_t done = 0; done < message.size();) {
+      const ssize_t n = ::write(fds[1], message.data() + done, message.size() - done);
+      if (n <= 0) break;
+      done += std::size_t(n);
+    }
+    ::_exit(code);  // no destructors, no atexit handlers: they belong to the parent
+  }
+  ::close(fds[1]);
+  std::string message;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fds[0], buffer, sizeof buffer)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    message.append(buffer, std::size_t(n));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(status))
+    throw UsageError(printable(path.string(), 200) + ": reading it crashed the HDF5 library (" + strsignal(WTERMSIG(status)) +
+                     "): the file is corrupt or made to attack the reader; it was not loaded");
+  if (WIFEXITED(status) && WEXITSTATUS(status) == kExitUsage) throw UsageError(message);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(message.empty() ? path.string() + ": the check failed" : message);
+}
+
+Checkpoint read_checkpoint_guarded(const std::filesystem::path& path) {
+  check_in_child(path, [](const std::filesystem::path& p) { read_checkpoint(p); });
+  return read_checkpoint(path);
+}
+
+ClassifierWeights read_classifier_guarded(const std::filesystem::path& path) {
+  check_in_child(path, [](const std::filesystem::path& p) { read_classifier(p); });
+  return read_classifier(path);
 }
 
 ClassifierWeights read_classifier(const std::filesystem::path& path) {

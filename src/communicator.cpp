@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <stdexcept>
 #include <thread>
@@ -30,7 +31,8 @@ void check_mpi(int rc, const char* what) {
   throw std::runtime_error(std::string(what) + " failed: " + std::string(msg, std::size_t(len)));
 }
 
-MpiSession::MpiSession(int& argc, char**& argv) {
+MpiSession::MpiSession(int& argc, char**& argv)
+    : launched_(std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_RANK")) {
   int provided = 0;
   check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
 }
@@ -267,6 +269,17 @@ int default_threads(const Communicator& comm) {
   // A mask narrower than the machine means mpirun (or the batch system) already gave this rank its share.
   if (available < online) return available;
   return std::max(1, available / std::max(1, comm.local_size()));
+}
+
+std::string oversubscription_warning(const Communicator& comm, int threads) {
+  const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  const long wanted = long(comm.local_size()) * threads;
+  if (comm.local_rank() != 0 || cores <= 0 || wanted <= cores) return {};
+  char host[256] = "this node";
+  gethostname(host, sizeof host - 1);
+  return "node " + std::string(host) + " runs " + std::to_string(comm.local_size()) + " rank" + (comm.local_size() > 1 ? "s" : "") + " x " +
+         std::to_string(threads) + " thread" + (threads > 1 ? "s" : "") + " = " + std::to_string(wanted) + " threads on " +
+         std::to_string(cores) + " cores; steps will be slow (lower --threads or the ranks per node)";
 }
 
 }  // namespace vae

@@ -2,8 +2,12 @@
 #include "vae/config.hpp"
 
 #include <boost/program_options.hpp>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <set>
@@ -45,7 +49,7 @@ Activation parse_activation(const std::string& s) {
   if (s == "relu") return Activation::relu;
   if (s == "leaky_relu") return Activation::leaky_relu;
   if (s == "tanh") return Activation::tanh;
-  bad("activation", "unknown activation '" + s + "' (expected elu, relu, leaky_relu or tanh)");
+  bad("activation", "unknown activation " + in_quotes(s) + " (expected elu, relu, leaky_relu or tanh)");
 }
 
 const char* kModeKeys[3] = {"fast", "balanced", "quality"};
@@ -65,13 +69,13 @@ Fault parse_fault(const std::string& text) {
   if (kind == "throw") f.kind = Fault::Kind::exception;
   else if (kind == "nan") f.kind = Fault::Kind::nan;
   else if (kind == "kill") f.kind = Fault::Kind::kill;
-  else bad("inject-fault", "unknown kind '" + kind + "' (expected throw, nan or kill)");
-  if (first == std::string::npos) bad("inject-fault", "expected KIND:STEP[:RANK], got '" + text + "'");
+  else bad("inject-fault", "unknown kind " + in_quotes(kind) + " (expected throw, nan or kill)");
+  if (first == std::string::npos) bad("inject-fault", "expected KIND:STEP[:RANK], got " + in_quotes(text));
   std::string rest = text.substr(first + 1);
   std::replace(rest.begin(), rest.end(), ':', ',');
   const std::vector<int> numbers = parse_int_list(rest, "inject-fault");
   if (numbers.empty() || numbers.size() > 2 || numbers[0] < 1 || (numbers.size() == 2 && numbers[1] < 0))
-    bad("inject-fault", "expected KIND:STEP[:RANK] with STEP ≥ 1, got '" + text + "'");
+    bad("inject-fault", "expected KIND:STEP[:RANK] with STEP ≥ 1, got " + in_quotes(text));
   f.step = numbers[0];
   f.rank = numbers.size() == 2 ? numbers[1] : 0;
   return f;
@@ -98,6 +102,8 @@ po::options_description make_options() {
       ("latent", po::value<int>(), "latent dimension (default: from preset)")
       ("activation", po::value<std::string>(), "hidden activation: elu, relu, leaky_relu, tanh (default: from preset)")
       ("conditional", po::value<std::string>()->default_value("on"), "on: the label's one-hot feeds encoder and decoder; off: an unconditional VAE")
+      ("classes", po::value<int>()->default_value(0),
+       "label classes of the model, 1-10 (0: one more than the largest label in the training labels)")
       ("label-layers", po::value<std::string>()->default_value("first"),
        "where the label enters the decoder: first (its input layer, with z) or all (every decoder layer)");
 
@@ -196,18 +202,19 @@ Config build(const po::variables_map& vm) {
   if (vm.count("config")) c.config_file = get<std::string>(vm, "config");
   c.preset = get<std::string>(vm, "preset");
   const Preset* p = find_preset(c.preset);
-  if (!p) bad("preset", "unknown preset '" + c.preset + "' (expected v1, v2, v3 or burda)");
+  if (!p) bad("preset", "unknown preset " + in_quotes(c.preset) + " (expected v1, v2, v3 or burda)");
   c.arch.hidden = vm.count("hidden") ? parse_int_list(get<std::string>(vm, "hidden"), "hidden") : p->hidden;
   c.arch.latent = vm.count("latent") ? get<int>(vm, "latent") : p->latent;
   c.arch.act = parse_activation(vm.count("activation") ? get<std::string>(vm, "activation") : std::string(p->activation));
   const std::string conditional = get<std::string>(vm, "conditional");
-  if (conditional != "on" && conditional != "off") bad("conditional", "unknown value '" + conditional + "' (expected on or off)");
+  if (conditional != "on" && conditional != "off") bad("conditional", "unknown value " + in_quotes(conditional) + " (expected on or off)");
   c.arch.conditional = conditional == "on";
+  c.arch.classes = get<int>(vm, "classes");
   const std::string label_layers = get<std::string>(vm, "label-layers");
-  if (label_layers != "first" && label_layers != "all") bad("label-layers", "unknown value '" + label_layers + "' (expected first or all)");
+  if (label_layers != "first" && label_layers != "all") bad("label-layers", "unknown value " + in_quotes(label_layers) + " (expected first or all)");
   c.arch.label_every_layer = label_layers == "all";
   const std::string binarize = get<std::string>(vm, "binarize");
-  if (binarize != "none" && binarize != "dynamic") bad("binarize", "unknown value '" + binarize + "' (expected none or dynamic)");
+  if (binarize != "none" && binarize != "dynamic") bad("binarize", "unknown value " + in_quotes(binarize) + " (expected none or dynamic)");
   c.binarize = binarize == "dynamic";
   c.kfold = get<int>(vm, "kfold");
   c.fold = get<int>(vm, "fold");
@@ -234,7 +241,7 @@ Config build(const po::variables_map& vm) {
   const std::string nan = get<std::string>(vm, "nan-policy");
   if (nan == "stop") c.nan_policy = NanPolicy::stop;
   else if (nan == "skip") c.nan_policy = NanPolicy::skip;
-  else bad("nan-policy", "unknown value '" + nan + "' (expected stop or skip)");
+  else bad("nan-policy", "unknown value " + in_quotes(nan) + " (expected stop or skip)");
   c.profile = vm["profile"].as<bool>();
   c.bucket_mb = get<double>(vm, "bucket-mb");
   c.checkpoint_every = get<int>(vm, "checkpoint-every");
@@ -244,22 +251,22 @@ Config build(const po::variables_map& vm) {
   const std::string reduce = get<std::string>(vm, "node-reduce");
   if (reduce == "shm") c.node_shm = true;
   else if (reduce == "mpi") c.node_shm = false;
-  else bad("node-reduce", "unknown value '" + reduce + "' (expected shm or mpi)");
+  else bad("node-reduce", "unknown value " + in_quotes(reduce) + " (expected shm or mpi)");
   const std::string wire = get<std::string>(vm, "wire");
   if (wire == "fp32") c.wire_bf16 = false;
   else if (wire == "bf16") c.wire_bf16 = true;
-  else bad("wire", "unknown value '" + wire + "' (expected fp32 or bf16)");
+  else bad("wire", "unknown value " + in_quotes(wire) + " (expected fp32 or bf16)");
   c.comm_timeout = get<double>(vm, "comm-timeout");
   c.fault = parse_fault(get<std::string>(vm, "inject-fault"));
   const std::string kernels = get<std::string>(vm, "kernels");
   if (kernels == "parallel") c.kernels = KernelChoice::parallel;
   else if (kernels == "reference") c.kernels = KernelChoice::reference;
-  else bad("kernels", "unknown kernel set '" + kernels + "' (expected parallel or reference)");
+  else bad("kernels", "unknown kernel set " + in_quotes(kernels) + " (expected parallel or reference)");
   const std::string progress = get<std::string>(vm, "progress");
   if (progress == "auto") c.progress = Progress::automatic;
   else if (progress == "always") c.progress = Progress::always;
   else if (progress == "never") c.progress = Progress::never;
-  else bad("progress", "unknown value '" + progress + "' (expected auto, always or never)");
+  else bad("progress", "unknown value " + in_quotes(progress) + " (expected auto, always or never)");
   for (int m = 0; m < 3; ++m) {
     const std::string k = kModeKeys[m];
     ModeSpec& s = c.modes[std::size_t(m)];
@@ -279,6 +286,8 @@ void validate(const Config& c) {
   for (int h : c.arch.hidden)
     if (h <= 0 || h > 65536) bad("hidden", "width " + std::to_string(h) + " is outside 1-65536");
   if (c.arch.latent <= 0 || c.arch.latent > 4096) bad("latent", "must be in 1-4096, got " + std::to_string(c.arch.latent));
+  if (c.arch.classes < 0 || c.arch.classes > kNumClasses)
+    bad("classes", "must be in 0-" + std::to_string(kNumClasses) + ", got " + std::to_string(c.arch.classes));
   if (c.batch <= 0) bad("batch", "must be positive, got " + std::to_string(c.batch));
   if (!(c.lr > 0) || c.lr > 1) bad("lr", "must be in (0, 1], got " + std::to_string(c.lr));
   if (!(c.adam_beta1 >= 0 && c.adam_beta1 < 1)) bad("adam-beta1", "must be in [0, 1)");
@@ -327,6 +336,11 @@ std::string join(const std::vector<int>& v) {
 
 }  // namespace
 
+Progress resolve_progress(Progress asked, bool launched) {
+  if (asked != Progress::automatic) return asked;
+  return isatty(STDOUT_FILENO) && !launched ? Progress::always : Progress::never;
+}
+
 std::vector<int> parse_int_list(const std::string& text, const std::string& option) {
   std::vector<int> out;
   std::stringstream ss(text);
@@ -339,7 +353,7 @@ std::vector<int> parse_int_list(const std::string& text, const std::string& opti
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used == 0 || used != item.size()) bad(option, "'" + text + "' is not a comma-separated list of integers");
+    if (used == 0 || used != item.size()) bad(option, in_quotes(text) + " is not a comma-separated list of integers");
     out.push_back(v);
   }
   if (out.empty()) bad(option, "the list is empty");
@@ -366,17 +380,20 @@ ParsedArgs parse_args(int argc, const char* const* argv) {
     }
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
+      std::error_code ec;
+      if (std::filesystem::is_directory(path, ec)) throw UsageError(printable(path) + ": is a directory, not a config file");
+      if (!std::filesystem::exists(path, ec)) throw UsageError(printable(path) + ": no such file (the config file)");
       std::ifstream in(path);
-      if (!in) throw UsageError(path + ": cannot open config file");
+      if (!in) throw UsageError(printable(path) + ": cannot open config file: " + std::strerror(errno));
       try {
         po::store(po::parse_config_file(in, desc, false), vm);
       } catch (const po::error& e) {
-        throw UsageError(path + ": " + e.what());
+        throw UsageError(printable(path) + ": " + printable(e.what(), 160));
       }
     }
     po::notify(vm);
   } catch (const po::error& e) {
-    throw UsageError(e.what());
+    throw UsageError(printable(e.what(), 160));
   }
   out.config = build(vm);
   validate(out.config);
@@ -388,7 +405,7 @@ std::string Config::to_ini() const {
   os << std::setprecision(17);
   os << "preset = " << preset << "\nhidden = " << join(arch.hidden) << "\nlatent = " << arch.latent
      << "\nactivation = " << activation_name(arch.act) << "\nconditional = " << (arch.conditional ? "on" : "off")
-     << "\nlabel-layers = " << (arch.label_every_layer ? "all" : "first") << "\n";
+     << "\nclasses = " << arch.classes << "\nlabel-layers = " << (arch.label_every_layer ? "all" : "first") << "\n";
   os << "data-dir = " << data_dir << "\ntrain-images = " << train_images << "\ntrain-labels = " << train_labels
      << "\ntest-images = " << test_images << "\ntest-labels = " << test_labels << "\ndigits = " << join(digits)
      << "\nval-size = " << val_size << "\nbinarize = " << (binarize ? "dynamic" : "none") << "\nkfold = " << kfold << "\nfold = " << fold

@@ -79,7 +79,7 @@ QualityEvaluator::QualityEvaluator(const Arch& arch, const ParamLayout& layout, 
       extra_(batch) {}
 
 void QualityEvaluator::add(const ImageSet& set, std::size_t lo, std::size_t hi, const QualityOptions& options, QualitySums& sums,
-                           std::span<std::uint8_t> recon) {
+                           std::span<std::uint8_t> recon, const std::function<void(std::size_t)>& progress) {
   Network<float>& net = inference_.net();
   const std::size_t L = std::size_t(arch_.latent), dec_in = arch_.dec_in(), P = std::size_t(kImagePixels);
   const std::uint64_t eps_key = stream_key(kEvalSeed, Stream::eval, 0);
@@ -117,14 +117,17 @@ void QualityEvaluator::add(const ImageSet& set, std::size_t lo, std::size_t hi, 
       sums.count[std::size_t(digit)] += 1;
     }
     if (options.iw_samples > 0)
-      for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t r = 0; r < n; ++r) {
         sums.iw_nll += iw_nll(set.pixels + (first + r) * P, set.labels[first + r], head_.data() + r * 2 * L, first + r, options);
+        if (progress) progress(first - lo + r + 1);
+      }
     sums.images += double(n);
+    if (progress) progress(first - lo + n);
   }
 }
 
 std::vector<std::uint8_t> QualityEvaluator::generate(std::size_t per_digit, double temperature, std::uint64_t key) {
-  const std::vector<float> inputs = digit_decoder_inputs(arch_, k_, kAllDigits, per_digit, temperature, key);
+  const std::vector<float> inputs = digit_decoder_inputs(arch_, k_, all_classes(arch_), per_digit, temperature, key);
   const std::size_t n = std::size_t(arch_.classes) * per_digit;
   std::vector<std::uint8_t> images(n * std::size_t(kImagePixels));
   decode_to_pixels(inference_.net(), k_, params_, inputs, n, images.data());

@@ -22,7 +22,7 @@ namespace vae {
 namespace {
 
 [[noreturn]] void fail(const std::filesystem::path& path, const std::string& problem) {
-  throw UsageError(path.string() + ": " + problem);
+  throw UsageError(printable(path.string(), 200) + ": " + problem);
 }
 
 std::uint32_t be32(const std::uint8_t* p) {
@@ -34,6 +34,16 @@ void put_be32(std::vector<std::uint8_t>& out, std::uint32_t v) {
 }
 
 bool ends_with_gz(const std::filesystem::path& p) { return p.extension() == ".gz"; }
+
+// Fails unless path is a regular file (or a link to one), saying what it is instead.
+void require_file(const std::filesystem::path& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (std::filesystem::is_regular_file(status)) return;
+  if (std::filesystem::is_directory(status)) fail(path, "is a directory, not an IDX file");
+  if (std::filesystem::exists(status)) fail(path, "is not a regular file");
+  fail(path, "no such file");
+}
 
 std::vector<std::uint8_t> read_raw(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -72,7 +82,8 @@ std::vector<std::uint8_t> read_gzip(const std::filesystem::path& path) {
   return out;
 }
 
-// Checks the header and returns the item count; dims receives the dimensions after the count.
+// Checks the header and returns the item count; dims receives the dimensions after the count. Images must be 28×28,
+// checked before the length, so a file of other images says so (and the payload size cannot overflow).
 std::uint32_t check_header(const std::filesystem::path& path, std::span<const std::uint8_t> bytes, std::uint32_t magic,
                            std::vector<std::uint32_t>& dims) {
   const std::uint32_t rank = magic & 0xff;
@@ -91,6 +102,8 @@ std::uint32_t check_header(const std::filesystem::path& path, std::span<const st
   if (bytes.size() < header) fail(path, "file too short for its IDX header (" + std::to_string(bytes.size()) + " bytes)");
   dims.clear();
   for (std::uint32_t d = 0; d < rank; ++d) dims.push_back(be32(bytes.data() + 4 + 4 * d));
+  if (rank == 3 && (dims[1] != kImageSide || dims[2] != kImageSide))
+    fail(path, "images are " + std::to_string(dims[1]) + "x" + std::to_string(dims[2]) + ", expected 28x28");
   std::size_t payload = 1;
   for (auto d : dims) payload *= d;
   const std::size_t have = bytes.size() - header;
@@ -189,8 +202,8 @@ IdxPair IdxPair::from_memory(const std::vector<std::uint8_t>& pixels, const std:
 
 std::filesystem::path decompressed_cache(const std::filesystem::path& path) {
   if (!ends_with_gz(path)) return path;
+  require_file(path);
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) fail(path, "no such file");
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) fail(path, std::string("cannot stat: ") + std::strerror(errno));
   const std::string name = "." + path.stem().string() + "." + std::to_string(st.st_size) + "-" + std::to_string(st.st_mtim.tv_sec) + "-" +
@@ -208,8 +221,7 @@ std::filesystem::path decompressed_cache(const std::filesystem::path& path) {
 }
 
 std::vector<std::uint8_t> read_maybe_gzip(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) fail(path, "no such file");
+  require_file(path);
   return ends_with_gz(path) ? read_gzip(path) : read_raw(path);
 }
 
@@ -219,14 +231,10 @@ IdxPair load_idx_pair(const std::filesystem::path& images, const std::filesystem
   pair.labels_path = labels.string();
   std::vector<std::uint32_t> dims;
 
-  std::error_code ec;
-  for (const auto& p : {images, labels})
-    if (!std::filesystem::is_regular_file(p, ec)) fail(p, "no such file");
+  for (const auto& p : {images, labels}) require_file(p);
   pair.image_file = MappedFile(decompressed_cache(images));
   const std::span<const std::uint8_t> img = pair.image_file.bytes();
   const std::uint32_t n = check_header(images, img, 0x00000803u, dims);
-  if (dims[1] != kImageSide || dims[2] != kImageSide)
-    fail(images, "images are " + std::to_string(dims[1]) + "x" + std::to_string(dims[2]) + ", expected 28x28");
   if (n == 0) fail(images, "holds no images");
 
   pair.label_file = MappedFile(decompressed_cache(labels));

@@ -296,12 +296,14 @@ void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float*
 std::vector<float> decoder_inputs(const Arch& arch, const Kernels<float>& k, std::span<const float> label_weights,
                                   std::span<const std::size_t> noise, double temperature, std::uint64_t key) {
   const std::size_t L = std::size_t(arch.latent), dec_in = arch.dec_in(), classes = std::size_t(arch.classes), n = noise.size();
-  const std::size_t draws = n ? *std::max_element(noise.begin(), noise.end()) + 1 : 0;
-  std::vector<float> z(draws * L), inputs(n * dec_in, 0.0f);
-  k.gaussian_rows(z.data(), draws, L, key, 0);
+  std::vector<float> inputs(n * dec_in, 0.0f);
+  // Each row draws its own noise row (a row's values depend on its index alone), so any slice of a large request costs
+  // only its own rows.
   for (std::size_t i = 0; i < n; ++i) {
-    for (std::size_t j = 0; j < L; ++j) inputs[i * dec_in + j] = float(temperature) * z[noise[i] * L + j];
-    if (arch.conditional) std::copy_n(label_weights.data() + i * classes, classes, inputs.data() + i * dec_in + L);
+    float* row = inputs.data() + i * dec_in;
+    k.gaussian_rows(row, 1, L, key, noise[i]);
+    for (std::size_t j = 0; j < L; ++j) row[j] *= float(temperature);
+    if (arch.conditional) std::copy_n(label_weights.data() + i * classes, classes, row + L);
   }
   return inputs;
 }

@@ -61,6 +61,25 @@ std::array<std::filesystem::path, 4> data_files(const Config& cfg) {
           pick(cfg.test_images, cfg.data_dir, "t10k-images-idx3-ubyte"), pick(cfg.test_labels, cfg.data_dir, "t10k-labels-idx1-ubyte")};
 }
 
+// Sets the model's class count (--classes, or one more than the largest training label) and checks every label against it.
+const Arch& settle_classes(Config& cfg, const IdxPair& train, const IdxPair& test) {
+  int& classes = cfg.arch.classes;
+  const bool given = classes > 0;
+  if (!given) classes = 1 + *std::max_element(train.labels.begin(), train.labels.end());
+  for (const IdxPair* file : {&train, &test}) {
+    const auto most = std::max_element(file->labels.begin(), file->labels.end());
+    if (*most >= classes)
+      throw UsageError(file->labels_path + ": label " + std::to_string(*most) + " at index " + std::to_string(most - file->labels.begin()) +
+                       (given ? " is outside the " + std::to_string(classes) + " classes of --classes"
+                              : " is outside the training labels' 0-" + std::to_string(classes - 1)));
+  }
+  for (int d : cfg.digits)
+    if (d >= classes && cfg.digits.size() < std::size_t(kNumClasses))
+      throw UsageError("option --digits: digit " + std::to_string(d) + " is not among the " + std::to_string(classes) + " classes");
+  std::erase_if(cfg.digits, [&](int d) { return d >= classes; });
+  return cfg.arch;
+}
+
 double peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
@@ -88,13 +107,12 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
       comm_(comm),
       threads_(threads),
       kernels_(make_kernels(config.kernels, threads)),
-      layout_(config.arch),
+      train_file_(load_idx_pair(data_files(cfg_)[0], data_files(cfg_)[1])),
+      test_file_(load_idx_pair(data_files(cfg_)[2], data_files(cfg_)[3])),
+      layout_(settle_classes(cfg_, train_file_, test_file_)),
       pool_(Arena::measure()),
       scheduler_(config.modes, config.plateau) {
   ctx_ = {&comm_, threads_, kernels_.get(), nullptr};
-  const auto [train_images, train_labels, test_images, test_labels] = data_files(cfg_);
-  train_file_ = load_idx_pair(train_images, train_labels);
-  test_file_ = load_idx_pair(test_images, test_labels);
   train_ = Dataset::select_digits(train_file_, cfg_.digits);
   test_ = Dataset::select_digits(test_file_, cfg_.digits);
   train_.truncate(std::size_t(cfg_.train_limit));
@@ -153,7 +171,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     resume_path = cfg_.resume;
   }
   if (!resume_path.empty()) {
-    resume_ = read_checkpoint(resume_path);
+    resume_ = read_checkpoint_guarded(resume_path);
     const Arch& got = resume_->arch;
     std::string differs;
     if (got.hidden != cfg_.arch.hidden) differs += " hidden";
@@ -174,10 +192,8 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     if (ec) throw UsageError(cfg_.run_dir + ": cannot create run directory: " + ec.message());
     metrics_ = LineFile((std::filesystem::path(cfg_.run_dir) / "metrics.jsonl").string(), resume_.has_value());
     if (!cfg_.step_log.empty()) step_log_ = LineFile(cfg_.step_log, false);
-    // mpirun hands its ranks a pseudo-terminal even when its own output goes to a job log, so under mpirun only a single
-    // process started by hand shows the live line automatically.
-    const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_RANK") || std::getenv("PMIX_RANK");
-    progress_ = cfg_.progress == Progress::always || (cfg_.progress == Progress::automatic && isatty(STDOUT_FILENO) && !launched);
+    // The caller settles --progress auto (resolve_progress); left as auto, it means no line.
+    progress_ = cfg_.progress == Progress::always;
   }
 }
 
@@ -320,16 +336,17 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
   std::vector<EpochRecord> metrics = past_metrics_;
   metrics.insert(metrics.end(), history_.begin(), history_.end());
   const std::vector<std::uint8_t> grid = sample_grid();
-  const std::size_t side = 10 * kImageSide;
-  const std::filesystem::path file = dir / name;
-  write_checkpoint(file, cfg_.arch, layout_, params_, m, v, s, {metrics, grid, side});
-  write_png_gray(std::filesystem::path(file).replace_extension(".png"), side, side, grid.data());
-  // The newest K stay, each with its grid. Our own temporary is renamed by now, so a temporary still here is a killed
-  // writer's half file.
+  const std::size_t width = 10 * kImageSide, height = grid.size() / width;
+  // A temporary here is a killed or failed writer's half file (only rank 0 writes): it goes before this write needs the
+  // space it holds.
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     const std::string entry = e.path().filename().string();
     if (entry.starts_with("ckpt-e") && entry.find(".h5.tmp.") != std::string::npos) std::filesystem::remove(e.path(), ec);
   }
+  const std::filesystem::path file = dir / name;
+  write_checkpoint(file, cfg_.arch, layout_, params_, m, v, s, {metrics, grid, width, height});
+  write_png_gray(std::filesystem::path(file).replace_extension(".png"), width, height, grid.data());
+  // The newest K stay, each with its grid.
   const std::vector<std::filesystem::path> all = complete_checkpoints(dir);
   for (std::size_t i = 0; i + std::size_t(cfg_.keep_checkpoints) < all.size(); ++i) {
     std::filesystem::remove(all[i], ec);
@@ -339,10 +356,12 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
 }
 
 std::vector<std::uint8_t> Trainer::sample_grid() {
-  const std::vector<float> inputs = digit_decoder_inputs(cfg_.arch, *ctx_.kernels, kAllDigits, 10, 1.0, stream_key(cfg_.seed, Stream::samples, 0));
-  std::vector<std::uint8_t> images(100 * std::size_t(kImagePixels));
-  decode_to_pixels(*net_, *ctx_.kernels, params_.data(), inputs, 100, images.data());
-  return tile_images(images.data(), 100, 10);
+  const std::span<const int> rows = all_classes(cfg_.arch);
+  const std::vector<float> inputs = digit_decoder_inputs(cfg_.arch, *ctx_.kernels, rows, 10, 1.0, stream_key(cfg_.seed, Stream::samples, 0));
+  const std::size_t n = rows.size() * 10;
+  std::vector<std::uint8_t> images(n * std::size_t(kImagePixels));
+  decode_to_pixels(*net_, *ctx_.kernels, params_.data(), inputs, n, images.data());
+  return tile_images(images.data(), n, 10);
 }
 
 EvalResult Trainer::evaluate(const Dataset& data) {

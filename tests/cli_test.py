@@ -371,5 +371,206 @@ def case_resume_other_rank_count():
         assert abs(a - b) <= 1e-4 * abs(a), (a, b)
 
 
+SAMPLE = os.path.join(os.path.dirname(BIN), "vae_sample")
+EVAL = os.path.join(os.path.dirname(BIN), "vae_eval")
+SMOKE = os.path.join(SOURCE, "configs", "smoke.ini")
+
+
+def smoke_checkpoint(d, *extra):
+    """Trains smoke.ini for one epoch into d on one rank; returns the checkpoint."""
+    code, out, err = run(1, "--config", SMOKE, "--data-dir", DATA, "--run-dir", d, "--epochs", "1", *extra)
+    assert code == 0, out + err
+    return os.path.join(d, "checkpoints", "ckpt-e0001.h5")
+
+
+def in_terminal(cmd, timeout=300, env=None):
+    """Runs cmd with its output on a fresh pseudo-terminal, as a user at a terminal would; returns (exit code, output)."""
+    import pty
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execvpe(cmd[0], cmd, env or os.environ)
+        finally:
+            os._exit(127)
+    out, deadline = b"", time.monotonic() + timeout
+    while True:
+        assert time.monotonic() < deadline, f"{cmd} did not finish in {timeout} s"
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def case_config_directory():
+    with tempfile.TemporaryDirectory() as d:
+        expect_usage_error(1, ["--config", d], f"{d}: is a directory, not a config file")
+
+
+def case_config_binary():
+    """A config file of junk: the message shows its bytes escaped and cut, so it stays one readable line."""
+    with tempfile.TemporaryDirectory() as d:
+        junk = os.path.join(d, "junk.ini")
+        with open(junk, "wb") as f:
+            f.write(b"\x1b[31m\x07" + bytes(range(0x80, 0x100)) * 8 + b"\n")
+        code, out, err = run(1, "--config", junk, timeout=60)
+        assert code == 2, err
+        [line] = our_errors(err)
+        assert line.startswith(f"vae_dist: error: {junk}: "), line
+        assert line.isprintable() and "\\x1b[31m\\x07\\x80\\x81" in line, line
+        assert len(line) < 300 and "bytes)" in line, line
+
+
+def case_idx_directory():
+    with tempfile.TemporaryDirectory() as d:
+        for f in ["train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]:
+            os.symlink(os.path.join(DATA, f), os.path.join(d, f))
+        os.mkdir(os.path.join(d, "train-images-idx3-ubyte"))
+        expect_usage_error(1, ["--data-dir", d], "train-images-idx3-ubyte: is a directory, not an IDX file")
+
+
+def case_idx_dimensions():
+    """Images of another size are named as such, before their length is checked."""
+    with tempfile.TemporaryDirectory() as d:
+        images = os.path.join(d, "images")
+        write_idx(images, 0x803, [10, 27, 28], bytes(10 * 27 * 28))
+        expect_usage_error(1, ["--data-dir", DATA, "--train-images", images], f"{images}: images are 27x28, expected 28x28")
+
+
+def case_threads_warning():
+    """More threads than cores on a node: one warning line, and the run goes on."""
+    cores = os.cpu_count()
+    with tempfile.TemporaryDirectory() as d:
+        code, out, err = run(1, "--config", SMOKE, "--data-dir", DATA, "--run-dir", d, "--max-steps", "2", "--threads", str(cores + 1))
+        assert code == 0, err
+        lines = [l for l in err.splitlines() if l.startswith("vae_dist")]
+        assert len(lines) == 1 and f"1 rank x {cores + 1} threads = {cores + 1} threads on {cores} cores" in lines[0], err
+        code, out, err = run(1, "--config", SMOKE, "--data-dir", DATA, "--run-dir", d, "--max-steps", "2", "--threads", "1")
+        assert code == 0 and "warning" not in err, err
+
+
+def case_sample_count():
+    """Any --count: the samples stream into HDF5 in bounded memory, sample i the same as in a smaller draw."""
+    import resource
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = smoke_checkpoint(d)
+        big, small = os.path.join(d, "big.h5"), os.path.join(d, "small.h5")
+        n = 120000  # 94 MB of images: more than the process may hold
+        p = subprocess.run([SAMPLE, "--checkpoint", ckpt, "--digits", "4", "--count", str(n), "--h5", big], capture_output=True,
+                           text=True, timeout=300)
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        assert p.returncode == 0 and f"wrote {n} samples" in p.stdout, p.stderr
+        assert peak_mb < 80, f"peak {peak_mb:.0f} MB for {n} samples"
+        p = subprocess.run([SAMPLE, "--checkpoint", ckpt, "--digits", "4", "--count", "3", "--h5", small], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        dump = lambda f, count: subprocess.run(["h5dump", "-w", "0", "-y", "-d", "/samples/images", "-s", "0,0,0", "-c", f"{count},28,28", f],
+                                               capture_output=True, text=True, timeout=120).stdout.split("DATA {")[1]
+        assert dump(big, 3) == dump(small, 3), "sample i differs between a draw of 3 and a draw of many"
+        header = subprocess.run(["h5dump", "-H", big], capture_output=True, text=True, timeout=60).stdout
+        assert f"( {n}, 28, 28 )" in header and f"( {n}, 10 )" in header and "grid_omitted" in header, header
+        p = subprocess.run([SAMPLE, "--checkpoint", ckpt, "--digits", "4", "--count", "20000", "--out", os.path.join(d, "x.png")],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "a PNG shows at most 10000 samples, asked for 20000" in p.stderr, p.stderr
+
+
+def case_classes_from_data():
+    """Labels 0-4: a five-class model, stored so; every tool draws five rows and refuses a sixth digit."""
+    with tempfile.TemporaryDirectory() as d:
+        n = 640
+        pixels = open(os.path.join(DATA, "train-images-idx3-ubyte"), "rb").read()[16:16 + n * 784]
+        labels = bytes(open(os.path.join(DATA, "train-labels-idx1-ubyte"), "rb").read()[8:8 + n])
+        five = bytes(l % 5 for l in labels)
+        write_idx(os.path.join(d, "train-images-idx3-ubyte"), 0x803, [n, 28, 28], pixels)
+        write_idx(os.path.join(d, "train-labels-idx1-ubyte"), 0x801, [n], five)
+        write_idx(os.path.join(d, "t10k-images-idx3-ubyte"), 0x803, [n, 28, 28], pixels)
+        write_idx(os.path.join(d, "t10k-labels-idx1-ubyte"), 0x801, [n], five)
+        run_dir = os.path.join(d, "run")
+        code, out, err = run(2, "--config", SMOKE, "--data-dir", d, "--run-dir", run_dir, "--epochs", "1", "--train-limit", "0",
+                             "--test-limit", "0")
+        assert code == 0, out + err
+        ckpt = os.path.join(run_dir, "checkpoints", "ckpt-e0001.h5")
+        classes = subprocess.run(["h5dump", "-a", "/model/classes", ckpt], capture_output=True, text=True, timeout=60).stdout
+        assert "(0): 5" in classes, classes
+        png = open(os.path.join(run_dir, "checkpoints", "ckpt-e0001.png"), "rb").read()
+        assert struct.unpack(">II", png[16:24]) == (280, 5 * 28), struct.unpack(">II", png[16:24])
+        grid = os.path.join(d, "grid.png")
+        p = subprocess.run([SAMPLE, "--checkpoint", ckpt, "--grid", "--out", grid], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and struct.unpack(">II", open(grid, "rb").read()[16:24]) == (280, 140), p.stderr
+        p = subprocess.run([SAMPLE, "--checkpoint", ckpt, "--digits", "7"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and p.stderr.strip() == "vae_sample: error: option --digits: 7 is not among the model's 5 classes", p.stderr
+        js = os.path.join(d, "eval.json")
+        p = subprocess.run(MPIEXEC + ["-n", "1", EVAL, "--checkpoint", ckpt, "--data-dir", d, "--iw-samples", "0", "--samples-per-digit", "10",
+                                      "--json", js, "--progress", "never"], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        result = json.load(open(js))
+        assert sorted(result["conditional_accuracy_per_digit"]) == ["0", "1", "2", "3", "4"], result
+        assert sorted(result["ssim_per_digit"]) == ["0", "1", "2", "3", "4"], result
+        expect_usage_error(1, ["--config", SMOKE, "--data-dir", d, "--classes", "4", "--train-limit", "0", "--test-limit", "0"],
+                           "label 4 at index")
+        expect_usage_error(1, ["--config", SMOKE, "--data-dir", DATA, "--classes", "11"], "option --classes: must be in 0-10, got 11")
+
+
+def case_stale_temporary_first():
+    """A killed writer's temporary takes space the next checkpoint needs: it is removed before the write, which then fits."""
+    assert os.geteuid() == 0, "this test mounts a small tmpfs (a full disk) and needs root"
+    with tempfile.TemporaryDirectory() as d:
+        size = os.path.getsize(smoke_checkpoint(os.path.join(d, "probe")))
+        disk = os.path.join(d, "disk")
+        os.mkdir(disk)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.7) // 4096 * 4096 + 65536}", "tmpfs", disk], check=True)
+        try:
+            os.makedirs(os.path.join(disk, "checkpoints"))
+            with open(os.path.join(disk, "checkpoints", "ckpt-e0001.h5.tmp.99999"), "wb") as f:
+                f.write(bytes(int(size * 0.9)))
+            code, out, err = run(1, "--config", SMOKE, "--data-dir", DATA, "--run-dir", disk, "--epochs", "1")
+            assert code == 0, out + err
+            left = sorted(os.listdir(os.path.join(disk, "checkpoints")))
+            assert left == ["ckpt-e0001.h5", "ckpt-e0001.png"], left
+        finally:
+            subprocess.run(["umount", disk], check=True)
+
+
+def case_progress_terminal():
+    """The live line shows for one process started by hand at a terminal, and for launch/local.sh at a terminal; not
+    when the output is a pipe."""
+    with tempfile.TemporaryDirectory() as d:
+        # Wide layers, so the 60 steps last the seconds a live line needs to be drawn.
+        args = ["--config", SMOKE, "--data-dir", DATA, "--epochs", "1", "--max-steps", "60", "--hidden", "2048,2048"]
+        code, out = in_terminal([BIN] + args + ["--run-dir", os.path.join(d, "a"), "--threads", "1"])
+        assert code == 0 and "\r\x1b[K  epoch 1  step" in out, out
+        env = dict(os.environ, RANKS="2", THREADS="1", VAE_DIST=BIN)
+        code, out = in_terminal(["bash", os.path.join(SOURCE, "launch", "local.sh")] + args + ["--run-dir", os.path.join(d, "b")], env=env)
+        assert code == 0 and "\r\x1b[K  epoch 1  step" in out, out
+        p = subprocess.run([BIN] + args + ["--run-dir", os.path.join(d, "c")], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and "\x1b[K" not in p.stdout, p.stdout
+
+
+def case_eval_progress():
+    """vae_eval draws the same live line (images done, rate, time left) at a terminal."""
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = smoke_checkpoint(d)
+        code, out = in_terminal([EVAL, "--checkpoint", ckpt, "--data-dir", DATA, "--test-limit", "300", "--iw-samples", "200",
+                                 "--samples-per-digit", "0"])
+        assert code == 0 and "/300 images" in out and "images/s  ETA" in out and "test -ELBO" in out.replace("−", "-"), out
+
+
+def case_agreed_error_exit():
+    """An error every rank agrees on ends with a normal exit: no MPI_Abort, exit 2; through launch/local.sh only our line."""
+    code, out, err = run(2, "--batch", "0", timeout=60)
+    assert code == 2 and "MPI_ABORT" not in err and len(our_errors(err)) == 1, err
+    env = dict(os.environ, RANKS="2", VAE_DIST=BIN)
+    p = subprocess.run(["bash", os.path.join(SOURCE, "launch", "local.sh"), "--batch", "0"], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2 and p.stderr == "vae_dist: error: option --batch: must be positive, got 0\n", repr(p.stderr)
+    # Everything else mpirun says still gets through: here, a crash.
+    p = subprocess.run(["bash", os.path.join(SOURCE, "launch", "local.sh"), "--inject-fault", "kill:2", "--config", SMOKE, "--data-dir", DATA,
+                        "--run-dir", tempfile.mkdtemp()], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode != 0 and "signal" in p.stderr, p.stderr
+
+
 globals()["case_" + CASE]()
 print("ok", CASE)

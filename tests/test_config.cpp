@@ -105,7 +105,30 @@ TEST(ConfigErrors, FileErrorsNameTheFile) {
   std::ofstream(dir / "bad2.ini") << "epochs = ten\n";
   EXPECT_EQ(error_of({"--config", (dir / "bad2.ini").string()}),
             (dir / "bad2.ini").string() + ": the argument ('ten') for option 'epochs' is invalid");
-  EXPECT_EQ(error_of({"--config", (dir / "none.ini").string()}), (dir / "none.ini").string() + ": cannot open config file");
+  EXPECT_EQ(error_of({"--config", (dir / "none.ini").string()}), (dir / "none.ini").string() + ": no such file (the config file)");
+}
+
+TEST(Printable, EscapesWhatIsNotTextAndCutsLongValues) {
+  EXPECT_EQ(printable("plain text"), "plain text");
+  EXPECT_EQ(printable("\x1b[31m\n\x7f"), "\\x1b[31m\\x0a\\x7f");
+  EXPECT_EQ(printable("β ≥ 1 \xf0\x9f\x98\x80"), "β ≥ 1 \xf0\x9f\x98\x80") << "valid UTF-8 is shown as it is";
+  // A stray continuation byte, a truncated sequence, an overlong '/', a UTF-16 surrogate.
+  EXPECT_EQ(printable("\x80 \xe2\x89 \xc0\xaf \xed\xa0\x80"), "\\x80 \\xe2\\x89 \\xc0\\xaf \\xed\\xa0\\x80");
+  EXPECT_EQ(printable(std::string(100, 'a'), 10), "aaaaaaaaaa... (100 bytes)");
+  EXPECT_EQ(printable("\x01\x02\x03", 9), "\\x01\\x02... (3 bytes)") << "an escape is never cut in half";
+  EXPECT_EQ(in_quotes("x\ty"), "'x\\x09y'");
+}
+
+TEST(ConfigErrors, ValuesInMessagesAreEscaped) {
+  EXPECT_EQ(error_of({"--preset", "v3\x1b[2J"}), "option --preset: unknown preset 'v3\\x1b[2J' (expected v1, v2, v3 or burda)");
+  const std::string long_value(500, 'x');
+  EXPECT_EQ(error_of({"--wire", long_value.c_str()}),
+            "option --wire: unknown value '" + std::string(80, 'x') + "... (500 bytes)' (expected fp32 or bf16)");
+}
+
+TEST(ConfigErrors, ConfigDirectoryIsAnError) {
+  test::TempDir dir;
+  EXPECT_EQ(error_of({"--config", dir.path().string()}), dir.path().string() + ": is a directory, not a config file");
 }
 
 TEST(SchedulerTest, ModesByEpochWithLinearBetaRamp) {

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -34,8 +35,8 @@ struct TrainingState {
 // What a checkpoint shows besides the state: the metrics of every epoch so far and the latest sample grid.
 struct CheckpointExtras {
   std::span<const EpochRecord> metrics;
-  std::span<const std::uint8_t> grid;  // [side × side] grey, 0 = black; empty for none
-  std::size_t grid_side = 0;
+  std::span<const std::uint8_t> grid;  // [height × width] grey, 0 = black; empty for none
+  std::size_t grid_width = 0, grid_height = 0;
 };
 
 // The flat buffers (parameters, Adam m and v, one ParamLayout) and the state, as read back.
@@ -58,21 +59,35 @@ struct SampleSet {
   std::uint64_t seed = 0;
   double temperature = 1.0;
   std::size_t count = 0, classes = 0;
-  std::span<const std::uint8_t> images;      // [count × 28 × 28] grey, 0 = black
-  std::span<const float> labels;             // [count × classes] the label weights each image was decoded with
-  std::span<const std::uint8_t> grid;        // [grid_height × grid_width] the images tiled
+  std::span<const std::uint8_t> grid;        // [grid_height × grid_width] the images tiled; empty when there are too many
   std::size_t grid_width = 0, grid_height = 0;
 };
 
-// Writes /samples/{images, labels, grid} (grid an HDF5 image) atomically, as write_checkpoint does.
-void write_sample_file(const std::filesystem::path& path, const SampleSet& set);
+// Fills images [rows × 28 × 28] (grey, 0 = black) and labels [rows × classes] (the label weights each was decoded with)
+// for samples first … first + rows − 1.
+using SampleSource = std::function<void(std::size_t first, std::size_t rows, std::uint8_t* images, float* labels)>;
+inline constexpr std::size_t kSampleBatch = 1024;  // samples asked of a SampleSource at a time
+
+// Writes /samples/{images, labels, grid} (grid an HDF5 image) atomically, as write_checkpoint does, asking `source` for
+// kSampleBatch samples at a time, so any count is written in bounded memory.
+void write_sample_file(const std::filesystem::path& path, const SampleSet& set, const SampleSource& source);
 
 // Reads and validates: format and version, every dataset present with its shape, every value finite. Any problem is a
-// UsageError "PATH: problem".
+// UsageError "PATH: problem". Before anything is read, the file is refused if it holds what a checkpoint never does:
+// soft or external links, external or virtual storage, filters other than deflate and shuffle (no plugin is ever
+// loaded), more objects, attributes or elements than any checkpoint has.
 Checkpoint read_checkpoint(const std::filesystem::path& path);
 
 struct ClassifierWeights;
 // Reads the digit classifier's weights (scripts/train_classifier.py writes them), checked as a checkpoint is.
 ClassifierWeights read_classifier(const std::filesystem::path& path);
+
+// read_checkpoint and read_classifier for files from outside: the file is read in a child process first, so one that
+// crashes libhdf5 (a crafted file past the checks) is reported as a UsageError naming it, not as a crash of the caller.
+Checkpoint read_checkpoint_guarded(const std::filesystem::path& path);
+ClassifierWeights read_classifier_guarded(const std::filesystem::path& path);
+// Runs read(path) in a forked child and returns once it has finished cleanly. Its UsageError comes back as one, other
+// exceptions as std::runtime_error; a child killed by a signal becomes a UsageError saying the file crashed the reader.
+void check_in_child(const std::filesystem::path& path, const std::function<void(const std::filesystem::path&)>& read);
 
 }  // namespace vae

@@ -21,6 +21,12 @@ class MpiSession {
   ~MpiSession();
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
+  // Whether a launcher (mpirun, srun) started this process; read before MPI_Init, because Open MPI's singleton start sets
+  // the same variables a launcher would.
+  bool launched() const { return launched_; }
+
+ private:
+  bool launched_ = false;
 };
 
 class Communicator {
@@ -123,5 +129,8 @@ class NodeSegments {
 // Threads per rank when the user gives none: the cores this rank may run on (its affinity mask, which mpirun's binding
 // narrows) divided by the ranks that share them.
 int default_threads(const Communicator& comm);
+// On a node's first rank, when its ranks' threads outnumber the node's cores: a one-line warning naming the node, its
+// ranks × threads and its cores. Empty otherwise.
+std::string oversubscription_warning(const Communicator& comm, int threads);
 
 }  // namespace vae

@@ -73,6 +73,11 @@ struct ParsedArgs {
 // Throws UsageError with a one-line message for unknown options, malformed or out-of-range values.
 ParsedArgs parse_args(int argc, const char* const* argv);
 
+// --progress auto made definite: the live line shows when standard output is a terminal and no launcher started the
+// process (mpirun hands its ranks a pseudo-terminal even when its own output goes to a job log; launch/local.sh passes
+// --progress always when its own output is a terminal).
+Progress resolve_progress(Progress asked, bool launched);
+
 // Parses "640,320" into {640, 320}; throws UsageError naming the option.
 std::vector<int> parse_int_list(const std::string& text, const std::string& option);
 

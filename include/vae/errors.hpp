@@ -1,8 +1,10 @@
 // Error types: UsageError is the user's fault (bad option, bad file) and exits 2; anything else is a bug or a system failure.
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace vae {
 
@@ -22,6 +24,13 @@ class AgreedError : public std::runtime_error {
  private:
   int code_;
 };
+
+// Text from a file or the command line made fit for a one-line message: bytes that are not printable (control bytes,
+// invalid UTF-8) shown as \xNN, and anything past `max` bytes cut, with the full length said.
+std::string printable(std::string_view text, std::size_t max = 80);
+
+// printable(text, max) in single quotes: how a message shows a value the user gave.
+inline std::string in_quotes(std::string_view text, std::size_t max = 80) { return "'" + printable(text, max) + "'"; }
 
 // Exit codes, documented in the README: job scripts branch on them.
 inline constexpr int kExitFailure = 1;   // an error on some rank; the job was aborted

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -57,9 +58,10 @@ class QualityEvaluator {
   QualityEvaluator(const Arch& arch, const ParamLayout& layout, const float* params, Kernels<float>& k, std::size_t batch = 500);
 
   // Adds images [lo, hi) of set to sums. Image i's noise depends only on i, so any split over ranks gives the same terms.
-  // recon, if not empty, receives the reconstructions at z = μ as grey levels, [(hi − lo) × 784].
+  // recon, if not empty, receives the reconstructions at z = μ as grey levels, [(hi − lo) × 784]. progress, if given, is
+  // told the images done so far (of hi − lo) after each batch, and after each image of the importance-weighted estimate.
   void add(const ImageSet& set, std::size_t lo, std::size_t hi, const QualityOptions& options, QualitySums& sums,
-           std::span<std::uint8_t> recon = {});
+           std::span<std::uint8_t> recon = {}, const std::function<void(std::size_t)>& progress = {});
 
   // per_digit generated digits of each class (digit_decoder_inputs), decoder means as grey levels, [10·per_digit × 784].
   std::vector<std::uint8_t> generate(std::size_t per_digit, double temperature, std::uint64_t key);

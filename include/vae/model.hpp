@@ -195,6 +195,8 @@ std::vector<float> digit_decoder_inputs(const Arch& arch, const Kernels<float>& 
 
 // All ten digits, 0 to 9.
 inline constexpr int kAllDigits[kNumClasses] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+// The model's classes 0 … classes − 1, one grid row each.
+inline std::span<const int> all_classes(const Arch& arch) { return std::span<const int>(kAllDigits).first(std::size_t(arch.classes)); }
 
 // Tiles n images of 28 × 28 into a grid `columns` wide, row by row: [rows·28 × columns·28].
 std::vector<std::uint8_t> tile_images(const std::uint8_t* images, std::size_t n, std::size_t columns);

@@ -79,8 +79,8 @@ class Trainer {
                  std::uint64_t eps_base);
   void print_header() const;
   void save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch = false);
-  // The 10 × 10 grid of generated digits (row d: digit d; column c: latent noise z_c, the same in every checkpoint),
-  // decoder means as grey levels, [280 × 280]. Rank 0 only; uses the network's buffers.
+  // The classes × 10 grid of generated digits (row d: digit d; column c: latent noise z_c, the same in every checkpoint),
+  // decoder means as grey levels, [28·classes × 280]. Rank 0 only; uses the network's buffers.
   std::vector<std::uint8_t> sample_grid();
   void show_progress(int epoch, long step_in_epoch, long steps, double loss, double rate, bool done) const;
 

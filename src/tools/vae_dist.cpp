@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
       error = e.what();
     }
     if (comm.any_failed(error, "vae_dist")) return vae::kExitUsage;
+    args.config.progress = vae::resolve_progress(args.config.progress, mpi.launched());
     if (args.help) {
       if (comm.rank() == 0) std::fputs(args.help_text.c_str(), stdout);
       return 0;
@@ -44,6 +45,8 @@ int main(int argc, char** argv) {
     }
     if (comm.any_failed(error, "vae_dist")) return vae::kExitUsage;
     const int threads = args.config.threads > 0 ? args.config.threads : vae::default_threads(comm);
+    if (const std::string warning = vae::oversubscription_warning(comm, threads); !warning.empty())
+      std::fprintf(stderr, "vae_dist: warning: %s\n", warning.c_str());
     std::unique_ptr<vae::Trainer> trainer;
     try {
       trainer = std::make_unique<vae::Trainer>(args.config, comm, threads);

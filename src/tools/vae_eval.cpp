@@ -18,6 +18,7 @@
 #include "vae/evaluation.hpp"
 #include "vae/idx.hpp"
 #include "vae/png.hpp"
+#include "vae/progress.hpp"
 #include "vae/rng.hpp"
 
 namespace po = boost::program_options;
@@ -27,7 +28,8 @@ namespace {
 
 struct Request {
   std::string checkpoint, data_dir, classifier, json, recon_png, samples_png, misread_png, binarize;
-  std::vector<int> digits;
+  std::vector<int> digits;  // empty: every class of the model
+  vae::Progress progress = vae::Progress::automatic;
   int test_limit = 0, iw_samples = 0, samples_per_digit = 0, threads = 0;
   double temperature = 1.0;
   std::uint64_t seed = 1;
@@ -63,12 +65,13 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
       "recon-png", po::value<std::string>()->default_value(""), "write originals above their reconstructions (ten of each digit) to this PNG")(
       "samples-png", po::value<std::string>()->default_value(""), "write the generated digits that were classified (one row per digit) to this PNG")(
       "misread-png", po::value<std::string>()->default_value(""), "write the generated digits the classifier misread (row d: asked for d, at most 20) to this PNG")(
-      "threads", po::value<int>()->default_value(0), "threads per rank (0: the cores available / ranks sharing them)");
+      "threads", po::value<int>()->default_value(0), "threads per rank (0: the cores available / ranks sharing them)")(
+      "progress", po::value<std::string>()->default_value("auto"), "live progress line: auto (a terminal, not under mpirun), always, never");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
   } catch (const po::error& e) {
-    throw vae::UsageError(e.what());
+    throw vae::UsageError(vae::printable(e.what(), 160));
   }
   if (vm.count("help")) {
     std::ostringstream os;
@@ -80,9 +83,13 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
   q.checkpoint = vm["checkpoint"].as<std::string>();
   q.data_dir = vm["data-dir"].as<std::string>();
   const std::string digits = vm["digits"].as<std::string>();
-  q.digits = digits == "all" ? std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9} : vae::parse_int_list(digits, "digits");
+  if (digits != "all") q.digits = vae::parse_int_list(digits, "digits");
   for (int d : q.digits)
-    if (d < 0 || d > 9) throw vae::UsageError("option --digits: " + std::to_string(d) + " is not a digit");
+    if (d < 0 || d >= vae::kNumClasses) throw vae::UsageError("option --digits: " + std::to_string(d) + " is not a digit");
+  const std::string progress = vm["progress"].as<std::string>();
+  if (progress == "always") q.progress = vae::Progress::always;
+  else if (progress == "never") q.progress = vae::Progress::never;
+  else if (progress != "auto") throw vae::UsageError("option --progress: unknown value " + vae::in_quotes(progress) + " (expected auto, always or never)");
   q.test_limit = vm["test-limit"].as<int>();
   q.binarize = vm["binarize"].as<std::string>();
   q.iw_samples = vm["iw-samples"].as<int>();
@@ -96,7 +103,7 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
   q.misread_png = vm["misread-png"].as<std::string>();
   q.threads = vm["threads"].as<int>();
   if (q.binarize != "auto" && q.binarize != "none" && q.binarize != "dynamic")
-    throw vae::UsageError("option --binarize: unknown value '" + q.binarize + "' (expected auto, none or dynamic)");
+    throw vae::UsageError("option --binarize: unknown value " + vae::in_quotes(q.binarize) + " (expected auto, none or dynamic)");
   if (q.test_limit < 0) throw vae::UsageError("option --test-limit: must not be negative");
   if (q.iw_samples < 0 || q.iw_samples > 1000000) throw vae::UsageError("option --iw-samples: must be in 0-1000000");
   if (q.samples_per_digit < 0 || q.samples_per_digit > 100000) throw vae::UsageError("option --samples-per-digit: must be in 0-100000");
@@ -153,8 +160,13 @@ struct Inputs {
   bool binarize = false, classify = false;
 };
 
-void load(const Request& q, Inputs& in) {
-  in.c = vae::read_checkpoint(q.checkpoint);
+void load(Request& q, Inputs& in) {
+  in.c = vae::read_checkpoint_guarded(q.checkpoint);
+  const int classes = in.c.arch.classes;
+  if (q.digits.empty()) q.digits.assign(vae::all_classes(in.c.arch).begin(), vae::all_classes(in.c.arch).end());
+  for (int d : q.digits)
+    if (d >= classes)
+      throw vae::UsageError("option --digits: " + std::to_string(d) + " is not among the model's " + std::to_string(classes) + " classes");
   in.binarize = q.binarize == "auto" ? in.c.state.binarize : q.binarize == "dynamic";
   const fs::path images = vae::resolve_idx_path(q.data_dir, "t10k-images-idx3-ubyte"), labels = vae::resolve_idx_path(q.data_dir, "t10k-labels-idx1-ubyte");
   in.test_file = vae::load_idx_pair(images, labels);
@@ -162,7 +174,7 @@ void load(const Request& q, Inputs& in) {
   in.test.truncate(std::size_t(q.test_limit));
   if (in.test.size() == 0) throw vae::UsageError(labels.string() + ": no test images with the selected digits");
   in.classify = in.c.arch.conditional && q.samples_per_digit > 0;
-  if (in.classify) in.weights = vae::read_classifier(q.classifier);
+  if (in.classify) in.weights = vae::read_classifier_guarded(q.classifier);
 }
 
 // Evaluates this rank's share, and on rank 0 classifies generated digits, prints and writes the results.
@@ -190,7 +202,12 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   const std::size_t lo = N * std::size_t(comm.rank()) / std::size_t(comm.size()), hi = N * std::size_t(comm.rank() + 1) / std::size_t(comm.size());
   vae::QualitySums mine;
   std::vector<std::uint8_t> recon(q.recon_png.empty() ? 0 : (hi - lo) * P);
-  evaluator.add(set, lo, hi, {q.iw_samples, q.seed}, mine, recon);
+  {
+    // Rank 0 shows its share's progress, scaled to the whole set: every rank has as many images to the image.
+    vae::ProgressLine line(comm.rank() == 0 && q.progress == vae::Progress::always, N, "images");
+    evaluator.add(set, lo, hi, {q.iw_samples, q.seed}, mine, recon,
+                  [&](std::size_t done) { line.update(std::min(N, done * std::size_t(comm.size()))); });
+  }
   std::array<double, vae::QualitySums::kFields> packed = mine.pack();
   comm.allreduce_sum(packed);
   const vae::QualitySums all = vae::QualitySums::unpack(packed);
@@ -227,7 +244,7 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
     classifier_accuracy = double(right) / double(test_file.count);
     const std::size_t per = std::size_t(q.samples_per_digit);
     const std::vector<std::uint8_t> samples = evaluator.generate(per, q.temperature, vae::stream_key(q.seed, vae::Stream::samples, 2));
-    const std::vector<int> read = reader.predict(samples.data(), vae::kNumClasses * per);
+    const std::vector<int> read = reader.predict(samples.data(), std::size_t(c.arch.classes) * per);
     std::size_t total = 0, asked = 0;
     for (int d : q.digits) {
       std::size_t ok = 0;
@@ -341,6 +358,7 @@ int main(int argc, char** argv) {
       error = e.what();
     }
     if (comm.any_failed(error, "vae_eval")) return vae::kExitUsage;
+    q.progress = vae::resolve_progress(q.progress, mpi.launched());
     if (!run) {
       if (comm.rank() == 0) std::fputs(help.c_str(), stdout);
       return 0;

@@ -1,8 +1,10 @@
-// vae_sample: generates digits from a checkpoint (chosen digits, a 10 × 10 grid, or an interpolation) as PNG and/or HDF5; one process, no MPI.
+// vae_sample: generates digits from a checkpoint (chosen digits, a grid of every class, or an interpolation) as PNG and/or HDF5; one process, no MPI.
 #include <boost/program_options.hpp>
 
 #include <cstdio>
+#include <algorithm>
 #include <exception>
+#include <functional>
 #include <iostream>
 #include <sstream>
 
@@ -19,6 +21,8 @@ namespace po = boost::program_options;
 
 namespace {
 
+constexpr std::size_t kMaxTiled = 10'000;  // samples drawn into a PNG or an HDF5 grid
+
 struct Request {
   std::string checkpoint, png, h5;
   std::vector<int> digits;
@@ -29,30 +33,38 @@ struct Request {
   double temperature = 1.0;
 };
 
-// The decoder input rows [n × dec_in] (latent noise from the seed alone, times the temperature) and the label weights
-// [n × classes] each is decoded with: one-hots of the grid or the chosen digits, or a mix of two digits along an interpolation.
-std::vector<float> inputs_for(const Request& q, const vae::Arch& arch, const vae::Kernels<float>& k, std::size_t& n, std::size_t& columns,
-                              std::vector<float>& labels) {
-  const std::uint64_t key = vae::stream_key(q.seed, vae::Stream::samples, 1);
+// Which sample is which: row i of the output is decoded from label weights labels_of(i) [classes] and noise row noise_of(i).
+struct Layout {
+  std::size_t n = 0, columns = 0;
+  std::function<void(std::size_t i, float* weights)> labels_of;
+  std::function<std::size_t(std::size_t i)> noise_of;
+};
+
+// One row per digit of the grid or of --digits, sample c of every row sharing its noise; or four rows along an
+// interpolation, each its own noise, the label going from digit A to digit B across the columns.
+Layout layout_for(const Request& q, const vae::Arch& arch) {
+  Layout out;
   if (q.interpolate.empty()) {
-    const std::span<const int> digits = q.grid ? std::span<const int>(vae::kAllDigits) : std::span<const int>(q.digits);
-    columns = q.grid ? 10 : std::size_t(q.count);
-    n = digits.size() * columns;
-    return vae::digit_decoder_inputs(arch, k, digits, columns, q.temperature, key, &labels);
+    std::vector<int> digits(q.digits);
+    if (q.grid) digits.assign(vae::all_classes(arch).begin(), vae::all_classes(arch).end());
+    out.columns = q.grid ? 10 : std::size_t(q.count);
+    out.n = digits.size() * out.columns;
+    const std::size_t columns = out.columns;
+    out.labels_of = [digits, columns](std::size_t i, float* w) { w[digits[i / columns]] = 1.0f; };
+    // An unconditional model cannot be asked for a digit: every row gets its own noise instead.
+    out.noise_of = [columns, conditional = arch.conditional](std::size_t i) { return conditional ? i % columns : i; };
+    return out;
   }
-  // Four rows, each its own noise; the label goes from digit A to digit B across the columns.
-  const std::size_t classes = std::size_t(arch.classes);
-  columns = std::size_t(q.steps);
-  n = 4 * columns;
-  labels.assign(n * classes, 0.0f);
-  std::vector<std::size_t> noise(n);
-  for (std::size_t i = 0; i < n; ++i) {
+  out.columns = std::size_t(q.steps);
+  out.n = 4 * out.columns;
+  const std::size_t columns = out.columns, a = std::size_t(q.interpolate[0]), b = std::size_t(q.interpolate[1]);
+  out.labels_of = [columns, a, b](std::size_t i, float* w) {
     const float t = float(i % columns) / float(columns - 1);
-    labels[i * classes + std::size_t(q.interpolate[0])] += 1.0f - t;
-    labels[i * classes + std::size_t(q.interpolate[1])] += t;
-    noise[i] = i / columns;
-  }
-  return vae::decoder_inputs(arch, k, labels, noise, q.temperature, key);
+    w[a] += 1.0f - t;
+    w[b] += t;
+  };
+  out.noise_of = [columns](std::size_t i) { return i / columns; };
+  return out;
 }
 
 Request parse(int argc, char** argv, bool& help) {
@@ -62,9 +74,9 @@ Request parse(int argc, char** argv, bool& help) {
   desc.add_options()("help,h", "print this help and exit")("checkpoint", po::value<std::string>(), "checkpoint file (ckpt-eNNNN.h5)")(
       "out", po::value<std::string>(), "PNG to write (samples.png when --h5 is not given either)")(
       "h5", po::value<std::string>(), "HDF5 file to write: /samples/images [n × 28 × 28], /samples/labels, /samples/grid")(
-      "grid", po::bool_switch(), "a 10 × 10 grid: row d is digit d, column c the same latent noise")(
+      "grid", po::bool_switch(), "a classes × 10 grid: row d is digit d, column c the same latent noise")(
       "digits", po::value<std::string>()->default_value(""), "digits to draw, one row each, e.g. 3,7")(
-      "count", po::value<int>()->default_value(10), "samples per digit")(
+      "count", po::value<int>()->default_value(10), "samples per digit (any number with --h5 alone; a PNG shows at most 10,000 samples)")(
       "interpolate", po::value<std::string>()->default_value(""), "two digits A,B: the label goes from A to B across the columns")(
       "steps", po::value<int>()->default_value(10), "columns of an interpolation")(
       "temperature", po::value<double>()->default_value(1.0), "scale of the latent noise (1: the prior)")(
@@ -97,11 +109,11 @@ Request parse(int argc, char** argv, bool& help) {
   const int modes = int(q.grid) + int(!q.digits.empty()) + int(!q.interpolate.empty());
   if (modes != 1) throw vae::UsageError("give exactly one of --grid, --digits or --interpolate");
   for (int d : q.digits)
-    if (d < 0 || d > 9) throw vae::UsageError("option --digits: " + std::to_string(d) + " is not a digit");
+    if (d < 0 || d >= vae::kNumClasses) throw vae::UsageError("option --digits: " + std::to_string(d) + " is not a digit");
   if (!q.interpolate.empty() && (q.interpolate.size() != 2 || q.interpolate[0] < 0 || q.interpolate[0] > 9 || q.interpolate[1] < 0 ||
                                  q.interpolate[1] > 9))
     throw vae::UsageError("option --interpolate: expected two digits A,B");
-  if (q.count < 1 || q.count > 100) throw vae::UsageError("option --count: must be in 1-100");
+  if (q.count < 1 || q.count > 100'000'000) throw vae::UsageError("option --count: must be in 1-100000000");
   if (q.steps < 2 || q.steps > 100) throw vae::UsageError("option --steps: must be in 2-100");
   if (!(q.temperature > 0 && q.temperature <= 10)) throw vae::UsageError("option --temperature: must be in (0, 10]");
   return q;
@@ -114,29 +126,65 @@ int main(int argc, char** argv) {
     bool help = false;
     const Request q = parse(argc, argv, help);
     if (help) return 0;
-    const vae::Checkpoint c = vae::read_checkpoint(q.checkpoint);
+    const vae::Checkpoint c = vae::read_checkpoint_guarded(q.checkpoint);
     if (!c.arch.conditional && (!q.interpolate.empty() || !q.digits.empty()))
       throw vae::UsageError(q.checkpoint + ": the model is unconditional, so it cannot be asked for digits (use --grid)");
+    const int classes = c.arch.classes;
+    for (int d : q.digits)
+      if (d >= classes) throw vae::UsageError("option --digits: " + std::to_string(d) + " is not among the model's " + std::to_string(classes) + " classes");
+    for (int d : q.interpolate)
+      if (d >= classes)
+        throw vae::UsageError("option --interpolate: " + std::to_string(d) + " is not among the model's " + std::to_string(classes) + " classes");
+    const Layout rows = layout_for(q, c.arch);
+    // A picture of every sample is only drawn while it stays a picture; beyond that the samples go to HDF5 alone.
+    const bool tiled = rows.n <= kMaxTiled;
+    if (!tiled && !q.png.empty())
+      throw vae::UsageError("option --count: a PNG shows at most " + std::to_string(kMaxTiled) + " samples, asked for " + std::to_string(rows.n) +
+                            "; write them to HDF5 with --h5 FILE alone");
+
     const vae::ParamLayout layout(c.arch);
     const auto kernels = vae::make_kernels(vae::KernelChoice::parallel, 1);
-    vae::InferenceNetwork inference(c.arch, layout, *kernels, 100);
+    vae::InferenceNetwork inference(c.arch, layout, *kernels, vae::kSampleBatch);
+    const std::size_t C = std::size_t(classes), P = std::size_t(vae::kImagePixels);
+    const std::uint64_t key = vae::stream_key(q.seed, vae::Stream::samples, 1);
+    // Samples first … first + count − 1, made kSampleBatch at a time so memory stays bounded for any count.
+    const vae::SampleSource generate = [&](std::size_t first, std::size_t count, std::uint8_t* images, float* labels) {
+      std::vector<std::size_t> noise(count);
+      std::fill_n(labels, count * C, 0.0f);
+      for (std::size_t i = 0; i < count; ++i) {
+        rows.labels_of(first + i, labels + i * C);
+        noise[i] = rows.noise_of(first + i);
+      }
+      const std::vector<float> inputs = vae::decoder_inputs(c.arch, *kernels, {labels, count * C}, noise, q.temperature, key);
+      vae::decode_to_pixels(inference.net(), *kernels, c.params.data(), inputs, count, images);
+    };
 
-    std::size_t n = 0, columns = 0;
+    std::vector<std::uint8_t> images, grid;
     std::vector<float> labels;
-    const std::vector<float> inputs = inputs_for(q, c.arch, *kernels, n, columns, labels);
-    std::vector<std::uint8_t> images(n * std::size_t(vae::kImagePixels));
-    vae::decode_to_pixels(inference.net(), *kernels, c.params.data(), inputs, n, images.data());
-    const std::vector<std::uint8_t> grid = vae::tile_images(images.data(), n, columns);
-    const std::size_t width = columns * vae::kImageSide, height = grid.size() / width;
+    std::size_t width = 0, height = 0;
+    if (tiled) {
+      images.resize(rows.n * P);
+      labels.resize(rows.n * C);
+      for (std::size_t first = 0; first < rows.n; first += vae::kSampleBatch) {
+        const std::size_t count = std::min(vae::kSampleBatch, rows.n - first);
+        generate(first, count, images.data() + first * P, labels.data() + first * C);
+      }
+      grid = vae::tile_images(images.data(), rows.n, rows.columns);
+      width = rows.columns * vae::kImageSide;
+      height = grid.size() / width;
+    }
     if (!q.png.empty()) {
       vae::write_png_gray(q.png, width, height, grid.data());
-      std::printf("wrote %zu samples to %s\n", n, q.png.c_str());
+      std::printf("wrote %zu samples to %s\n", rows.n, q.png.c_str());
     }
     if (!q.h5.empty()) {
       const char* kind = q.grid ? "grid" : q.digits.empty() ? "interpolate" : "digits";
-      vae::write_sample_file(q.h5, {q.checkpoint, kind, q.seed, q.temperature, n, std::size_t(c.arch.classes), images, labels, grid,
-                                    width, height});
-      std::printf("wrote %zu samples to %s\n", n, q.h5.c_str());
+      const vae::SampleSource from_memory = [&](std::size_t first, std::size_t count, std::uint8_t* out, float* out_labels) {
+        std::copy_n(images.data() + first * P, count * P, out);
+        std::copy_n(labels.data() + first * C, count * C, out_labels);
+      };
+      vae::write_sample_file(q.h5, {q.checkpoint, kind, q.seed, q.temperature, rows.n, C, grid, width, height}, tiled ? from_memory : generate);
+      std::printf("wrote %zu samples to %s\n", rows.n, q.h5.c_str());
     }
   } catch (const vae::UsageError& e) {
     std::fprintf(stderr, "vae_sample: error: %s\n", e.what());
