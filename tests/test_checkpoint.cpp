@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
+#include <csignal>
+
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -174,6 +176,133 @@ TEST_F(CheckpointFile, NonFiniteValue) {
   params[lay.layers()[2].w_offset + 5] = std::numeric_limits<float>::quiet_NaN();
   write();
   EXPECT_NE(read_error().find("dataset model/enc.head/weight holds a non-finite value at element 5"), std::string::npos) << read_error();
+}
+
+// ---- Hostile files: what a checkpoint never holds is refused before any of it is read ----
+
+// Replaces model/enc.1/weight [12 × 7] with a dataset made with dcpl (a hostile storage or filter).
+void replace_weight(hid_t f, hid_t dcpl) {
+  H5Ldelete(f, "model/enc.1/weight", H5P_DEFAULT);
+  const hsize_t dims[2] = {12, 7};
+  const hid_t space = H5Screate_simple(2, dims, nullptr);
+  const hid_t set = H5Dcreate2(f, "model/enc.1/weight", H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  ASSERT_GE(set, 0);
+  H5Dclose(set);
+  H5Sclose(space);
+}
+
+TEST_F(CheckpointFile, SoftLinkIsRefused) {
+  write();
+  damage([](hid_t f) { H5Lcreate_soft("/model/enc.0/weight", f, "model/alias", H5P_DEFAULT, H5P_DEFAULT); });
+  EXPECT_NE(read_error().find("refused: model/alias is a soft link"), std::string::npos) << read_error();
+}
+
+TEST_F(CheckpointFile, ExternalLinkIsRefused) {
+  write();
+  damage([](hid_t f) { H5Lcreate_external("/etc/other.h5", "/secrets", f, "training/elsewhere", H5P_DEFAULT, H5P_DEFAULT); });
+  EXPECT_NE(read_error().find("refused: training/elsewhere is a link into another file"), std::string::npos) << read_error();
+}
+
+TEST_F(CheckpointFile, ExternalStorageIsRefused) {
+  // A weight whose bytes would be read from another file of the reader's machine.
+  write();
+  damage([](hid_t f) {
+    const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_external(dcpl, "/etc/passwd", 0, 12 * 7 * 4);
+    replace_weight(f, dcpl);
+    H5Pclose(dcpl);
+  });
+  EXPECT_NE(read_error().find("refused: dataset model/enc.1/weight keeps its data in external files"), std::string::npos) << read_error();
+}
+
+TEST_F(CheckpointFile, VirtualDatasetIsRefused) {
+  write();
+  damage([](hid_t f) {
+    const hsize_t dims[2] = {12, 7};
+    const hid_t source = H5Screate_simple(2, dims, nullptr);
+    const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_virtual(dcpl, source, "/tmp/elsewhere.h5", "/weight", source);
+    replace_weight(f, dcpl);
+    H5Pclose(dcpl);
+    H5Sclose(source);
+  });
+  EXPECT_NE(read_error().find("refused: dataset model/enc.1/weight is virtual"), std::string::npos) << read_error();
+}
+
+TEST_F(CheckpointFile, FilterOtherThanDeflateAndShuffleIsRefused) {
+  write();
+  damage([](hid_t f) {
+    const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    const hsize_t chunk[2] = {4, 7};
+    H5Pset_chunk(dcpl, 2, chunk);
+    H5Pset_fletcher32(dcpl);
+    replace_weight(f, dcpl);
+    H5Pclose(dcpl);
+  });
+  EXPECT_NE(read_error().find("refused: dataset model/enc.1/weight needs filter 3 (fletcher32); only deflate and shuffle are read"),
+            std::string::npos)
+      << read_error();
+  unsigned plugins = 1;
+  H5PLget_loading_state(&plugins);
+  EXPECT_EQ(plugins, 0u) << "reading a file loads no filter plugins";
+}
+
+TEST_F(CheckpointFile, OversizedAttributeIsRefused) {
+  write();
+  // An attribute past 64 KiB needs the newer file format's dense attribute storage.
+  const hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST);
+  const hid_t f = H5Fopen(file().c_str(), H5F_ACC_RDWR, fapl);
+  ASSERT_GE(f, 0);
+  const hsize_t n = (1 << 20) / 8 + 1;
+  const hid_t space = H5Screate_simple(1, &n, nullptr);
+  const hid_t g = H5Gcreate2(f, "notes", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  const hid_t a = H5Acreate2(g, "padding", H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(a, 0);
+  std::vector<double> zeros(n, 0.0);
+  H5Awrite(a, H5T_NATIVE_DOUBLE, zeros.data());
+  H5Aclose(a);
+  H5Gclose(g);
+  H5Sclose(space);
+  H5Fclose(f);
+  H5Pclose(fapl);
+  EXPECT_NE(read_error().find("refused: attribute padding holds 1048584 bytes"), std::string::npos) << read_error();
+}
+
+TEST_F(CheckpointFile, TooManyAttributesAreRefused) {
+  write();
+  damage([](hid_t f) {
+    const hid_t g = H5Gopen2(f, "training", H5P_DEFAULT);
+    for (int i = 0; i < 65; ++i) {
+      const hid_t space = H5Screate(H5S_SCALAR);
+      const hid_t a = H5Acreate2(g, ("extra" + std::to_string(i)).c_str(), H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT);
+      H5Aclose(a);
+      H5Sclose(space);
+    }
+    H5Gclose(g);
+  });
+  EXPECT_NE(read_error().find("refused: training has"), std::string::npos) << read_error();
+}
+
+TEST(CheckInChild, ACrashOfTheReaderIsABadFile) {
+  const std::filesystem::path file = "/tmp/some.h5";
+  try {
+    check_in_child(file, [](const std::filesystem::path&) { std::raise(SIGSEGV); });
+    FAIL() << "a crash went unnoticed";
+  } catch (const UsageError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "/tmp/some.h5: reading it crashed the HDF5 library (Segmentation fault): the file is corrupt or made to attack the reader; it was not loaded");
+  }
+  try {
+    check_in_child(file, [](const std::filesystem::path& p) { throw UsageError(p.string() + ": missing group model"); });
+    FAIL() << "the child's usage error was lost";
+  } catch (const UsageError& e) {
+    EXPECT_EQ(std::string(e.what()), "/tmp/some.h5: missing group model");
+  }
+  EXPECT_THROW(check_in_child(file, [](const std::filesystem::path&) { throw std::runtime_error("out of memory"); }), std::runtime_error);
+  int runs = 0;
+  check_in_child(file, [&](const std::filesystem::path&) { ++runs; });
+  EXPECT_EQ(runs, 0) << "the check runs in the child, not here";
 }
 
 }  // namespace

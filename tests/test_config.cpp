@@ -126,6 +126,15 @@ TEST(ConfigErrors, ValuesInMessagesAreEscaped) {
             "option --wire: unknown value '" + std::string(80, 'x') + "... (500 bytes)' (expected fp32 or bf16)");
 }
 
+TEST(ConfigErrors, PlaceholderInAValueEndsInAMessage) {
+  // Boost would put '%value%' in for '%value%' for ever (found by fuzz_config).
+  EXPECT_EQ(error_of({"--lr", "1e-%value%3"}), "the argument for option '--lr' is invalid");
+  EXPECT_EQ(error_of({"--%canonical_option%"}), "unrecognised option '--%canonical_option%'");
+  test::TempDir dir;
+  std::ofstream(dir / "p.ini") << "lr = %value%\n";
+  EXPECT_EQ(error_of({"--config", (dir / "p.ini").string()}), (dir / "p.ini").string() + ": the argument for option 'lr' is invalid");
+}
+
 TEST(ConfigErrors, ConfigDirectoryIsAnError) {
   test::TempDir dir;
   EXPECT_EQ(error_of({"--config", dir.path().string()}), dir.path().string() + ": is a directory, not a config file");

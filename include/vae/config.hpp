@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,12 @@ ParsedArgs parse_args(int argc, const char* const* argv);
 // process (mpirun hands its ranks a pseudo-terminal even when its own output goes to a job log; launch/local.sh passes
 // --progress always when its own output is a terminal).
 Progress resolve_progress(Progress asked, bool launched);
+
+// The one-line message of a Boost.Program_options error, escaped and cut. Boost's own message never returns when a value
+// holds one of its placeholders ('%value%'), so with a '%' in the input (percent, or any of argv) the message is made
+// from the option's name alone.
+std::string option_error(const std::exception& e, bool percent);
+std::string option_error(const std::exception& e, int argc, const char* const* argv);
 
 // Parses "640,320" into {640, 320}; throws UsageError naming the option.
 std::vector<int> parse_int_list(const std::string& text, const std::string& option);

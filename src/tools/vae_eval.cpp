@@ -71,7 +71,7 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
   } catch (const po::error& e) {
-    throw vae::UsageError(vae::printable(e.what(), 160));
+    throw vae::UsageError(vae::option_error(e, argc, argv));
   }
   if (vm.count("help")) {
     std::ostringstream os;
@@ -196,6 +196,8 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   const vae::ImageSet set{pixels.data(), digit_of.data(), N};
 
   const int threads = q.threads > 0 ? q.threads : vae::default_threads(comm);
+  if (const std::string warning = vae::oversubscription_warning(comm, threads); !warning.empty())
+    std::fprintf(stderr, "vae_eval: warning: %s\n", warning.c_str());
   const auto kernels = vae::make_kernels(vae::KernelChoice::parallel, threads);
   const vae::ParamLayout layout(c.arch);
   vae::QualityEvaluator evaluator(c.arch, layout, c.params.data(), *kernels);

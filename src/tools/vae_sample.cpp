@@ -85,7 +85,7 @@ Request parse(int argc, char** argv, bool& help) {
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
   } catch (const po::error& e) {
-    throw vae::UsageError(e.what());
+    throw vae::UsageError(vae::option_error(e, argc, argv));
   }
   Request q;
   help = vm.count("help") > 0;

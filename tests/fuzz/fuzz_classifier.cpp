@@ -7,15 +7,30 @@
 #include "vae/classifier.hpp"
 #include "vae/errors.hpp"
 
+namespace {
+
+// What vae_eval does with a classifier file: read it and classify one image.
+void load_and_classify(const std::filesystem::path& file) {
+  const vae::ClassifierWeights w = vae::read_classifier(file);
+  vae::Classifier reader(w, 1, 1);
+  const std::vector<std::uint8_t> image(784, 128);
+  const std::vector<int> digit = reader.predict(image.data(), 1);
+  if (digit.size() != 1 || digit[0] < 0 || digit[0] > 9) __builtin_trap();
+}
+
+}  // namespace
+
+// As fuzz_checkpoint: in a child first, as vae_eval reads it, then in this process.
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const vae::fuzz::Scratch scratch;
   const auto file = scratch.write("fuzzed.h5", data, size);
   try {
-    const vae::ClassifierWeights w = vae::read_classifier(file);
-    vae::Classifier reader(w, 1, 1);
-    const std::vector<std::uint8_t> image(784, 128);
-    const std::vector<int> digit = reader.predict(image.data(), 1);
-    if (digit.size() != 1 || digit[0] < 0 || digit[0] > 9) __builtin_trap();
+    vae::check_in_child(file, load_and_classify);
+  } catch (const vae::UsageError& e) {
+    if (vae::fuzz::crashed_the_library(e)) return vae::fuzz::keep_contained(data, size), 0;
+  }
+  try {
+    load_and_classify(file);
   } catch (const vae::UsageError&) {
   }
   return 0;

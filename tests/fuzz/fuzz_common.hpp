@@ -7,7 +7,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <exception>
+#include <functional>
 #include <string>
+#include <string_view>
 
 namespace vae::fuzz {
 
@@ -36,5 +39,19 @@ class Scratch {
  private:
   std::filesystem::path dir_;
 };
+
+// Keeps an input that crashed libhdf5 in a checking child in $VAE_FUZZ_CONTAINED, if set: the cases the tools must
+// report as bad files (tests/fuzz/contained).
+inline void keep_contained(const std::uint8_t* data, std::size_t size) {
+  const char* dir = std::getenv("VAE_FUZZ_CONTAINED");
+  if (!dir) return;
+  std::filesystem::create_directories(dir);
+  const std::filesystem::path p = std::filesystem::path(dir) / ("crash-" + std::to_string(size) + "-" + std::to_string(std::hash<std::string_view>{}(
+                                                                   std::string_view(reinterpret_cast<const char*>(data), size)) % 1000000007));
+  std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(data), std::streamsize(size));
+}
+
+// Whether check_in_child reported that reading the file ended the child (a libhdf5 crash, contained).
+inline bool crashed_the_library(const std::exception& e) { return std::string(e.what()).find("crashed the HDF5 library") != std::string::npos; }
 
 }  // namespace vae::fuzz
