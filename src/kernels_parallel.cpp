@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include "simd_ops.hpp"
 #include "vae/aligned.hpp"
@@ -14,6 +15,30 @@
 
 namespace vae {
 namespace {
+
+#if defined(__SANITIZE_THREAD__)
+extern "C" void __tsan_acquire(void* address);
+extern "C" void __tsan_release(void* address);
+#endif
+
+// tbb::parallel_for. TBB hands the tasks to its threads inside its own library, where ThreadSanitizer cannot see: under
+// TSan each task acquires what the caller released before they started, and the caller acquires what every task released,
+// the ordering TBB gives but a sanitizer would otherwise miss.
+template <class Range, class Body, class... Partitioner>
+void parallel_tasks(const Range& range, const Body& body, Partitioner&&... partitioner) {
+#if defined(__SANITIZE_THREAD__)
+  char edge = 0;
+  __tsan_release(&edge);
+  tbb::parallel_for(range, [&](const Range& r) {
+    __tsan_acquire(&edge);
+    body(r);
+    __tsan_release(&edge);
+  }, std::forward<Partitioner>(partitioner)...);
+  __tsan_acquire(&edge);
+#else
+  tbb::parallel_for(range, body, std::forward<Partitioner>(partitioner)...);
+#endif
+}
 
 constexpr std::size_t kTaskFlops = 1u << 19;    // below this many multiply-adds a task costs more to schedule than to run
 constexpr std::size_t kRowsPerTask = 16;        // rows of the loss and reparameterisation per task
@@ -169,7 +194,7 @@ class ParallelKernels final : public Kernels<float> {
   void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2,
                    float eps_t) const override {
     arena_.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, count, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
+      parallel_tasks(tbb::blocked_range<std::size_t>(0, count, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
         if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
         ops_.adam(p, g, m, v, r.begin(), r.end(), lr_t, beta1, beta2, eps_t);
       });
@@ -240,7 +265,7 @@ class ParallelKernels final : public Kernels<float> {
   void for_rows(std::size_t n, F&& body, std::size_t elements_per_row = kSerialElements) const {
     if (n * elements_per_row < kSerialElements) return body(std::size_t(0), n);
     arena_.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, kRowsPerTask),
+      parallel_tasks(tbb::blocked_range<std::size_t>(0, n, kRowsPerTask),
                         [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); });
     });
   }
@@ -270,7 +295,7 @@ class ParallelKernels final : public Kernels<float> {
 
     arena_.execute([&] {
       if (pack_a) {
-        tbb::parallel_for(tbb::blocked_range<std::size_t>(0, m_tiles, 1), [&](const tbb::blocked_range<std::size_t>& q) {
+        parallel_tasks(tbb::blocked_range<std::size_t>(0, m_tiles, 1), [&](const tbb::blocked_range<std::size_t>& q) {
           simd::PackA s;
           s.image = g.image;
           s.trans = g.a_source == Gemm::ASource::image_trans;
@@ -282,7 +307,7 @@ class ParallelKernels final : public Kernels<float> {
           ops_.pack_a(s);
         });
       }
-      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, row_blocks * col_blocks, 1), [&](const tbb::blocked_range<std::size_t>& t) {
+      parallel_tasks(tbb::blocked_range<std::size_t>(0, row_blocks * col_blocks, 1), [&](const tbb::blocked_range<std::size_t>& t) {
         for (std::size_t task = t.begin(); task < t.end(); ++task) {
           const auto [t0, t1] = split(m_tiles, row_blocks, task / col_blocks);
           const auto [q0, q1] = split(n_panels, col_blocks, task % col_blocks);

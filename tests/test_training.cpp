@@ -25,6 +25,18 @@ void count() {
   if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+}  // namespace
+// The sanitizer runtime's (GCC ships no header declaring it).
+extern "C" int __sanitizer_install_malloc_and_free_hooks(void (*on_malloc)(const volatile void*, std::size_t),
+                                                         void (*on_free)(const volatile void*));
+namespace {
+// Under a sanitizer its allocator serves every allocation, and reports each one to this hook.
+void on_allocation(const volatile void*, std::size_t) { count(); }
+void on_free(const volatile void*) {}
+[[maybe_unused]] const int g_hooks_installed = __sanitizer_install_malloc_and_free_hooks(on_allocation, on_free);
+}  // namespace
+#else
 void* counted(std::size_t n, std::size_t align) {
   void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align) : std::malloc(n ? n : 1);
   if (!p) throw std::bad_alloc();
@@ -73,6 +85,7 @@ void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+#endif
 
 namespace vae {
 namespace {

@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const vae::fuzz::Scratch scratch;
   const auto file = scratch.write("fuzzed.h5", data, size);
   try {
-    vae::check_in_child(file, load_and_decode);
+    vae::check_in_child(file, vae::fuzz::in_child(load_and_decode));
   } catch (const vae::UsageError& e) {
     if (vae::fuzz::crashed_the_library(e)) return vae::fuzz::keep_contained(data, size), 0;
   }
