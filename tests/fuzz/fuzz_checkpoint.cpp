@@ -26,19 +26,7 @@ void load_and_decode(const std::filesystem::path& file) {
 
 }  // namespace
 
-// First as the tools read files from outside (in a child, which a libhdf5 crash may end: that input is then reported as a
-// bad file, so it is done with); then in this process, where the sanitizers and the coverage see our code.
+// As the tools read a checkpoint from outside (fuzz_hdf5_file).
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const vae::fuzz::Scratch scratch;
-  const auto file = scratch.write("fuzzed.h5", data, size);
-  try {
-    vae::check_in_child(file, vae::fuzz::in_child(load_and_decode));
-  } catch (const vae::UsageError& e) {
-    if (vae::fuzz::crashed_the_library(e)) return vae::fuzz::keep_contained(data, size), 0;
-  }
-  try {
-    load_and_decode(file);
-  } catch (const vae::UsageError&) {
-  }
-  return 0;
+  return vae::fuzz::fuzz_hdf5_file(data, size, load_and_decode);
 }

@@ -20,18 +20,7 @@ void load_and_classify(const std::filesystem::path& file) {
 
 }  // namespace
 
-// As fuzz_checkpoint: in a child first, as vae_eval reads it, then in this process.
+// As vae_eval reads --classifier (fuzz_hdf5_file).
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const vae::fuzz::Scratch scratch;
-  const auto file = scratch.write("fuzzed.h5", data, size);
-  try {
-    vae::check_in_child(file, vae::fuzz::in_child(load_and_classify));
-  } catch (const vae::UsageError& e) {
-    if (vae::fuzz::crashed_the_library(e)) return vae::fuzz::keep_contained(data, size), 0;
-  }
-  try {
-    load_and_classify(file);
-  } catch (const vae::UsageError&) {
-  }
-  return 0;
+  return vae::fuzz::fuzz_hdf5_file(data, size, load_and_classify);
 }

@@ -12,6 +12,9 @@
 #include <string>
 #include <string_view>
 
+#include "vae/checkpoint.hpp"
+#include "vae/errors.hpp"
+
 // The sanitizer runtime's, when there is one (the fuzz build); the replays of the normal build have none.
 extern "C" void __sanitizer_set_death_callback(void (*callback)()) __attribute__((weak));
 
@@ -66,5 +69,24 @@ auto in_child(Read read) {
 
 // Whether check_in_child reported that reading the file ended the child (a libhdf5 crash, contained).
 inline bool crashed_the_library(const std::exception& e) { return std::string(e.what()).find("crashed the HDF5 library") != std::string::npos; }
+
+// One HDF5 input as the tools read a file from outside: in a checking child first (a libhdf5 crash ends only the child,
+// and the input, reported as a bad file, is done with), then in this process, where the sanitizers and the coverage
+// see our code. load throws UsageError for a file it refuses.
+template <class Load>
+int fuzz_hdf5_file(const std::uint8_t* data, std::size_t size, Load load) {
+  const Scratch scratch;
+  const auto file = scratch.write("fuzzed.h5", data, size);
+  try {
+    vae::check_in_child(file, in_child(load));
+  } catch (const vae::UsageError& e) {
+    if (crashed_the_library(e)) return keep_contained(data, size), 0;
+  }
+  try {
+    load(file);
+  } catch (const vae::UsageError&) {
+  }
+  return 0;
+}
 
 }  // namespace vae::fuzz
