@@ -1,7 +1,9 @@
-// TBB driver of the SIMD kernels: splits each product into cache-sized blocks and runs them in the rank's task arena.
+// TBB driver of the SIMD kernels: splits each product into cache-sized blocks and runs them in the rank's task arena (or in order, in a single-threaded build).
+#if !VAE_SINGLE_THREADED
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
+#endif
 
 #include <algorithm>
 #include <stdexcept>
@@ -16,29 +18,63 @@
 namespace vae {
 namespace {
 
+#if VAE_SINGLE_THREADED
+// A build without threads (WebAssembly without SharedArrayBuffer): the same tasks, run in order on the calling thread.
+class TaskPool {
+ public:
+  explicit TaskPool(int /*threads*/) {}
+  // body(begin, end) over [0, n) in pieces of about `grain` (exactly `grain` when `exact`: the product's own split).
+  template <class Body>
+  void run(std::size_t n, std::size_t grain, const Body& body, bool /*exact*/ = false) const {
+    for (std::size_t b = 0; b < n; b += grain) body(b, std::min(n, b + grain));
+  }
+  std::size_t slot() const { return 0; }  // the running thread's index in the pool
+};
+#else
 #if defined(__SANITIZE_THREAD__)
 extern "C" void __tsan_acquire(void* address);
 extern "C" void __tsan_release(void* address);
 #endif
 
-// tbb::parallel_for. TBB hands the tasks to its threads inside its own library, where ThreadSanitizer cannot see: under
-// TSan each task acquires what the caller released before they started, and the caller acquires what every task released,
-// the ordering TBB gives but a sanitizer would otherwise miss.
-template <class Range, class Body, class... Partitioner>
-void parallel_tasks(const Range& range, const Body& body, Partitioner&&... partitioner) {
+// The kernels' threads: a TBB task arena of the rank's size. TBB hands the tasks to its threads inside its own library,
+// where ThreadSanitizer cannot see: under TSan each task acquires what the caller released before they started, and the
+// caller acquires what every task released, the ordering TBB gives but a sanitizer would otherwise miss.
+class TaskPool {
+ public:
+  explicit TaskPool(int threads) : arena_(threads) {}
+  // body(begin, end) over [0, n) in pieces of about `grain` (exactly `grain` when `exact`: the product's own split).
+  template <class Body>
+  void run(std::size_t n, std::size_t grain, const Body& body, bool exact = false) const {
+    arena_.execute([&] {
+      const tbb::blocked_range<std::size_t> range(0, n, grain);
+      auto task = [&](const tbb::blocked_range<std::size_t>& r) {
 #if defined(__SANITIZE_THREAD__)
-  char edge = 0;
-  __tsan_release(&edge);
-  tbb::parallel_for(range, [&](const Range& r) {
-    __tsan_acquire(&edge);
-    body(r);
-    __tsan_release(&edge);
-  }, std::forward<Partitioner>(partitioner)...);
-  __tsan_acquire(&edge);
+        __tsan_acquire(&edge_);
+        body(r.begin(), r.end());
+        __tsan_release(&edge_);
 #else
-  tbb::parallel_for(range, body, std::forward<Partitioner>(partitioner)...);
+        body(r.begin(), r.end());
 #endif
-}
+      };
+#if defined(__SANITIZE_THREAD__)
+      __tsan_release(&edge_);
+#endif
+      if (exact) tbb::parallel_for(range, task, tbb::simple_partitioner());
+      else tbb::parallel_for(range, task);
+#if defined(__SANITIZE_THREAD__)
+      __tsan_acquire(&edge_);
+#endif
+    });
+  }
+  std::size_t slot() const { return std::size_t(tbb::this_task_arena::current_thread_index()); }
+
+ private:
+  mutable tbb::task_arena arena_;
+#if defined(__SANITIZE_THREAD__)
+  mutable char edge_ = 0;
+#endif
+};
+#endif
 
 constexpr std::size_t kTaskFlops = 1u << 19;    // below this many multiply-adds a task costs more to schedule than to run
 constexpr std::size_t kRowsPerTask = 16;        // rows of the loss and reparameterisation per task
@@ -73,7 +109,7 @@ std::pair<std::size_t, std::size_t> split(std::size_t n, std::size_t parts, std:
 
 class ParallelKernels final : public Kernels<float> {
  public:
-  ParallelKernels(int threads, const simd::Ops& ops) : arena_(threads), threads_(std::size_t(threads)), ops_(ops) {}
+  ParallelKernels(int threads, const simd::Ops& ops) : pool_(threads), threads_(std::size_t(threads)), ops_(ops) {}
 
   std::string name() const override { return std::string("simd ") + ops_.target; }
 
@@ -193,11 +229,9 @@ class ParallelKernels final : public Kernels<float> {
 
   void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2,
                    float eps_t) const override {
-    arena_.execute([&] {
-      parallel_tasks(tbb::blocked_range<std::size_t>(0, count, kAdamChunk), [&](const tbb::blocked_range<std::size_t>& r) {
-        if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
-        ops_.adam(p, g, m, v, r.begin(), r.end(), lr_t, beta1, beta2, eps_t);
-      });
+    pool_.run(count, kAdamChunk, [&](std::size_t begin, std::size_t end) {
+      if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
+      ops_.adam(p, g, m, v, begin, end, lr_t, beta1, beta2, eps_t);
     });
   }
 
@@ -264,10 +298,7 @@ class ParallelKernels final : public Kernels<float> {
   template <class F>
   void for_rows(std::size_t n, F&& body, std::size_t elements_per_row = kSerialElements) const {
     if (n * elements_per_row < kSerialElements) return body(std::size_t(0), n);
-    arena_.execute([&] {
-      parallel_tasks(tbb::blocked_range<std::size_t>(0, n, kRowsPerTask),
-                        [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); });
-    });
+    pool_.run(n, kRowsPerTask, body);
   }
 
   // Row sums added in row order, so the result does not depend on how rows were spread over threads.
@@ -293,33 +324,31 @@ class ParallelKernels final : public Kernels<float> {
     const std::size_t col_blocks = std::min(n_panels, wanted);
     const std::size_t row_blocks = std::min(m_tiles, (wanted + col_blocks - 1) / col_blocks);
 
-    arena_.execute([&] {
-      if (pack_a) {
-        parallel_tasks(tbb::blocked_range<std::size_t>(0, m_tiles, 1), [&](const tbb::blocked_range<std::size_t>& q) {
-          simd::PackA s;
-          s.image = g.image;
-          s.trans = g.a_source == Gemm::ASource::image_trans;
-          s.rows = g.M;
-          s.k = g.K;
-          s.panel_begin = q.begin();
-          s.panel_end = q.end();
-          s.dst = ws_.a_pack.data();
-          ops_.pack_a(s);
-        });
+    if (pack_a) {
+      pool_.run(m_tiles, 1, [&](std::size_t q0, std::size_t q1) {
+        simd::PackA s;
+        s.image = g.image;
+        s.trans = g.a_source == Gemm::ASource::image_trans;
+        s.rows = g.M;
+        s.k = g.K;
+        s.panel_begin = q0;
+        s.panel_end = q1;
+        s.dst = ws_.a_pack.data();
+        ops_.pack_a(s);
+      });
+    }
+    pool_.run(row_blocks * col_blocks, 1, [&](std::size_t first, std::size_t last) {
+      for (std::size_t task = first; task < last; ++task) {
+        const auto [t0, t1] = split(m_tiles, row_blocks, task / col_blocks);
+        const auto [q0, q1] = split(n_panels, col_blocks, task % col_blocks);
+        block(g, pack_a, t0 * mr, std::min(g.M, t1 * mr), q0 * nr, std::min(g.N, q1 * nr), task / col_blocks == 0);
       }
-      parallel_tasks(tbb::blocked_range<std::size_t>(0, row_blocks * col_blocks, 1), [&](const tbb::blocked_range<std::size_t>& t) {
-        for (std::size_t task = t.begin(); task < t.end(); ++task) {
-          const auto [t0, t1] = split(m_tiles, row_blocks, task / col_blocks);
-          const auto [q0, q1] = split(n_panels, col_blocks, task % col_blocks);
-          block(g, pack_a, t0 * mr, std::min(g.M, t1 * mr), q0 * nr, std::min(g.N, q1 * nr), task / col_blocks == 0);
-        }
-      }, tbb::simple_partitioner());
-    });
+    }, true);
   }
 
   // One task: rows [i0, i1) × columns [j0, j1).
   void block(const Gemm& g, bool a_packed, std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1, bool first_row_block) const {
-    const std::size_t slot = std::size_t(tbb::this_task_arena::current_thread_index());
+    const std::size_t slot = pool_.slot();
     if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
     if (first_row_block && g.b_col_sums) ops_.col_sums(g.b, g.ldb, g.K, j0, j1, g.b_col_sums);
     simd::GemmBlock gb;
@@ -356,7 +385,7 @@ class ParallelKernels final : public Kernels<float> {
     else ops_.col_sums(g.b, g.ldb, g.K, 0, g.N, g.b_col_sums);
   }
 
-  mutable tbb::task_arena arena_;
+  TaskPool pool_;
   std::size_t threads_;
   const simd::Ops& ops_;
   std::size_t max_rows_ = 0, panel_floats_ = 0;

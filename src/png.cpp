@@ -3,12 +3,11 @@
 
 #include <zlib.h>
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "vae/file_io.hpp"
 
 namespace vae {
 namespace {
@@ -49,15 +48,7 @@ void write_png_gray(const std::filesystem::path& path, std::size_t width, std::s
   chunk(png, "IDAT", packed);
   chunk(png, "IEND", {});
 
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(png.data()), std::streamsize(png.size()));
-    if (!out) throw std::runtime_error(tmp.string() + ": cannot write: " + std::strerror(errno));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw std::runtime_error(path.string() + ": cannot rename into place: " + ec.message());
+  write_file_atomically(path, png);
 }
 
 }  // namespace vae

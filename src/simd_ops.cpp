@@ -1,4 +1,4 @@
-// SIMD kernels for every instruction set Highway targets (AVX-512, AVX2/FMA, SSE4, portable), chosen at run time.
+// SIMD kernels for every instruction set Highway targets (AVX-512, AVX2/FMA, SSE4, NEON, SVE, portable), chosen at run time; one static target for WebAssembly.
 #include "simd_ops.hpp"
 
 #include <algorithm>
@@ -111,6 +111,22 @@ HWY_INLINE void finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::siz
     store_partial(d, acc, c, count);
 }
 
+// Calls f(r, c0, c1) for each row r < R of a micro-tile with that row's two accumulators. Sizeless SVE vectors cannot be
+// array elements, so a tile's accumulators are named locals (kMR ≤ 8 rows), reached by index through this.
+template <std::size_t R, class F>
+HWY_INLINE void each_row(F&& f, VF& a0, VF& a1, VF& a2, VF& a3, VF& a4, VF& a5, VF& a6, VF& a7, VF& a8, VF& a9, VF& a10, VF& a11,
+                         VF& a12, VF& a13, VF& a14, VF& a15) {
+  static_assert(R >= 1 && R <= 8);
+  f(0, a0, a1);
+  if constexpr (R > 1) f(1, a2, a3);
+  if constexpr (R > 2) f(2, a4, a5);
+  if constexpr (R > 3) f(3, a6, a7);
+  if constexpr (R > 4) f(4, a8, a9);
+  if constexpr (R > 5) f(5, a10, a11);
+  if constexpr (R > 6) f(6, a12, a13);
+  if constexpr (R > 7) f(7, a14, a15);
+}
+
 // `tiles` C tiles [R × NR] down from (i, j): C(i + r, j … j + NR) = Σ_p A(i + r, p)·B(p, j … j + NR), B read as two
 // vectors per p from b + p·ldb (the matrix itself, or a packed panel with ldb = NR). A element (i + r, p) is one broadcast
 // from memory: RowsA: a[r·lda + p] (A row-major); otherwise a[p·lda + r] (A transposed, or a packed panel). The next
@@ -124,26 +140,26 @@ HWY_NOINLINE void micro_tiles(const float* HWY_RESTRICT a, std::size_t lda, std:
   const std::size_t n0 = std::min(cols, N), n1 = cols > N ? cols - N : 0;
   VF check = hn::Zero(d);  // stays 0 while every value written is finite: x − x is NaN for NaN and ±Inf
   for (std::size_t t = 0; t < tiles; ++t, a += a_step, i += R) {
-    VF c0[R], c1[R];
-    for (std::size_t r = 0; r < R; ++r) c0[r] = c1[r] = hn::Zero(d);
+    VF a0 = hn::Zero(d), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0,
+       a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+    auto rows = [&](auto&& f) { each_row<R>(f, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15); };
     const float* ap = a;
     const float* bp = b;
     for (std::size_t p = 0; p < k; ++p) {
       const VF b0 = hn::LoadU(d, bp), b1 = hn::LoadU(d, bp + N);
-      for (std::size_t r = 0; r < R; ++r) {
+      rows([&](std::size_t r, VF& c0, VF& c1) {
         const VF ar = hn::Set(d, RowsA ? ap[r * lda + p] : ap[r]);
-        c0[r] = hn::MulAdd(ar, b0, c0[r]);
-        c1[r] = hn::MulAdd(ar, b1, c1[r]);
-      }
+        c0 = hn::MulAdd(ar, b0, c0);
+        c1 = hn::MulAdd(ar, b1, c1);
+      });
       if (!RowsA) ap += lda;
       bp += ldb;
     }
-    if (g.nonfinite)
-      for (std::size_t r = 0; r < R; ++r) check = hn::Add(check, hn::Add(hn::Sub(c0[r], c0[r]), hn::Sub(c1[r], c1[r])));
-    for (std::size_t r = 0; r < R; ++r) {
-      finish(d, c0[r], g, i + r, j, n0);
-      if (n1) finish(d, c1[r], g, i + r, j + N, n1);
-    }
+    if (g.nonfinite) rows([&](std::size_t, VF& c0, VF& c1) { check = hn::Add(check, hn::Add(hn::Sub(c0, c0), hn::Sub(c1, c1))); });
+    rows([&](std::size_t r, VF& c0, VF& c1) {
+      finish(d, c0, g, i + r, j, n0);
+      if (n1) finish(d, c1, g, i + r, j + N, n1);
+    });
   }
   if (g.nonfinite && !hn::AllTrue(d, hn::Eq(check, hn::Zero(d)))) *g.nonfinite = true;
 }
@@ -503,6 +519,10 @@ HWY_EXPORT(get_ops);
 const Ops& best_ops() { return *HWY_DYNAMIC_DISPATCH(get_ops)(); }
 
 std::vector<const Ops*> available_ops() {
+#if (HWY_TARGETS & (HWY_TARGETS - 1)) == 0
+  // One target compiled (HWY_COMPILE_ONLY_STATIC, as for WebAssembly): there is nothing to choose, and no Highway library.
+  return {&best_ops()};
+#else
   std::vector<const Ops*> all;
   for (std::int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
@@ -510,6 +530,7 @@ std::vector<const Ops*> available_ops() {
   }
   hwy::SetSupportedTargetsForTest(0);
   return all;
+#endif
 }
 
 }  // namespace vae::simd

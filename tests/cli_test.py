@@ -599,5 +599,41 @@ def case_hostile_files():
                 assert not os.path.exists(os.path.join(d, "g.png")), "a picture was drawn from a hostile file"
 
 
+def case_export():
+    """vae_export writes the decoder alone (its exact size), reference rows that are probabilities, and refuses bad input in one line."""
+    export = os.path.join(os.path.dirname(BIN), "vae_export")
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = smoke_checkpoint(d)
+        out, ref = os.path.join(d, "m.vaed"), os.path.join(d, "r.json")
+        p = subprocess.run([export, "--checkpoint", ckpt, "--out", out, "--reference", ref, "--reference-count", "12"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        data = open(out, "rb").read()
+        assert data[:8] == b"VAEDEC01", data[:8]
+        # smoke.ini: latent 16, hidden 128,64, 10 classes; the decoder is 26 > 64 > 128 > 784
+        floats = (26 * 64 + 64) + (64 * 128 + 128) + (128 * 784 + 784)
+        (about_len,) = struct.unpack("<I", data[48:52])
+        header = 52 + about_len + (-about_len) % 4
+        assert struct.unpack("<9I", data[8:44]) == (1, 16, 10, 1, 0, 1, 784, 2, 128), struct.unpack("<9I", data[8:44])
+        assert len(data) == header + 4 * floats, (len(data), header, floats)
+        about = json.loads(data[52:52 + about_len])
+        assert about["epoch"] == 1 and about["checkpoint"] == ckpt, about
+        r = json.load(open(ref))
+        assert r["rows"] == 12 and r["dec_in"] == 26 and len(r["inputs"]) == 12 * 26 and len(r["probabilities"]) == 12 * 784, r.keys()
+        assert all(0.0 < x < 1.0 for x in r["probabilities"])
+        for i in range(12):  # row i asks for digit i mod 10
+            assert r["inputs"][i * 26 + 16:(i + 1) * 26] == [1.0 if c == i % 10 else 0.0 for c in range(10)]
+        for args, needle in [
+            (["--checkpoint", ckpt], "vae_export: error: option --out is required"),
+            (["--checkpoint", os.path.join(d, "none.h5"), "--out", out], "none.h5"),
+            (["--checkpoint", ckpt, "--out", out, "--reference", ref, "--reference-count", "0"], "option --reference-count: must be in 1-10000"),
+            (["--checkpoint", ckpt, "--out", os.path.join(d, "no", "dir", "m.vaed")], "cannot write"),
+        ]:
+            p = subprocess.run([export, *args], capture_output=True, text=True, timeout=60)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode in (1, 2) and len(lines) == 1 and needle in lines[0], (args, p.returncode, p.stderr)
+        assert open(out, "rb").read() == data, "a failed export touched the earlier file"
+
+
 globals()["case_" + CASE]()
 print("ok", CASE)

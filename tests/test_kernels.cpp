@@ -2,8 +2,11 @@
 // awkward shapes, and the real model shapes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <sstream>
 #include <random>
 #include <string>
 #include <tuple>
@@ -65,10 +68,31 @@ struct Fast {
   std::string label;
 };
 
-// Every instruction set this CPU runs, on 1 and 2 threads.
+// Under an emulator (docs/portability.md) SVE code runs about a thousand times slower than natively, so two variables
+// narrow a run: VAE_TEST_ISAS (comma-separated) names the instruction sets compared, and VAE_TEST_MAX_ROWS caps the
+// batch of the shapes below (their widths, which decide the tiling, stay the real ones).
+std::vector<std::string> tested_isas() {
+  const std::vector<std::string> all = available_isas();
+  const char* wanted = std::getenv("VAE_TEST_ISAS");
+  if (!wanted || !*wanted) return all;
+  std::vector<std::string> chosen;
+  std::istringstream list(wanted);
+  for (std::string isa; std::getline(list, isa, ',');) {
+    if (std::find(all.begin(), all.end(), isa) == all.end()) ADD_FAILURE() << "VAE_TEST_ISAS names " << isa << ", which this CPU does not run";
+    else chosen.push_back(isa);
+  }
+  return chosen;
+}
+
+std::size_t test_rows(std::size_t n) {
+  const char* cap = std::getenv("VAE_TEST_MAX_ROWS");
+  return cap && *cap ? std::min(n, std::size_t(std::stoul(cap))) : n;
+}
+
+// Every instruction set this CPU runs (or VAE_TEST_ISAS names), on 1 and 2 threads.
 template <class F>
 void for_each_fast(std::size_t max_rows, std::size_t max_dim, F&& check) {
-  const auto isas = available_isas();
+  const auto isas = tested_isas();
   ASSERT_FALSE(isas.empty());
   for (const std::string& isa : isas)
     for (int threads : {1, 2}) {
@@ -153,7 +177,8 @@ TEST(KernelsByHand, WeightGradientReportsNonFinite) {
 class KernelShapes : public ::testing::TestWithParam<std::tuple<std::size_t, std::size_t, std::size_t>> {};
 
 TEST_P(KernelShapes, ParallelMatchesReference) {
-  const auto [n, k, m] = GetParam();
+  const auto [rows, k, m] = GetParam();
+  const std::size_t n = test_rows(rows);
   ReferenceKernels<float> ref;
   const std::size_t ldx = k + 3;  // a row stride wider than the row, as for a concatenated input
   auto x = random_floats(n * ldx, 1), w = random_floats(k * m, 2), b = random_floats(m, 3), dy = random_floats(n * m, 4);
@@ -193,7 +218,8 @@ TEST_P(KernelShapes, ParallelMatchesReference) {
 
 // The first layer reads uint8 images (+ one-hot labels) directly: forward and weight gradient against the reference.
 TEST_P(KernelShapes, ImageBatchMatchesReference) {
-  const auto [n, k, m] = GetParam();
+  const auto [rows, k, m] = GetParam();
+  const std::size_t n = test_rows(rows);
   const std::size_t classes = k > 10 ? 10 : 0, width = k - classes, ld = width + 5;
   const auto pixels = random_bytes(n * ld, 6);
   std::vector<std::uint8_t> labels(n);
@@ -330,7 +356,7 @@ TEST(Bf16, SimdMatchesScalarOnEveryIsa) {
     a[i] = bf16_round(x[n - 1 - i] * 0.5f);
     b_ref[i] = bf16_round(bf16_widen(a[i]) + bf16_widen(ref[i]));
   }
-  for (const std::string& isa : available_isas()) {
+  for (const std::string& isa : tested_isas()) {
     std::vector<std::uint16_t> h(n);
     to_bf16(x.data(), h.data(), n, isa);
     EXPECT_EQ(h, ref) << isa;

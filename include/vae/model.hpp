@@ -1,6 +1,7 @@
 // The CVAE: architecture, the flat parameter layout (one buffer, views per layer) and the forward/backward pass.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -176,6 +177,9 @@ class InferenceNetwork {
   Arena arena_;
   Network<float> net_;
 };
+
+// A pixel's mean σ(logit), computed alike by every tool and port (the page's pixels are compared with these).
+inline float pixel_probability(float logit) { return 1.0f / (1.0f + std::exp(-logit)); }
 
 // Decoder means as grey levels (0 black … 255 white): `inputs` [n × dec_in] (z, then the label weights) through the
 // decoder in batches of the network's size, into out [n × 784].

@@ -15,7 +15,9 @@
 #include "vae/config.hpp"
 #include "vae/dataset.hpp"
 #include "vae/errors.hpp"
+#include "vae/tool_options.hpp"
 #include "vae/evaluation.hpp"
+#include "vae/json.hpp"
 #include "vae/idx.hpp"
 #include "vae/png.hpp"
 #include "vae/progress.hpp"
@@ -67,12 +69,7 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
       "misread-png", po::value<std::string>()->default_value(""), "write the generated digits the classifier misread (row d: asked for d, at most 20) to this PNG")(
       "threads", po::value<int>()->default_value(0), "threads per rank (0: the cores available / ranks sharing them)")(
       "progress", po::value<std::string>()->default_value("auto"), "live progress line: auto (a terminal, not under mpirun), always, never");
-  po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-  } catch (const po::error& e) {
-    throw vae::UsageError(vae::option_error(e, argc, argv));
-  }
+  const po::variables_map vm = vae::parse_tool_options(desc, argc, argv);
   if (vm.count("help")) {
     std::ostringstream os;
     os << desc;
@@ -112,41 +109,9 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
   return true;
 }
 
-// One JSON object, written field by field: numbers with nine significant digits (null when not finite), strings escaped.
-class JsonObject {
- public:
-  JsonObject& number(const std::string& key, double x) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.9g", x);
-    return raw(key, std::isfinite(x) ? buf : "null");
-  }
-  JsonObject& text(const std::string& key, const std::string& value) {
-    std::string quoted = "\"";
-    for (char ch : value) {
-      if (ch == '"' || ch == '\\') quoted += '\\';
-      if (static_cast<unsigned char>(ch) < 0x20) {
-        char esc[8];
-        std::snprintf(esc, sizeof esc, "\\u%04x", unsigned(ch));
-        quoted += esc;
-      } else {
-        quoted += ch;
-      }
-    }
-    return raw(key, quoted + "\"");
-  }
-  JsonObject& raw(const std::string& key, const std::string& json) {
-    body_ += (body_.empty() ? "{\"" : ",\"") + key + "\":" + json;
-    return *this;
-  }
-  std::string str() const { return (body_.empty() ? "{" : body_) + "}"; }
-
- private:
-  std::string body_;
-};
-
 // {"0": x0, "1": x1, ...} for the digits evaluated.
 std::string per_digit(const std::array<double, vae::kNumClasses>& v, const std::vector<int>& digits) {
-  JsonObject o;
+  vae::JsonObject o;
   for (int d : digits) o.number(std::to_string(d), v[std::size_t(d)]);
   return o.str();
 }
@@ -319,7 +284,7 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   std::printf("  %.1f s\n", seconds);
 
   if (!q.json.empty()) {
-    JsonObject j;
+    vae::JsonObject j;
     j.text("checkpoint", q.checkpoint).number("epoch", c.state.epoch).number("images", n).raw("binarized", binarize ? "true" : "false");
     j.number("ranks", comm.size()).number("test_elbo", (all.recon + all.kl) / n).number("test_recon", all.recon / n).number("test_kl", all.kl / n);
     j.number("iw_samples", q.iw_samples).number("iw_nll", q.iw_samples > 0 ? all.iw_nll / n : NAN);
@@ -328,9 +293,9 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
     if (classify) {
       j.number("samples_per_digit", q.samples_per_digit).number("temperature", q.temperature).number("conditional_accuracy", overall);
       j.number("classifier_test_accuracy", classifier_accuracy).raw("conditional_accuracy_per_digit", per_digit(accuracy, q.digits));
-      JsonObject misread;
+      vae::JsonObject misread;
       for (int d : q.digits) {
-        JsonObject as;
+        vae::JsonObject as;
         for (std::size_t r = 0; r < vae::kNumClasses; ++r)
           if (read_as[std::size_t(d)][r] > 0) as.number(std::to_string(r), double(read_as[std::size_t(d)][r]));
         misread.raw(std::to_string(d), as.str());

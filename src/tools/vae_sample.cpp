@@ -12,6 +12,7 @@
 #include "vae/checkpoint.hpp"
 #include "vae/config.hpp"
 #include "vae/errors.hpp"
+#include "vae/tool_options.hpp"
 #include "vae/kernels.hpp"
 #include "vae/model.hpp"
 #include "vae/png.hpp"
@@ -81,19 +82,11 @@ Request parse(int argc, char** argv, bool& help) {
       "steps", po::value<int>()->default_value(10), "columns of an interpolation")(
       "temperature", po::value<double>()->default_value(1.0), "scale of the latent noise (1: the prior)")(
       "seed", po::value<std::uint64_t>()->default_value(1), "latent noise seed: the same seed gives the same images");
-  po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-  } catch (const po::error& e) {
-    throw vae::UsageError(vae::option_error(e, argc, argv));
-  }
+  const auto parsed = vae::parse_tool_request(desc, argc, argv, {"checkpoint"});
   Request q;
-  help = vm.count("help") > 0;
-  if (help) {
-    std::cout << desc;
-    return q;
-  }
-  if (!vm.count("checkpoint")) throw vae::UsageError("option --checkpoint is required");
+  help = !parsed;
+  if (help) return q;
+  const po::variables_map& vm = *parsed;
   q.checkpoint = vm["checkpoint"].as<std::string>();
   if (vm.count("out")) q.png = vm["out"].as<std::string>();
   if (vm.count("h5")) q.h5 = vm["h5"].as<std::string>();
@@ -122,7 +115,7 @@ Request parse(int argc, char** argv, bool& help) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return vae::run_tool("vae_sample", [&] {
     bool help = false;
     const Request q = parse(argc, argv, help);
     if (help) return 0;
@@ -186,12 +179,6 @@ int main(int argc, char** argv) {
       vae::write_sample_file(q.h5, {q.checkpoint, kind, q.seed, q.temperature, rows.n, C, grid, width, height}, tiled ? from_memory : generate);
       std::printf("wrote %zu samples to %s\n", rows.n, q.h5.c_str());
     }
-  } catch (const vae::UsageError& e) {
-    std::fprintf(stderr, "vae_sample: error: %s\n", e.what());
-    return vae::kExitUsage;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "vae_sample: error: %s\n", e.what());
-    return vae::kExitFailure;
-  }
-  return 0;
+    return 0;
+  });
 }
