@@ -111,6 +111,11 @@ HWY_INLINE void finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::siz
     store_partial(d, acc, c, count);
 }
 
+#ifndef VAE_ALWAYS_INLINE
+// The micro-kernel's lambdas must melt into it, or its accumulators leave the registers.
+#define VAE_ALWAYS_INLINE __attribute__((always_inline))
+#endif
+
 // Calls f(r, c0, c1) for each row r < R of a micro-tile with that row's two accumulators. Sizeless SVE vectors cannot be
 // array elements, so a tile's accumulators are named locals (kMR ≤ 8 rows), reached by index through this.
 template <std::size_t R, class F>
@@ -142,12 +147,12 @@ HWY_NOINLINE void micro_tiles(const float* HWY_RESTRICT a, std::size_t lda, std:
   for (std::size_t t = 0; t < tiles; ++t, a += a_step, i += R) {
     VF a0 = hn::Zero(d), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0,
        a12 = a0, a13 = a0, a14 = a0, a15 = a0;
-    auto rows = [&](auto&& f) { each_row<R>(f, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15); };
+    auto rows = [&](auto&& f) VAE_ALWAYS_INLINE { each_row<R>(f, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15); };
     const float* ap = a;
     const float* bp = b;
     for (std::size_t p = 0; p < k; ++p) {
       const VF b0 = hn::LoadU(d, bp), b1 = hn::LoadU(d, bp + N);
-      rows([&](std::size_t r, VF& c0, VF& c1) {
+      rows([&](std::size_t r, VF& c0, VF& c1) VAE_ALWAYS_INLINE {
         const VF ar = hn::Set(d, RowsA ? ap[r * lda + p] : ap[r]);
         c0 = hn::MulAdd(ar, b0, c0);
         c1 = hn::MulAdd(ar, b1, c1);
@@ -155,8 +160,8 @@ HWY_NOINLINE void micro_tiles(const float* HWY_RESTRICT a, std::size_t lda, std:
       if (!RowsA) ap += lda;
       bp += ldb;
     }
-    if (g.nonfinite) rows([&](std::size_t, VF& c0, VF& c1) { check = hn::Add(check, hn::Add(hn::Sub(c0, c0), hn::Sub(c1, c1))); });
-    rows([&](std::size_t r, VF& c0, VF& c1) {
+    if (g.nonfinite) rows([&](std::size_t, VF& c0, VF& c1) VAE_ALWAYS_INLINE { check = hn::Add(check, hn::Add(hn::Sub(c0, c0), hn::Sub(c1, c1))); });
+    rows([&](std::size_t r, VF& c0, VF& c1) VAE_ALWAYS_INLINE {
       finish(d, c0, g, i + r, j, n0);
       if (n1) finish(d, c1, g, i + r, j + N, n1);
     });
