@@ -44,6 +44,10 @@ with tempfile.TemporaryDirectory() as d:
                    check=True, stdout=subprocess.DEVNULL)
     os.makedirs(os.path.join(out, "fuzz_checkpoint"), exist_ok=True)
     shutil.copy(os.path.join(d, "checkpoints", "ckpt-e0001.h5"), os.path.join(out, "fuzz_checkpoint", "ckpt.h5"))
+    # The same model's decoder as the browser page reads it.
+    os.makedirs(os.path.join(out, "fuzz_web_decoder"), exist_ok=True)
+    subprocess.run([os.path.join(os.path.dirname(vae_dist), "vae_export"), "--checkpoint", os.path.join(d, "checkpoints", "ckpt-e0001.h5"),
+                    "--out", os.path.join(out, "fuzz_web_decoder", "model.vaed")], check=True, stdout=subprocess.DEVNULL)
 
 os.makedirs(os.path.join(out, "fuzz_classifier"), exist_ok=True)
 shutil.copy(os.path.join(root, "configs", "mnist_classifier.h5"), os.path.join(out, "fuzz_classifier", "classifier.h5"))
