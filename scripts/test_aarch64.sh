@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs an aarch64 build's tests under qemu-aarch64 on three CPUs: NEON only (every test), then SVE2 at 128 bits (as on
-# Grace and Graviton4) and SVE at 512 bits (A64FX): the kernel and gradient tests, with the SVE target's kernels compared
-# against the reference at a capped batch, as qemu runs SVE about a thousand times slower than the host runs AVX-512.
+# Runs an aarch64 build's tests under qemu-aarch64 on four CPUs: NEON only (every test), then SVE2 at 128 bits (as on
+# Grace and Graviton4), SVE at 256 bits (Graviton3) and SVE at 512 bits (A64FX): the kernel and gradient tests, with the
+# SVE target's kernels compared against the reference at a capped batch, as qemu runs wide SVE up to a thousand times
+# slower than the host runs AVX-512.
 # Usage: test_aarch64.sh BUILD_DIR
 set -euo pipefail
 build=${1:?usage: test_aarch64.sh BUILD_DIR}
@@ -13,6 +14,7 @@ run() {
   echo "== qemu-aarch64 -cpu $cpu${isas:+, instruction sets $isas at most $rows rows}"
   QEMU_CPU=$cpu VAE_TEST_ISAS=$isas VAE_TEST_MAX_ROWS=$rows ctest --test-dir "$build" --output-on-failure --timeout 1200 -j2 "$@"
 }
-run cortex-a72 "" ""
+run neoverse-n1 "" ""
 run max,sve-max-vq=1 SVE2_128 8 -E '^Training\.'
+run max,sve-max-vq=2 SVE_256 8 -E '^Training\.'
 run a64fx SVE 8 -E '^Training\.'
