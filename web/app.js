@@ -52,7 +52,9 @@ class Decoder {
   decode(rows, n) {
     const inputs = this.m._vae_inputs(this.handle) >> 2;
     this.m.HEAPF32.set(rows.subarray(0, n * this.width), inputs);
-    const out = this.m._vae_decode(this.handle, n) >> 2;
+    const pointer = this.m._vae_decode(this.handle, n);
+    if (!pointer) throw new Error(`cannot decode ${n} rows at once (at most ${this.maxBatch})`);
+    const out = pointer >> 2;
     return this.m.HEAPF32.subarray(out, out + n * PIXELS);
   }
 }

@@ -1,6 +1,7 @@
 // The decoder's C interface for the page (web/app.js): the native model code, compiled to WebAssembly, one thread.
 #include <emscripten/emscripten.h>
 
+#include <algorithm>
 #include <exception>
 #include <memory>
 #include <string>
@@ -19,6 +20,7 @@ struct Decoder {
   std::unique_ptr<vae::Kernels<float>> kernels;
   std::unique_ptr<vae::InferenceNetwork> net;
   std::vector<float> pixels;  // [max_batch × 784] probabilities, the page's to read
+  std::size_t max_batch = 0;
   std::string isa, error;
 };
 
@@ -36,7 +38,8 @@ EMSCRIPTEN_KEEPALIVE Decoder* vae_open(const std::uint8_t* bytes, std::size_t si
     d->kernels = vae::make_parallel_kernels(1);
     d->isa = d->kernels->name();
     d->net = std::make_unique<vae::InferenceNetwork>(d->file.arch, *d->layout, *d->kernels, std::size_t(std::max(1, max_batch)));
-    d->pixels.resize(std::size_t(std::max(1, max_batch)) * vae::kImagePixels);
+    d->max_batch = std::size_t(std::max(1, max_batch));
+    d->pixels.resize(d->max_batch * vae::kImagePixels);
   } catch (const std::exception& e) {
     d->error = e.what();
   }
@@ -50,11 +53,13 @@ EMSCRIPTEN_KEEPALIVE int vae_classes(const Decoder* d) { return d->file.arch.con
 EMSCRIPTEN_KEEPALIVE const char* vae_about(const Decoder* d) { return d->file.about.c_str(); }
 EMSCRIPTEN_KEEPALIVE const char* vae_isa(const Decoder* d) { return d->isa.c_str(); }
 
-// The decoder input the page fills: [max_batch × (latent + classes)], z then the label weights of each row.
-EMSCRIPTEN_KEEPALIVE float* vae_inputs(Decoder* d) { return d->net->net().decoder_input().data(); }
+// The decoder input the page fills: [max_batch × (latent + classes)], z then the label weights of each row; null for a
+// decoder that did not open.
+EMSCRIPTEN_KEEPALIVE float* vae_inputs(Decoder* d) { return d->net ? d->net->net().decoder_input().data() : nullptr; }
 
-// Decodes rows [0, n) of the input into pixel probabilities σ(logit) [n × 784], returned.
+// Decodes rows [0, n) of the input into pixel probabilities σ(logit) [n × 784], returned; null unless 1 ≤ n ≤ max_batch.
 EMSCRIPTEN_KEEPALIVE const float* vae_decode(Decoder* d, int n) {
+  if (!d->net || n < 1 || std::size_t(n) > d->max_batch) return nullptr;
   vae::Network<float>& net = d->net->net();
   net.decode(*d->kernels, d->file.params.data(), std::size_t(n));
   const std::span<const float> logits = net.logits();
