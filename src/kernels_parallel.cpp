@@ -81,6 +81,7 @@ constexpr std::size_t kRowsPerTask = 16;        // rows of the loss and reparame
 constexpr std::size_t kSerialElements = 1u << 15;  // below this many elements a row-wise pass runs on the calling thread
 constexpr std::size_t kAdamChunk = 1u << 14;    // floats per Adam task
 constexpr std::size_t kMaxGaussianCols = 256;   // normals made per call of the SIMD transform (even)
+constexpr std::size_t kPackRows = 16;           // rows (or row pairs) of a bf16 operand packed per task
 
 // C[M × N] = A[M × K] · B[K × N] followed by an epilogue, with A and B given in any of the layouts the model needs.
 struct Gemm {
@@ -109,9 +110,10 @@ std::pair<std::size_t, std::size_t> split(std::size_t n, std::size_t parts, std:
 
 class ParallelKernels final : public Kernels<float> {
  public:
-  ParallelKernels(int threads, const simd::Ops& ops) : pool_(threads), threads_(std::size_t(threads)), ops_(ops) {}
+  ParallelKernels(int threads, const simd::Ops& ops, Precision precision)
+      : pool_(threads), threads_(std::size_t(threads)), ops_(ops), bf16_(precision == Precision::bf16) {}
 
-  std::string name() const override { return std::string("simd ") + ops_.target; }
+  std::string name() const override { return std::string("simd ") + ops_.target + (bf16_ ? ", bf16 products" : ""); }
 
   std::size_t workspace_bytes(std::size_t max_rows, std::size_t max_dim) const override {
     Arena probe = Arena::measure();
@@ -241,6 +243,8 @@ class ParallelKernels final : public Kernels<float> {
     std::span<float> b_pack;     // per thread: one packed B panel, [K × NR]
     std::span<double> row_sums;  // [max_rows]
     std::span<bool> nonfinite;   // one flag per thread, a cache line apart: [threads × kFlagStride]
+    std::span<std::uint32_t> a16;  // bf16 products: A in pairs, [(max_rows + 1)·(max_dim + 1)/2]
+    std::span<std::uint32_t> b16;  // bf16 products: B in NR-column panels of pairs
   };
 
   // Sized for the largest product of the model: A is at most max_rows × max_dim, or its transpose.
@@ -251,6 +255,10 @@ class ParallelKernels final : public Kernels<float> {
     w.b_pack = arena.take<float>(threads_ * panel_floats(max_rows, max_dim));
     w.row_sums = arena.take<double>(max_rows);
     w.nonfinite = arena.take<bool>(threads_ * kFlagStride);
+    if (bf16_) {
+      w.a16 = arena.take<std::uint32_t>((max_rows + 1) * (max_dim + 1) / 2 + 1);
+      w.b16 = arena.take<std::uint32_t>(round_up(max_dim, ops_.nr) * ((std::max(max_dim, max_rows) + 1) / 2));
+    }
     return w;
   }
 
@@ -312,18 +320,14 @@ class ParallelKernels final : public Kernels<float> {
     if (g.N == 0) return;
     if (g.M == 0 || g.K == 0) return empty_product(g);
     if (ws_.b_pack.empty()) throw std::logic_error("kernel workspace used before bind_workspace");
+    if (bf16_) return run_bf16(g);
     const std::size_t mr = ops_.mr, nr = ops_.nr;
     const bool pack_a = g.a_source == Gemm::ASource::image || g.a_source == Gemm::ASource::image_trans;
     if (round_up(g.M, mr) * g.K > ws_.a_pack.size() && pack_a)
       throw std::logic_error("kernel workspace too small for a " + std::to_string(g.M) + "x" + std::to_string(g.K) + " operand");
     if (g.K * nr > panel_floats_) throw std::logic_error("kernel workspace too small for K = " + std::to_string(g.K));
 
-    const std::size_t m_tiles = (g.M + mr - 1) / mr, n_panels = (g.N + nr - 1) / nr;
-    // A multiple of the thread count, so that equal tasks end together.
-    const std::size_t wanted = std::clamp<std::size_t>(g.M * g.N * g.K / kTaskFlops / threads_, 1, 8) * threads_;
-    const std::size_t col_blocks = std::min(n_panels, wanted);
-    const std::size_t row_blocks = std::min(m_tiles, (wanted + col_blocks - 1) / col_blocks);
-
+    const std::size_t m_tiles = (g.M + mr - 1) / mr;
     if (pack_a) {
       pool_.run(m_tiles, 1, [&](std::size_t q0, std::size_t q1) {
         simd::PackA s;
@@ -337,28 +341,48 @@ class ParallelKernels final : public Kernels<float> {
         ops_.pack_a(s);
       });
     }
+    run_blocks(g, [&](std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1) {
+      simd::GemmBlock gb = block_out(g, i0, i1, j0, j1);
+      gb.a = pack_a ? ws_.a_pack.data() : g.a;
+      gb.lda = g.lda;
+      gb.layout = pack_a ? simd::ALayout::panels : g.a_source == Gemm::ASource::cols ? simd::ALayout::cols : simd::ALayout::rows;
+      gb.b = g.b;
+      gb.ldb = g.ldb;
+      gb.b_trans = g.b_trans;
+      gb.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
+      ops_.gemm_block(gb);
+    });
+  }
+
+  // The task count of a product: a multiple of the thread count, so that equal tasks end together, as row blocks ×
+  // column blocks (of whole micro-tiles and panels).
+  std::pair<std::size_t, std::size_t> task_grid(const Gemm& g) const {
+    const std::size_t m_tiles = (g.M + ops_.mr - 1) / ops_.mr, n_panels = (g.N + ops_.nr - 1) / ops_.nr;
+    const std::size_t wanted = std::clamp<std::size_t>(g.M * g.N * g.K / kTaskFlops / threads_, 1, 8) * threads_;
+    const std::size_t col_blocks = std::min(n_panels, wanted);
+    return {std::min(m_tiles, (wanted + col_blocks - 1) / col_blocks), col_blocks};
+  }
+
+  // Runs task(i0, i1, j0, j1, first_row_block) for every block of the product's task grid.
+  template <class Task>
+  void run_blocks(const Gemm& g, const Task& task) const {
+    const auto [row_blocks, col_blocks] = task_grid(g);
+    const std::size_t mr = ops_.mr, nr = ops_.nr, m_tiles = (g.M + mr - 1) / mr, n_panels = (g.N + nr - 1) / nr;
     pool_.run(row_blocks * col_blocks, 1, [&](std::size_t first, std::size_t last) {
-      for (std::size_t task = first; task < last; ++task) {
-        const auto [t0, t1] = split(m_tiles, row_blocks, task / col_blocks);
-        const auto [q0, q1] = split(n_panels, col_blocks, task % col_blocks);
-        block(g, pack_a, t0 * mr, std::min(g.M, t1 * mr), q0 * nr, std::min(g.N, q1 * nr), task / col_blocks == 0);
+      for (std::size_t t = first; t < last; ++t) {
+        const auto [t0, t1] = split(m_tiles, row_blocks, t / col_blocks);
+        const auto [q0, q1] = split(n_panels, col_blocks, t % col_blocks);
+        if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
+        const std::size_t j0 = q0 * nr, j1 = std::min(g.N, q1 * nr);
+        if (t / col_blocks == 0 && g.b_col_sums) ops_.col_sums(g.b, g.ldb, g.K, j0, j1, g.b_col_sums);
+        task(t0 * mr, std::min(g.M, t1 * mr), j0, j1);
       }
     }, true);
   }
 
-  // One task: rows [i0, i1) × columns [j0, j1).
-  void block(const Gemm& g, bool a_packed, std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1, bool first_row_block) const {
-    const std::size_t slot = pool_.slot();
-    if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
-    if (first_row_block && g.b_col_sums) ops_.col_sums(g.b, g.ldb, g.K, j0, j1, g.b_col_sums);
+  // The C side of a block: rows [i0, i1) × columns [j0, j1), the epilogue and this thread's finiteness flag.
+  simd::GemmBlock block_out(const Gemm& g, std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1) const {
     simd::GemmBlock gb;
-    gb.a = a_packed ? ws_.a_pack.data() : g.a;
-    gb.lda = g.lda;
-    gb.layout = a_packed ? simd::ALayout::panels : g.a_source == Gemm::ASource::cols ? simd::ALayout::cols : simd::ALayout::rows;
-    gb.b = g.b;
-    gb.ldb = g.ldb;
-    gb.b_trans = g.b_trans;
-    gb.bpack = ws_.b_pack.data() + slot * panel_floats_;
     gb.c = g.c;
     gb.ldc = g.ldc;
     gb.k = g.K;
@@ -371,8 +395,48 @@ class ParallelKernels final : public Kernels<float> {
     gb.act = g.act;
     gb.y = g.y;
     gb.ldy = g.ldy;
-    if (g.check_finite) gb.nonfinite = &ws_.nonfinite[slot * kFlagStride];
-    ops_.gemm_block(gb);
+    if (g.check_finite) gb.nonfinite = &ws_.nonfinite[pool_.slot() * kFlagStride];
+    return gb;
+  }
+
+  // The bf16 product: both operands rounded into their pair forms in one parallel pass (A whole: rows of pairs for
+  // A = X or dY, pairs of rows for A = Xᵀ; B as panels), then the blocks.
+  void run_bf16(const Gemm& g) const {
+    const std::size_t nr = ops_.nr, k2 = (g.K + 1) / 2, n_panels = (g.N + nr - 1) / nr;
+    const bool image = g.a_source == Gemm::ASource::image || g.a_source == Gemm::ASource::image_trans;
+    const bool a_rows = g.a_source == Gemm::ASource::rows || g.a_source == Gemm::ASource::image;
+    // A as the matrix s it is read from: A itself [M × K] (a_rows), or the [K × M] matrix it is the transpose of
+    simd::Bf16Source a{image ? nullptr : g.a, g.lda, image ? g.image : nullptr, a_rows ? g.M : g.K, a_rows ? g.K : g.M};
+    const simd::Bf16Source b{g.b, g.ldb, nullptr, g.b_trans ? g.N : g.K, g.b_trans ? g.K : g.N};
+    if (k2 * g.M > ws_.a16.size() || k2 * n_panels * nr > ws_.b16.size())
+      throw std::logic_error("bf16 kernel workspace too small for a " + std::to_string(g.M) + "x" + std::to_string(g.K) + "x" +
+                             std::to_string(g.N) + " product");
+    std::uint32_t* a16 = ws_.a16.data();
+    std::uint32_t* b16 = ws_.b16.data();
+    const std::size_t a_units = a_rows ? g.M : k2, a_pieces = (a_units + kPackRows - 1) / kPackRows;
+    pool_.run(a_pieces + n_panels, 1, [&](std::size_t first, std::size_t last) {
+      for (std::size_t t = first; t < last; ++t) {
+        if (t >= a_pieces) {
+          const std::size_t panel = t - a_pieces, j0 = panel * nr;
+          if (g.b_trans) ops_.bf16_trans_panel(b, j0, b16 + panel * k2 * nr);
+          else ops_.bf16_pairs(b, 0, k2, j0, std::min(g.N, j0 + nr), nr, b16 + panel * k2 * nr, nr);
+          continue;
+        }
+        const auto u0 = t * kPackRows, u1 = std::min(a_units, u0 + kPackRows);
+        if (a_rows) ops_.bf16_rows(a, u0, u1, a16, k2);
+        else ops_.bf16_pairs(a, u0, u1, 0, g.M, g.M, a16, g.M);
+      }
+    }, true);
+    run_blocks(g, [&](std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1) {
+      simd::GemmBf16Block gb;
+      gb.a = a16;
+      gb.lda = a_rows ? k2 : g.M;
+      gb.a_rows = a_rows;
+      gb.b = b16;
+      gb.k2 = k2;
+      gb.out = block_out(g, i0, i1, j0, j1);
+      ops_.gemm_bf16_block(gb);
+    });
   }
 
   // No rows (dW of a layer with no inputs) or K = 0 (dW of a batch of no rows): the product is empty or zero.
@@ -388,6 +452,7 @@ class ParallelKernels final : public Kernels<float> {
   TaskPool pool_;
   std::size_t threads_;
   const simd::Ops& ops_;
+  bool bf16_;
   std::size_t max_rows_ = 0, panel_floats_ = 0;
   Workspace ws_;
   static constexpr std::size_t kFlagStride = 64;  // a cache line per thread's flag
@@ -405,13 +470,13 @@ const simd::Ops& ops_named(const std::string& isa) {
 
 }  // namespace
 
-std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads, const std::string& isa) {
-  return std::make_unique<ParallelKernels>(threads, ops_named(isa));
+std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads, const std::string& isa, Precision precision) {
+  return std::make_unique<ParallelKernels>(threads, ops_named(isa), precision);
 }
 
-std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads) {
-  if (choice == KernelChoice::reference) return std::make_unique<ReferenceKernels<float>>();
-  return make_parallel_kernels(threads);
+std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads, Precision precision) {
+  if (choice == KernelChoice::reference) return std::make_unique<ReferenceKernels<float>>(precision);
+  return make_parallel_kernels(threads, "", precision);
 }
 
 void to_bf16(const float* x, std::uint16_t* out, std::size_t n, const std::string& isa) { ops_named(isa).to_bf16(x, out, n); }

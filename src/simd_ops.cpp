@@ -5,6 +5,7 @@
 #include <cmath>
 #include <array>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "vae/bf16.hpp"
@@ -116,21 +117,7 @@ HWY_INLINE void finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::siz
 #define VAE_ALWAYS_INLINE __attribute__((always_inline))
 #endif
 
-// Calls f(r, c0, c1) for each row r < R of a micro-tile with that row's two accumulators. Sizeless SVE vectors cannot be
-// array elements, so a tile's accumulators are named locals (kMR ≤ 8 rows), reached by index through this.
-template <std::size_t R, class F>
-HWY_INLINE void each_row(F&& f, VF& a0, VF& a1, VF& a2, VF& a3, VF& a4, VF& a5, VF& a6, VF& a7, VF& a8, VF& a9, VF& a10, VF& a11,
-                         VF& a12, VF& a13, VF& a14, VF& a15) {
-  static_assert(R >= 1 && R <= 8);
-  f(0, a0, a1);
-  if constexpr (R > 1) f(1, a2, a3);
-  if constexpr (R > 2) f(2, a4, a5);
-  if constexpr (R > 3) f(3, a6, a7);
-  if constexpr (R > 4) f(4, a8, a9);
-  if constexpr (R > 5) f(5, a10, a11);
-  if constexpr (R > 6) f(6, a12, a13);
-  if constexpr (R > 7) f(7, a14, a15);
-}
+#include "simd_rows-inl.h"
 
 // `tiles` C tiles [R × NR] down from (i, j): C(i + r, j … j + NR) = Σ_p A(i + r, p)·B(p, j … j + NR), B read as two
 // vectors per p from b + p·ldb (the matrix itself, or a packed panel with ldb = NR). A element (i + r, p) is one broadcast
@@ -489,6 +476,130 @@ void add_bf16(const std::uint16_t* a, std::uint16_t* b, std::size_t n) {
   for (; i < n; ++i) b[i] = bf16_round(bf16_widen(a[i]) + bf16_widen(b[i]));
 }
 
+// bf16 operand bits (bf16_operand: round to nearest even, NaN kept quiet, an fp32 denormal a signed zero) in the low
+// half of each u32 lane.
+HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> operand_bits(DF, VF v) {
+  const hn::RebindToUnsigned<DF> du;
+  const auto u = hn::BitCast(du, v);
+  auto r = hn::ShiftRight<16>(hn::Add(u, hn::Add(hn::Set(du, 0x7fffu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u)))));
+  r = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::ShiftRight<16>(hn::Or(u, hn::Set(du, 0x400000u))), r);
+  const auto denormal = hn::Eq(hn::And(u, hn::Set(du, 0x7f800000u)), hn::Zero(du));
+  return hn::IfThenElse(denormal, hn::And(hn::ShiftRight<16>(u), hn::Set(du, 0x8000u)), r);
+}
+
+// s(r, c … c + count) as floats, zero past count and past s's rows and columns.
+HWY_INLINE VF source_v(DF d, const Bf16Source& s, std::size_t r, std::size_t c, std::size_t count) {
+  if (r >= s.rows || c >= s.cols) return hn::Zero(d);
+  count = std::min({count, s.cols - c, hn::Lanes(d)});
+  if (!s.image) return load_partial(d, s.x + r * s.ld + c, count);
+  const ImageBatch& x = *s.image;
+  if (count == hn::Lanes(d) && c + count <= x.width) {
+    const hn::Rebind<std::uint8_t, DF> du8;
+    const hn::Rebind<std::int32_t, DF> di;
+    return hn::Mul(hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(du8, x.pixels + r * x.ld + c))), hn::Set(d, 1.0f / 255.0f));
+  }
+  HWY_ALIGN float tmp[hn::MaxLanes(DF())] = {};
+  for (std::size_t q = 0; q < count; ++q) tmp[q] = x.at<float>(r, c + q);
+  return hn::Load(d, tmp);
+}
+
+void bf16_rows(const Bf16Source& s, std::size_t r0, std::size_t r1, std::uint32_t* dst, std::size_t ldd) {
+  const DF d;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const hn::RebindToSigned<DF> di;
+  const std::size_t N = hn::Lanes(d), width = 2 * ((s.cols + 1) / 2);
+  for (std::size_t r = r0; r < r1; ++r) {
+    std::uint16_t* row = reinterpret_cast<std::uint16_t*>(dst + r * ldd);
+    for (std::size_t c = 0; c < width; c += N) {
+      const auto h = hn::DemoteTo(d16, hn::BitCast(di, operand_bits(d, source_v(d, s, r, c, N))));
+      if (c + N <= width) {
+        hn::StoreU(h, d16, row + c);
+      } else {
+        HWY_ALIGN std::uint16_t tmp[hn::MaxLanes(DF())];
+        hn::Store(h, d16, tmp);
+        std::memcpy(row + c, tmp, (width - c) * sizeof(std::uint16_t));
+      }
+    }
+  }
+}
+
+void bf16_pairs(const Bf16Source& s, std::size_t q0, std::size_t q1, std::size_t c0, std::size_t c1, std::size_t width, std::uint32_t* dst,
+                std::size_t ldd) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const std::size_t N = hn::Lanes(d);
+  for (std::size_t q = q0; q < q1; ++q) {
+    std::uint32_t* out = dst + q * ldd;
+    for (std::size_t c = c0; c < c0 + width; c += N) {
+      const std::size_t count = c < c1 ? c1 - c : 0;
+      const auto lo = operand_bits(d, source_v(d, s, 2 * q, c, count));
+      const auto hi = operand_bits(d, source_v(d, s, 2 * q + 1, c, count));
+      const auto pair = hn::Or(lo, hn::ShiftLeft<16>(hi));
+      if (c + N <= c0 + width) {
+        hn::StoreU(pair, du, out + (c - c0));
+      } else {
+        HWY_ALIGN std::uint32_t tmp[hn::MaxLanes(DF())];
+        hn::Store(pair, du, tmp);
+        std::memcpy(out + (c - c0), tmp, (c0 + width - c) * sizeof(std::uint32_t));
+      }
+    }
+  }
+}
+
+void bf16_trans_panel(const Bf16Source& s, std::size_t j0, std::uint32_t* dst) {
+  const DF d;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const hn::RebindToSigned<DF> di;
+  const std::size_t N = hn::Lanes(d), NR = nr(), k2 = (s.cols + 1) / 2;
+  HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF()) + 1];
+  for (std::size_t jj = 0; jj < NR; ++jj) {
+    if (j0 + jj >= s.rows) {
+      for (std::size_t q = 0; q < k2; ++q) dst[q * NR + jj] = 0;
+      continue;
+    }
+    // Row j0 + jj as bf16, an even number of columns at a time, each pair to its place in the panel's column jj.
+    const std::size_t step = N % 2 ? N + 1 : N;
+    for (std::size_t c = 0; c < 2 * k2; c += step) {
+      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, operand_bits(d, source_v(d, s, j0 + jj, c, N)))), d16, h);
+      if (step > N) h[N] = bf16_operand(c + N < s.cols ? (s.image ? s.image->at<float>(j0 + jj, c + N) : s.x[(j0 + jj) * s.ld + c + N]) : 0.0f);
+      for (std::size_t t = 0; t < step / 2 && c / 2 + t < k2; ++t)
+        dst[(c / 2 + t) * NR + jj] = std::uint32_t(h[2 * t]) | std::uint32_t(h[2 * t + 1]) << 16;
+    }
+  }
+}
+
+// A result the dot-product instruction flushes: below the smallest normal float, a zero of its sign.
+HWY_INLINE VF flush_small(DF d, VF x) {
+  return hn::IfThenElse(hn::Lt(hn::Abs(x), hn::Set(d, std::numeric_limits<float>::min())), hn::And(x, hn::Set(d, -0.0f)), x);
+}
+
+namespace emulated {
+// Each lane: acc + hi(a)·hi(b), flushed, + lo(a)·lo(b), flushed. Both products are exact in fp32, so each FMA rounds
+// once, as the instruction's adds do.
+template <class VU>
+HWY_INLINE VF dot2(DF d, VF acc, VU a, VU b) {
+  const hn::RebindToUnsigned<DF> du;
+  const auto high = hn::Set(du, 0xffff0000u);
+  acc = flush_small(d, hn::MulAdd(hn::BitCast(d, hn::And(a, high)), hn::BitCast(d, hn::And(b, high)), acc));
+  return flush_small(d, hn::MulAdd(hn::BitCast(d, hn::ShiftLeft<16>(a)), hn::BitCast(d, hn::ShiftLeft<16>(b)), acc));
+}
+#include "simd_bf16-inl.h"
+}  // namespace emulated
+
+#if HWY_TARGET == HWY_AVX3
+#pragma GCC push_options
+#pragma GCC target("avx512bf16")
+namespace native {
+#include "simd_rows-inl.h"
+template <class VU>
+HWY_INLINE VF dot2(DF, VF acc, VU a, VU b) {
+  return VF{_mm512_dpbf16_ps(acc.raw, reinterpret_cast<__m512bh>(a.raw), reinterpret_cast<__m512bh>(b.raw))};
+}
+#include "simd_bf16-inl.h"
+}  // namespace native
+#pragma GCC pop_options
+#endif
+
 const Ops* get_ops() {
   static const Ops ops = [] {
     Ops o;
@@ -507,6 +618,20 @@ const Ops* get_ops() {
     o.to_bf16 = &to_bf16;
     o.from_bf16 = &from_bf16;
     o.add_bf16 = &add_bf16;
+    o.bf16_rows = &bf16_rows;
+    o.bf16_pairs = &bf16_pairs;
+    o.bf16_trans_panel = &bf16_trans_panel;
+    o.gemm_bf16_block = &emulated::gemm_bf16;
+#if HWY_TARGET == HWY_AVX3
+    static const Ops native_ops = [&] {
+      Ops n = o;
+      n.target = "AVX3_BF16";
+      n.bf16_native = true;
+      n.gemm_bf16_block = &native::gemm_bf16;
+      return n;
+    }();
+    if (__builtin_cpu_supports("avx512bf16")) o.with_native_bf16 = &native_ops;
+#endif
     return o;
   }();
   return &ops;
@@ -521,7 +646,10 @@ namespace vae::simd {
 
 HWY_EXPORT(get_ops);
 
-const Ops& best_ops() { return *HWY_DYNAMIC_DISPATCH(get_ops)(); }
+const Ops& best_ops() {
+  const Ops& o = *HWY_DYNAMIC_DISPATCH(get_ops)();
+  return o.with_native_bf16 ? *o.with_native_bf16 : o;
+}
 
 std::vector<const Ops*> available_ops() {
 #if (HWY_TARGETS & (HWY_TARGETS - 1)) == 0
@@ -531,7 +659,9 @@ std::vector<const Ops*> available_ops() {
   std::vector<const Ops*> all;
   for (std::int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
-    all.push_back(HWY_DYNAMIC_DISPATCH(get_ops)());
+    const Ops* o = HWY_DYNAMIC_DISPATCH(get_ops)();
+    if (o->with_native_bf16) all.push_back(o->with_native_bf16);
+    all.push_back(o);
   }
   hwy::SetSupportedTargetsForTest(0);
   return all;

@@ -53,6 +53,28 @@ struct GemmBlock {
   bool* nonfinite = nullptr;  // if set (Epilogue::none): becomes true when a NaN or ±Inf is written (never reset)
 };
 
+// A matrix S [rows × cols] read as floats for packing into bf16: fp32 (s(r, c) = x[r·ld + c]) or, with image set, the
+// image batch's elements (pixels/255, then the one-hot label columns). Elements past rows or cols read as 0.
+struct Bf16Source {
+  const float* x = nullptr;
+  std::size_t ld = 0;
+  const ImageBatch* image = nullptr;
+  std::size_t rows = 0, cols = 0;
+};
+
+// C[i0:i1, j0:j1] = A · B on bf16 operands in the dot-product instruction's pair form, accumulated in fp32, and the
+// epilogue (out's c, ldc, i0 … j1, epi, bias, act, y, ldy and nonfinite; its a, b and k are unused). A pair (i, q) holds
+// A(i, 2q) in its low half and A(i, 2q + 1) in its high half: at a[i·lda + q] (a_rows) or a[q·lda + i]. B is NR-column
+// panels, panel t (columns t·NR …) at b + t·k2·NR with pair (q, c) of B(2q, ·), B(2q + 1, ·) at [q·NR + c].
+struct GemmBf16Block {
+  const std::uint32_t* a = nullptr;
+  std::size_t lda = 0;
+  bool a_rows = true;
+  const std::uint32_t* b = nullptr;
+  std::size_t k2 = 0;  // pairs along K: ⌈K/2⌉, the odd K's last pair padded with a zero
+  GemmBlock out;
+};
+
 // Kernels of one instruction set. Every function works on a slice the driver gives it; none allocates or spawns threads.
 struct Ops {
   const char* target = "";
@@ -80,6 +102,23 @@ struct Ops {
   void (*to_bf16)(const float* x, std::uint16_t* out, std::size_t n) = nullptr;
   void (*from_bf16)(const std::uint16_t* h, float* out, std::size_t n) = nullptr;
   void (*add_bf16)(const std::uint16_t* a, std::uint16_t* b, std::size_t n) = nullptr;
+
+  // bf16 products. Operands are rounded as bf16_operand (vae/bf16.hpp) while they are packed; the product adds each pair
+  // as the AVX512_BF16 dot-product instruction does (high half first, fp32 round-to-nearest-even, results below the
+  // smallest normal flushed to zero). bf16_native: by that instruction; otherwise emulated with FMAs, bit for bit alike.
+  bool bf16_native = false;
+  // Rows [r0, r1) of s as bf16 rows of ⌈cols/2⌉ pairs (zero-padded), row r at dst + r·ldd: A in the a_rows form.
+  void (*bf16_rows)(const Bf16Source& s, std::size_t r0, std::size_t r1, std::uint32_t* dst, std::size_t ldd) = nullptr;
+  // Row pairs [q0, q1) of s, columns [c0, c1) zero-padded to `width`: dst[q·ldd + c − c0] = (s(2q, c), s(2q + 1, c)). A in
+  // the column form (width = cols, ldd = cols), or one B panel (width = ldd = NR) of B = s.
+  void (*bf16_pairs)(const Bf16Source& s, std::size_t q0, std::size_t q1, std::size_t c0, std::size_t c1, std::size_t width,
+                     std::uint32_t* dst, std::size_t ldd) = nullptr;
+  // One B panel of B = sᵀ (B(p, j) = s(j, p)): rows [j0, j0 + NR) of s, zero past s.rows, dst[q·NR + j − j0] = (s(j, 2q),
+  // s(j, 2q + 1)) for q < ⌈s.cols/2⌉.
+  void (*bf16_trans_panel)(const Bf16Source& s, std::size_t j0, std::uint32_t* dst) = nullptr;
+  void (*gemm_bf16_block)(const GemmBf16Block&) = nullptr;
+  // This instruction set's Ops with the native bf16 product, when the CPU has it (best_ops() returns that one).
+  const Ops* with_native_bf16 = nullptr;
 };
 
 // The best instruction set this CPU runs.

@@ -56,10 +56,10 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
 
 // Optimized kernels for one instruction set and thread count, with their workspace bound as the trainer binds it.
 struct Fast {
-  Fast(const std::string& isa, int threads, std::size_t max_rows, std::size_t max_dim)
-      : kernels(make_parallel_kernels(threads, isa)), workspace(kernels->workspace_bytes(max_rows, max_dim)) {
+  Fast(const std::string& isa, int threads, std::size_t max_rows, std::size_t max_dim, Precision precision = Precision::fp32)
+      : kernels(make_parallel_kernels(threads, isa, precision)), workspace(kernels->workspace_bytes(max_rows, max_dim)) {
     kernels->bind_workspace(workspace.span(), max_rows, max_dim);
-    label = isa + " x" + std::to_string(threads);
+    label = isa + " x" + std::to_string(threads) + (precision == Precision::bf16 ? " bf16" : "");
   }
   const Kernels<float>* operator->() const { return kernels.get(); }
   const Kernels<float>& operator*() const { return *kernels; }
@@ -89,14 +89,16 @@ std::size_t test_rows(std::size_t n) {
   return cap && *cap ? std::min(n, std::size_t(std::stoul(cap))) : n;
 }
 
-// Every instruction set this CPU runs (or VAE_TEST_ISAS names), on 1 and 2 threads.
+// Every instruction set this CPU runs (or VAE_TEST_ISAS names), on 1 and 2 threads. AVX3_BF16 differs from AVX3 only
+// in its bf16 products, so the fp32 checks leave it out.
 template <class F>
-void for_each_fast(std::size_t max_rows, std::size_t max_dim, F&& check) {
+void for_each_fast(std::size_t max_rows, std::size_t max_dim, F&& check, Precision precision = Precision::fp32) {
   const auto isas = tested_isas();
   ASSERT_FALSE(isas.empty());
   for (const std::string& isa : isas)
     for (int threads : {1, 2}) {
-      Fast fast(isa, threads, max_rows, max_dim);
+      if (precision == Precision::fp32 && isa.ends_with("_BF16")) continue;
+      Fast fast(isa, threads, max_rows, max_dim, precision);
       SCOPED_TRACE(fast.label);
       check(fast);
     }
@@ -176,10 +178,11 @@ TEST(KernelsByHand, WeightGradientReportsNonFinite) {
 // (n, k, m): rows, inner, columns.
 class KernelShapes : public ::testing::TestWithParam<std::tuple<std::size_t, std::size_t, std::size_t>> {};
 
-TEST_P(KernelShapes, ParallelMatchesReference) {
-  const auto [rows, k, m] = GetParam();
+// Dense products with every activation against the reference. With bf16 products the reference rounds the same
+// operands and the sums differ only in their order (the kernels add each pair high half first), so one tolerance holds.
+void check_dense(std::size_t rows, std::size_t k, std::size_t m, Precision precision) {
   const std::size_t n = test_rows(rows);
-  ReferenceKernels<float> ref;
+  ReferenceKernels<float> ref(precision);
   const std::size_t ldx = k + 3;  // a row stride wider than the row, as for a concatenated input
   auto x = random_floats(n * ldx, 1), w = random_floats(k * m, 2), b = random_floats(m, 3), dy = random_floats(n * m, 4);
   auto yprev = random_floats(n * ldx, 5);
@@ -213,19 +216,18 @@ TEST_P(KernelShapes, ParallelMatchesReference) {
     fast->dense_weight_grad(x.data(), ldx, dy.data(), dw.data(), db.data(), n, k, m);
     expect_within(dw, want_dw, mag_dw, "weight_grad");
     expect_within(db, want_db, mag_db, "bias_grad");
-  });
+  }, precision);
 }
 
 // The first layer reads uint8 images (+ one-hot labels) directly: forward and weight gradient against the reference.
-TEST_P(KernelShapes, ImageBatchMatchesReference) {
-  const auto [rows, k, m] = GetParam();
+void check_image_batch(std::size_t rows, std::size_t k, std::size_t m, Precision precision) {
   const std::size_t n = test_rows(rows);
   const std::size_t classes = k > 10 ? 10 : 0, width = k - classes, ld = width + 5;
   const auto pixels = random_bytes(n * ld, 6);
   std::vector<std::uint8_t> labels(n);
   for (std::size_t r = 0; r < n; ++r) labels[r] = std::uint8_t((r * 7) % 10);
   const ImageBatch x{pixels.data(), ld, width, labels.data(), classes};
-  ReferenceKernels<float> ref;
+  ReferenceKernels<float> ref(precision);
   auto w = random_floats(k * m, 2), b = random_floats(m, 3), dy = random_floats(n * m, 4);
   const auto aw = absolute(w), ab = absolute(b), ady = absolute(dy);
   std::vector<float> mag_y(n * m), mag_dw(k * m), mag_db(m), want_y(n * m), want_dw(k * m), want_db(m);
@@ -240,7 +242,42 @@ TEST_P(KernelShapes, ImageBatchMatchesReference) {
     fast->dense_weight_grad_image(x, dy.data(), dw.data(), db.data(), n, m);
     expect_within(dw, want_dw, mag_dw, "weight_grad_image");
     expect_within(db, want_db, mag_db, "bias_grad_image");
-  });
+  }, precision);
+}
+
+TEST_P(KernelShapes, ParallelMatchesReference) { std::apply(check_dense, std::tuple_cat(GetParam(), std::make_tuple(Precision::fp32))); }
+TEST_P(KernelShapes, ImageBatchMatchesReference) {
+  std::apply(check_image_batch, std::tuple_cat(GetParam(), std::make_tuple(Precision::fp32)));
+}
+TEST_P(KernelShapes, Bf16MatchesReference) { std::apply(check_dense, std::tuple_cat(GetParam(), std::make_tuple(Precision::bf16))); }
+TEST_P(KernelShapes, Bf16ImageBatchMatchesReference) {
+  std::apply(check_image_batch, std::tuple_cat(GetParam(), std::make_tuple(Precision::bf16)));
+}
+
+// Each element of a bf16 product is one sum in a fixed order, whatever the tiling, so every instruction set and thread
+// count gives the same bits as the first one (the native AVX512_BF16 path where the CPU has it, which the others emulate).
+TEST_P(KernelShapes, Bf16IsBitForBitAlikeOnEveryPath) {
+  const auto [rows, k, m] = GetParam();
+  const std::size_t n = test_rows(rows);
+  auto x = random_floats(n * k, 11), w = random_floats(k * m, 12), b = random_floats(m, 13), dy = random_floats(n * m, 14);
+  for (std::size_t i = 0; i < x.size(); i += 7) x[i] *= 1e-37f;  // denormal operands, and sums the instruction flushes
+  struct Out {
+    std::vector<float> y, dx, dw;
+    std::string label;
+  };
+  std::vector<Out> outs;
+  for_each_fast(n, std::max(k, m), [&](const Fast& fast) {
+    Out o{std::vector<float>(n * m), std::vector<float>(n * k), std::vector<float>(k * m), fast.label};
+    fast->dense_forward(x.data(), k, w.data(), b.data(), o.y.data(), n, k, m, Activation::identity);
+    fast->dense_input_grad(dy.data(), w.data(), o.dx.data(), k, n, k, m, Activation::identity, nullptr);
+    fast->dense_weight_grad(x.data(), k, dy.data(), o.dw.data(), nullptr, n, k, m);
+    outs.push_back(std::move(o));
+  }, Precision::bf16);
+  for (std::size_t t = 1; t < outs.size(); ++t) {
+    EXPECT_EQ(outs[t].y, outs[0].y) << outs[t].label << " forward vs " << outs[0].label;
+    EXPECT_EQ(outs[t].dx, outs[0].dx) << outs[t].label << " input_grad vs " << outs[0].label;
+    EXPECT_EQ(outs[t].dw, outs[0].dw) << outs[t].label << " weight_grad vs " << outs[0].label;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -373,6 +410,65 @@ TEST(Bf16, SimdMatchesScalarOnEveryIsa) {
         ASSERT_EQ(h[i], b_ref[i]) << isa << " element " << i;
       }
   }
+}
+
+// bf16 products by hand. Operands round to nearest even: 1 + 2⁻⁸ (a tie) to 1, 1 + 3·2⁻⁸ (a tie) to 1 + 2⁻⁶. So
+// [1 + 2⁻⁸, 1 + 3·2⁻⁸] · [1; 2] is 1 + 2·(1 + 2⁻⁶) = 3.03125 in bf16, where fp32 gives 3.02734375.
+TEST(Bf16Products, OperandsRoundToNearestEvenByHand) {
+  const float x[2] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f}, w[2] = {1.0f, 2.0f}, b[1] = {0.0f};
+  for_each_fast(1, 2, [&](const Fast& k) {
+    float y[1];
+    k->dense_forward(x, 2, w, b, y, 1, 2, 1, Activation::identity);
+    EXPECT_EQ(y[0], 3.03125f);
+  }, Precision::bf16);
+  ReferenceKernels<float> ref(Precision::bf16), exact;
+  float y[1];
+  ref.dense_forward(x, 2, w, b, y, 1, 2, 1, Activation::identity);
+  EXPECT_EQ(y[0], 3.03125f);
+  exact.dense_forward(x, 2, w, b, y, 1, 2, 1, Activation::identity);
+  EXPECT_EQ(y[0], 3.02734375f);
+}
+
+// The order of a pair: products p = (1, 2²⁴, −2²⁴, 1) over K = 4 are two pairs. The instruction adds each pair high half
+// first: ((0 + 2²⁴) + 1) rounds to 2²⁴ (a tie, to even), + 1 again 2²⁴, − 2²⁴ = 0. In index order (the reference):
+// (1 + 2²⁴) = 2²⁴, − 2²⁴ = 0, + 1 = 1. Every path, native or emulated, gives the instruction's 0.
+TEST(Bf16Products, PairsAddHighHalfFirstByHand) {
+  const float x[4] = {1.0f, 0x1p12f, -0x1p12f, 1.0f}, w[4] = {1.0f, 0x1p12f, 0x1p12f, 1.0f}, b[1] = {0.0f};
+  for_each_fast(1, 4, [&](const Fast& k) {
+    float y[1];
+    k->dense_forward(x, 4, w, b, y, 1, 4, 1, Activation::identity);
+    EXPECT_EQ(y[0], 0.0f);
+  }, Precision::bf16);
+  ReferenceKernels<float> ref(Precision::bf16);
+  float y[1];
+  ref.dense_forward(x, 4, w, b, y, 1, 4, 1, Activation::identity);
+  EXPECT_EQ(y[0], 1.0f);
+}
+
+// Denormals: an fp32 denormal operand is read as zero, and a sum below the smallest normal is flushed: 2⁻⁷⁰·2⁻⁷⁰ = 2⁻¹⁴⁰
+// is 0, and so is 1e-39·1.
+TEST(Bf16Products, DenormalsFlushToZeroByHand) {
+  EXPECT_EQ(bf16_operand(1e-39f), 0x0000);
+  EXPECT_EQ(bf16_operand(-1e-39f), 0x8000);
+  EXPECT_EQ(bf16_operand(1.0f + 0x1p-8f), 0x3f80);
+  const float x[2] = {0x1p-70f, 1e-39f}, w[2] = {0x1p-70f, 1.0f}, b[1] = {0.0f};
+  for_each_fast(1, 2, [&](const Fast& k) {
+    float y[2];
+    k->dense_forward(x, 1, w, b, y, 1, 1, 1, Activation::identity);
+    k->dense_forward(x + 1, 1, w + 1, b, y + 1, 1, 1, 1, Activation::identity);
+    EXPECT_EQ(y[0], 0.0f);
+    EXPECT_EQ(y[1], 0.0f);
+  }, Precision::bf16);
+}
+
+// The bf16 path is there on every CPU: natively where AVX512_BF16 is, emulated everywhere.
+TEST(Bf16Products, NativePathIsChosenWhereTheCpuHasIt) {
+  const auto isas = available_isas();
+  const bool native = std::find(isas.begin(), isas.end(), "AVX3_BF16") != isas.end();
+  if (native) {
+    EXPECT_EQ(isas.front(), "AVX3_BF16");
+  }
+  EXPECT_NE(make_parallel_kernels(1, "", Precision::bf16)->name().find("bf16 products"), std::string::npos);
 }
 
 }  // namespace

@@ -11,11 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "vae/bf16.hpp"
 #include "vae/rng.hpp"
 
 namespace vae {
 
 enum class Activation { identity, elu, relu, leaky_relu, tanh };
+
+// What the products of the dense layers multiply: fp32, or bf16 operands (vae/bf16.hpp's bf16_operand) accumulated in
+// fp32 (--precision). Everything else is fp32 either way.
+enum class Precision { fp32, bf16 };
 
 inline constexpr double kLeakySlope = 0.01;
 
@@ -123,18 +128,20 @@ inline T sigmoid(T l) {
   return l >= T(0) ? T(1) / (T(1) + std::exp(-l)) : std::exp(l) / (T(1) + std::exp(l));
 }
 
-// Plain loops, serial, in the order a reader would write them.
+// Plain loops, serial, in the order a reader would write them. With bf16 products every product operand is rounded
+// first (op), and the sums are still fp32 (T) in index order.
 template <class T>
 class ReferenceKernels final : public Kernels<T> {
  public:
-  std::string name() const override { return "reference"; }
+  explicit ReferenceKernels(Precision precision = Precision::fp32) : bf16_(precision == Precision::bf16) {}
+  std::string name() const override { return bf16_ ? "reference, bf16 products" : "reference"; }
 
   void dense_forward(const T* x, std::size_t ldx, const T* w, const T* b, T* y, std::size_t n, std::size_t k, std::size_t m,
                      Activation act) const override {
     for (std::size_t r = 0; r < n; ++r)
       for (std::size_t j = 0; j < m; ++j) {
         T s = b[j];
-        for (std::size_t i = 0; i < k; ++i) s += x[r * ldx + i] * w[i * m + j];
+        for (std::size_t i = 0; i < k; ++i) s += op(x[r * ldx + i]) * op(w[i * m + j]);
         y[r * m + j] = activate(s, act);
       }
   }
@@ -144,7 +151,7 @@ class ReferenceKernels final : public Kernels<T> {
     for (std::size_t r = 0; r < n; ++r)
       for (std::size_t j = 0; j < m; ++j) {
         T s = b[j];
-        for (std::size_t i = 0; i < k; ++i) s += x.at<T>(r, i) * w[i * m + j];
+        for (std::size_t i = 0; i < k; ++i) s += op(x.at<T>(r, i)) * op(w[i * m + j]);
         y[r * m + j] = activate(s, act);
       }
   }
@@ -154,7 +161,7 @@ class ReferenceKernels final : public Kernels<T> {
     for (std::size_t i = 0; i < k; ++i)
       for (std::size_t j = 0; j < m; ++j) {
         T s = 0;
-        for (std::size_t r = 0; r < n; ++r) s += x.at<T>(r, i) * dy[r * m + j];
+        for (std::size_t r = 0; r < n; ++r) s += op(x.at<T>(r, i)) * op(dy[r * m + j]);
         dw[i * m + j] = s;
       }
     if (db) column_sums(dy, db, n, m);
@@ -166,7 +173,7 @@ class ReferenceKernels final : public Kernels<T> {
     for (std::size_t i = 0; i < k; ++i)
       for (std::size_t j = 0; j < m; ++j) {
         T s = 0;
-        for (std::size_t r = 0; r < n; ++r) s += x[r * ldx + i] * dy[r * m + j];
+        for (std::size_t r = 0; r < n; ++r) s += op(x[r * ldx + i]) * op(dy[r * m + j]);
         dw[i * m + j] = s;
       }
     if (db) column_sums(dy, db, n, m);
@@ -178,7 +185,7 @@ class ReferenceKernels final : public Kernels<T> {
     for (std::size_t r = 0; r < n; ++r)
       for (std::size_t i = 0; i < k; ++i) {
         T s = 0;
-        for (std::size_t j = 0; j < m; ++j) s += dy[r * m + j] * w[i * m + j];
+        for (std::size_t j = 0; j < m; ++j) s += op(dy[r * m + j]) * op(w[i * m + j]);
         dx[r * ldx + i] = y_prev ? s * activation_slope(y_prev[r * ldx + i], prev_act) : s;
       }
   }
@@ -248,6 +255,8 @@ class ReferenceKernels final : public Kernels<T> {
   }
 
  private:
+  T op(T x) const { return bf16_ ? T(bf16_widen(bf16_operand(float(x)))) : x; }
+
   static bool all_finite(const T* x, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i)
       if (!std::isfinite(x[i])) return false;
@@ -261,14 +270,17 @@ class ReferenceKernels final : public Kernels<T> {
       db[j] = s;
     }
   }
+
+  bool bf16_;
 };
 
 enum class KernelChoice { reference, parallel };
 
 // The TBB-parallel SIMD float kernels; threads is the size of the task arena they run in. isa names an instruction set
-// ("AVX3", "AVX2", "SSE4", "EMU128", …; "" for the best this CPU runs).
-std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads, const std::string& isa = "");
-std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads);
+// ("AVX3_BF16", "AVX3", "AVX2", "SSE4", "EMU128", …; "" for the best this CPU runs). AVX3_BF16 is AVX3 with the bf16
+// products on the AVX512_BF16 instruction; every other set emulates it, bit for bit.
+std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads, const std::string& isa = "", Precision precision = Precision::fp32);
+std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads, Precision precision = Precision::fp32);
 // The instruction sets this binary carries that this CPU runs, best first.
 std::vector<std::string> available_isas();
 
