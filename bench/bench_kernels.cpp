@@ -1,8 +1,11 @@
-// GFLOP/s of every dense-layer product of v1, v2, v3 at batch 64 and 256: our kernels, OpenBLAS and the reference, 1 and 2 threads.
-// The forward product is measured as OpenBLAS computes it (no activation), and again with the layer's activation fused.
+// GFLOP/s of every dense-layer product of v1, v2, v3 at batch 64 and 256: our kernels in fp32 and bf16, OpenBLAS and the
+// reference, 1 and 2 threads, and the machine's fp32 and bf16 ceilings. The forward product is measured as OpenBLAS
+// computes it (no activation), and again with the layer's activation fused.
 #include <benchmark/benchmark.h>
 
 #include <memory>
+#include <thread>
+#include <vector>
 
 #include "bench_common.hpp"
 #include "vae/aligned.hpp"
@@ -12,9 +15,9 @@ namespace vae::bench {
 namespace {
 
 // Our product; for the forward pass with the bias only (as OpenBLAS computes it) unless `fused` keeps the layer's activation.
-void bench_ours(benchmark::State& state, Product p, int threads, bool fused) {
+void bench_ours(benchmark::State& state, Product p, int threads, bool fused, Precision precision) {
   if (!fused) p.act = Activation::identity;
-  auto k = make_parallel_kernels(threads);
+  auto k = make_parallel_kernels(threads, "", precision);
   AlignedBuffer<std::byte> ws(k->workspace_bytes(p.batch, std::max(p.in, p.out)));
   k->bind_workspace(ws.span(), p.batch, std::max(p.in, p.out));
   Operands o(p);
@@ -45,16 +48,36 @@ void bench_reference(benchmark::State& state, Product p) {
   state.counters["FLOPS"] = benchmark::Counter(p.flops(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Independent multiply-add chains on every thread at once: what the instruction set can do at most.
+void bench_peak(benchmark::State& state, Precision precision, int threads) {
+  constexpr std::size_t kIterations = 1u << 20;
+  double flops = 0;
+  for (auto _ : state) {
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back([&] { peak_loop_flops(precision, kIterations); });
+    flops = threads * peak_loop_flops(precision, kIterations);
+    for (auto& t : pool) t.join();
+  }
+  if (flops == 0) state.SkipWithError("no native bf16 dot product on this CPU");
+  state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void register_all() {
+  for (int t : {1, 2}) {
+    benchmark::RegisterBenchmark(("peak/fp32/t" + std::to_string(t)).c_str(), bench_peak, Precision::fp32, t)->UseRealTime();
+    benchmark::RegisterBenchmark(("peak/bf16/t" + std::to_string(t)).c_str(), bench_peak, Precision::bf16, t)->UseRealTime();
+  }
   for (const char* preset : {"v1", "v2", "v3"}) {
     const Arch arch = preset_config(preset).arch;
     for (std::size_t batch : {32, 64, 128, 256})
       for (const Product& p : step_products(arch, batch)) {
         const std::string base = std::string("gemm/") + preset + "/b" + std::to_string(batch) + "/" + p.layer + "/" + op_name(p.op);
         for (int t : {1, 2}) {
-          benchmark::RegisterBenchmark((base + "/ours/t" + std::to_string(t)).c_str(), bench_ours, p, t, false)->UseRealTime();
+          const std::string th = "/t" + std::to_string(t);
+          benchmark::RegisterBenchmark((base + "/ours" + th).c_str(), bench_ours, p, t, false, Precision::fp32)->UseRealTime();
+          benchmark::RegisterBenchmark((base + "/ours_bf16" + th).c_str(), bench_ours, p, t, false, Precision::bf16)->UseRealTime();
           if (p.op == Op::forward && p.act != Activation::identity)
-            benchmark::RegisterBenchmark((base + "/ours_fused/t" + std::to_string(t)).c_str(), bench_ours, p, t, true)->UseRealTime();
+            benchmark::RegisterBenchmark((base + "/ours_fused" + th).c_str(), bench_ours, p, t, true, Precision::fp32)->UseRealTime();
           benchmark::RegisterBenchmark((base + "/openblas/t" + std::to_string(t)).c_str(), bench_openblas, p, t)->UseRealTime();
         }
         benchmark::RegisterBenchmark((base + "/reference/t1").c_str(), bench_reference, p)->UseRealTime()->Iterations(2);

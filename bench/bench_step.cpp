@@ -1,4 +1,4 @@
-// Samples/s of the whole training step (data, forward, loss, backward, allreduce, Adam) against OpenBLAS doing only the step's GEMMs.
+// Samples/s of the whole training step (data, forward, loss, backward, allreduce, Adam), fp32 and bf16 products, against OpenBLAS doing only the step's GEMMs.
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
@@ -17,9 +17,10 @@ std::string data_dir() {
   return d ? d : "data/mnist";
 }
 
-void bench_step(benchmark::State& state, std::string preset, int batch, int threads) {
+void bench_step(benchmark::State& state, std::string preset, int batch, int threads, Precision precision) {
   Config cfg = preset_config(preset);
   cfg.batch = batch;
+  cfg.precision = precision;
   cfg.data_dir = data_dir();
   cfg.progress = Progress::never;
   cfg.run_dir = (std::filesystem::temp_directory_path() / "vae_bench_step").string();
@@ -54,7 +55,8 @@ void register_all() {
     for (int batch : {64, 256})
       for (int t : {1, 2}) {
         const std::string name = std::string("step/") + preset + "/b" + std::to_string(batch) + "/t" + std::to_string(t);
-        benchmark::RegisterBenchmark((name + "/ours").c_str(), bench_step, preset, batch, t)->UseRealTime();
+        benchmark::RegisterBenchmark((name + "/ours").c_str(), bench_step, preset, batch, t, Precision::fp32)->UseRealTime();
+        benchmark::RegisterBenchmark((name + "/ours_bf16").c_str(), bench_step, preset, batch, t, Precision::bf16)->UseRealTime();
         benchmark::RegisterBenchmark((name + "/openblas_gemms").c_str(), bench_gemm_only, preset, batch, t)->UseRealTime();
       }
 }

@@ -287,6 +287,7 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
     set_attr(w, training, "skipped_steps", (long long)state.skipped);
     set_attr(w, training, "seed", (long long)state.seed);
     set_attr(w, training, "binarize", std::string(state.binarize ? "dynamic" : "none"));
+    set_attr(w, training, "precision", std::string(precision_name(state.precision)));
     set_attr(w, training, "mode", mode_name(state.scheduler.mode));
     set_attr(w, training, "mode_start", (long long)state.scheduler.mode_start);
     set_attr(w, training, "plateau_best", state.scheduler.best);
@@ -554,6 +555,11 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
     const std::string b = get_string(w, training, "binarize");
     if (b != "none" && b != "dynamic") w.fail("unknown binarize '" + b + "' in group training");
     s.binarize = b == "dynamic";
+  }
+  if (H5Aexists(training, "precision") > 0) {
+    const std::string p = get_string(w, training, "precision");
+    if (p != "fp32" && p != "bf16") w.fail("unknown precision '" + p + "' in group training");
+    s.precision = p == "bf16" ? Precision::bf16 : Precision::fp32;
   }
   const std::string mode = get_string(w, training, "mode");
   bool known = false;

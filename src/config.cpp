@@ -91,6 +91,8 @@ po::options_description make_options() {
       ("seed", po::value<std::uint64_t>()->default_value(42), "seed for initialisation, shuffling and sampling")
       ("threads", po::value<int>()->default_value(0), "threads per rank (0: cores available to the rank / ranks sharing them)")
       ("kernels", po::value<std::string>()->default_value("parallel"), "kernel set: parallel (TBB, SIMD) or reference (plain loops)")
+      ("precision", po::value<std::string>()->default_value("fp32"),
+       "what the layers' products multiply: fp32, or bf16 (bfloat16 operands, fp32 sums, fp32 master weights and optimizer)")
       ("progress", po::value<std::string>()->default_value("auto"), "live progress line: auto (a terminal, not under mpirun), always, never")
       ("step-log", po::value<std::string>()->default_value(""), "write every step's global loss to this JSON-lines file (rank 0)");
 
@@ -262,6 +264,10 @@ Config build(const po::variables_map& vm) {
   if (kernels == "parallel") c.kernels = KernelChoice::parallel;
   else if (kernels == "reference") c.kernels = KernelChoice::reference;
   else bad("kernels", "unknown kernel set " + in_quotes(kernels) + " (expected parallel or reference)");
+  const std::string precision = get<std::string>(vm, "precision");
+  if (precision == "fp32") c.precision = Precision::fp32;
+  else if (precision == "bf16") c.precision = Precision::bf16;
+  else bad("precision", "unknown value " + in_quotes(precision) + " (expected fp32 or bf16)");
   const std::string progress = get<std::string>(vm, "progress");
   if (progress == "auto") c.progress = Progress::automatic;
   else if (progress == "always") c.progress = Progress::always;
@@ -440,6 +446,7 @@ std::string Config::to_ini() const {
      << "\nadam-eps = " << adam_eps << "\nepochs = " << epochs << "\nmax-steps = " << max_steps << "\nseed = " << seed
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir
      << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")
+     << "\nprecision = " << precision_name(precision)
      << "\nnan-policy = " << (nan_policy == NanPolicy::skip ? "skip" : "stop") << "\nbucket-mb = " << bucket_mb
      << "\nnode-reduce = " << (node_shm ? "shm" : "mpi")
      << "\nwire = " << (wire_bf16 ? "bf16" : "fp32") << "\ncomm-timeout = " << comm_timeout << "\ncheckpoint-every = " << checkpoint_every

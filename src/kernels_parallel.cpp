@@ -483,6 +483,19 @@ void to_bf16(const float* x, std::uint16_t* out, std::size_t n, const std::strin
 void from_bf16(const std::uint16_t* h, float* out, std::size_t n, const std::string& isa) { ops_named(isa).from_bf16(h, out, n); }
 void add_bf16(const std::uint16_t* a, std::uint16_t* b, std::size_t n, const std::string& isa) { ops_named(isa).add_bf16(a, b, n); }
 
+double peak_loop_flops(Precision precision, std::size_t iterations) {
+  // The loops are called through the Ops table, opaque to the optimiser, so their results need no keeping.
+  const simd::Ops& o = simd::best_ops();
+  const double per_op = 2.0 * double(o.nr / 2);
+  if (precision == Precision::fp32) {
+    o.fma_loop(iterations);
+    return double(iterations) * simd::kPeakChains * per_op;
+  }
+  if (!o.bf16_dot_loop) return 0;
+  o.bf16_dot_loop(iterations);
+  return double(iterations) * simd::kPeakChains * 2 * per_op;
+}
+
 std::vector<std::string> available_isas() {
   std::vector<std::string> names;
   for (const simd::Ops* o : simd::available_ops()) names.emplace_back(o->target);

@@ -117,7 +117,7 @@ HWY_INLINE void finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::siz
 #define VAE_ALWAYS_INLINE __attribute__((always_inline))
 #endif
 
-#include "simd_rows-inl.h"
+#include "simd_tile-inl.h"
 
 // `tiles` C tiles [R × NR] down from (i, j): C(i + r, j … j + NR) = Σ_p A(i + r, p)·B(p, j … j + NR), B read as two
 // vectors per p from b + p·ldb (the matrix itself, or a packed panel with ldb = NR). A element (i + r, p) is one broadcast
@@ -573,6 +573,12 @@ HWY_INLINE VF flush_small(DF d, VF x) {
   return hn::IfThenElse(hn::Lt(hn::Abs(x), hn::Set(d, std::numeric_limits<float>::min())), hn::And(x, hn::Set(d, -0.0f)), x);
 }
 
+float fma_loop(std::size_t iterations) {
+  const DF d;
+  const VF a = hn::Set(d, 0.999f), b = hn::Set(d, 1e-4f);
+  return peak_chains(iterations, [&](VF c) VAE_ALWAYS_INLINE { return hn::MulAdd(c, a, b); });
+}
+
 namespace emulated {
 // Each lane: acc + hi(a)·hi(b), flushed, + lo(a)·lo(b), flushed. Both products are exact in fp32, so each FMA rounds
 // once, as the instruction's adds do.
@@ -590,12 +596,19 @@ HWY_INLINE VF dot2(DF d, VF acc, VU a, VU b) {
 #pragma GCC push_options
 #pragma GCC target("avx512bf16")
 namespace native {
-#include "simd_rows-inl.h"
+#include "simd_tile-inl.h"
 template <class VU>
 HWY_INLINE VF dot2(DF, VF acc, VU a, VU b) {
   return VF{_mm512_dpbf16_ps(acc.raw, reinterpret_cast<__m512bh>(a.raw), reinterpret_cast<__m512bh>(b.raw))};
 }
 #include "simd_bf16-inl.h"
+
+float bf16_dot_loop(std::size_t iterations) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const auto a = hn::Set(du, 0x3f803f80u), b = hn::Set(du, 0x3a803a80u);  // pairs of 1.0 and of 2⁻¹⁰
+  return peak_chains(iterations, [&](VF c) VAE_ALWAYS_INLINE { return dot2(d, c, a, b); });
+}
 }  // namespace native
 #pragma GCC pop_options
 #endif
@@ -622,12 +635,14 @@ const Ops* get_ops() {
     o.bf16_pairs = &bf16_pairs;
     o.bf16_trans_panel = &bf16_trans_panel;
     o.gemm_bf16_block = &emulated::gemm_bf16;
+    o.fma_loop = &fma_loop;
 #if HWY_TARGET == HWY_AVX3
     static const Ops native_ops = [&] {
       Ops n = o;
       n.target = "AVX3_BF16";
       n.bf16_native = true;
       n.gemm_bf16_block = &native::gemm_bf16;
+      n.bf16_dot_loop = &native::bf16_dot_loop;
       return n;
     }();
     if (__builtin_cpu_supports("avx512bf16")) o.with_native_bf16 = &native_ops;

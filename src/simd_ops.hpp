@@ -75,6 +75,8 @@ struct GemmBf16Block {
   GemmBlock out;
 };
 
+inline constexpr std::size_t kPeakChains = 16;
+
 // Kernels of one instruction set. Every function works on a slice the driver gives it; none allocates or spawns threads.
 struct Ops {
   const char* target = "";
@@ -117,6 +119,11 @@ struct Ops {
   // s(j, 2q + 1)) for q < ⌈s.cols/2⌉.
   void (*bf16_trans_panel)(const Bf16Source& s, std::size_t j0, std::uint32_t* dst) = nullptr;
   void (*gemm_bf16_block)(const GemmBf16Block&) = nullptr;
+  // Throughput loops for the benchmarks' ceilings: `iterations` rounds of kPeakChains independent vector multiply-adds,
+  // fp32 FMAs (2·lanes flops each) or native bf16 pair dot products (4·lanes flops each; null without them). The result
+  // only keeps the work from being optimised away.
+  float (*fma_loop)(std::size_t iterations) = nullptr;
+  float (*bf16_dot_loop)(std::size_t iterations) = nullptr;
   // This instruction set's Ops with the native bf16 product, when the CPU has it (best_ops() returns that one).
   const Ops* with_native_bf16 = nullptr;
 };

@@ -106,7 +106,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     : cfg_(config),
       comm_(comm),
       threads_(threads),
-      kernels_(make_kernels(config.kernels, threads)),
+      kernels_(make_kernels(config.kernels, threads, config.precision)),
       train_file_(load_idx_pair(data_files(cfg_)[0], data_files(cfg_)[1])),
       test_file_(load_idx_pair(data_files(cfg_)[2], data_files(cfg_)[3])),
       layout_(settle_classes(cfg_, train_file_, test_file_)),
@@ -327,6 +327,7 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
   s.seed = cfg_.seed;
   s.world_size = comm_.size();
   s.binarize = cfg_.binarize;
+  s.precision = cfg_.precision;
   s.scheduler = scheduler_.state();
   s.adam = {cfg_.lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
   s.config_ini = cfg_.to_ini();

@@ -118,16 +118,19 @@ class Training : public ::testing::Test {
 test::TempDir* Training::dir_ = nullptr;
 
 TEST_F(Training, SteadyStateStepAllocatesNothing) {
+  for (Precision precision : {Precision::fp32, Precision::bf16})
   for (int threads : {1, 2}) {
     const Communicator self = Communicator::self();
-    Trainer trainer(v3_config(), self, threads);
+    Config cfg = v3_config();
+    cfg.precision = precision;
+    Trainer trainer(cfg, self, threads);
     trainer.initialize();
     trainer.step(0, 0, 1.0, 8e-4);  // the first step may start threads and warm caches
     g_allocations = 0;
     g_counting = true;
     for (long s = 1; s < 12; ++s) trainer.step(0, s, 1.0, 8e-4);
     g_counting = false;
-    EXPECT_EQ(g_allocations.load(), 0) << "heap allocations in steps 2..12 with " << threads << " threads";
+    EXPECT_EQ(g_allocations.load(), 0) << "heap allocations in steps 2..12 with " << threads << " threads, " << precision_name(precision);
   }
 }
 
@@ -155,6 +158,38 @@ TEST_F(Training, OptimizedKernelsTrainLikeReference) {
   ASSERT_EQ(fast.step_losses().size(), 20u);
   for (std::size_t s = 0; s < 20; ++s)
     EXPECT_NEAR(fast.step_losses()[s], reference.step_losses()[s], 1e-4 * std::abs(reference.step_losses()[s])) << "step " << s + 1;
+}
+
+// bf16 products train like their reference (the same rounded operands, sums in another order) and close to fp32: the
+// v3 shapes, 20 steps.
+TEST_F(Training, Bf16TrainsLikeItsReferenceAndNearFp32) {
+  const Communicator self = Communicator::self();
+  Config cfg = v3_config();
+  cfg.max_steps = 20;
+  cfg.epochs = 2;
+  Trainer fp32(cfg, self, 2);
+  fp32.run();
+  cfg.precision = Precision::bf16;
+  cfg.kernels = KernelChoice::reference;
+  Trainer reference(cfg, self, 1);
+  reference.run();
+  cfg.kernels = KernelChoice::parallel;
+  Trainer fast(cfg, self, 2);
+  fast.run();
+  ASSERT_EQ(fast.step_losses().size(), 20u);
+  ASSERT_EQ(reference.step_losses().size(), 20u);
+  for (std::size_t s = 0; s < 20; ++s) {
+    EXPECT_NEAR(fast.step_losses()[s], reference.step_losses()[s], 1e-3 * std::abs(reference.step_losses()[s])) << "step " << s + 1;
+    EXPECT_NEAR(fast.step_losses()[s], fp32.step_losses()[s], 2e-2 * std::abs(fp32.step_losses()[s])) << "step " << s + 1;
+  }
+  EXPECT_LT(fast.step_losses().back(), 0.8 * fast.step_losses().front());
+}
+
+TEST_F(Training, Bf16ResumeContinuesBitForBit) {
+  Config cfg = test::small_config(dir_->path());
+  cfg.precision = Precision::bf16;
+  const std::filesystem::path resumed = test::expect_resume_bit_for_bit(cfg, Communicator::self(), 2, dir_->path() / "bf16");
+  EXPECT_EQ(read_checkpoint(resumed / "checkpoints" / "ckpt-e0004.h5").state.precision, Precision::bf16);
 }
 
 // 4 epochs straight, and 2 epochs then --resume auto to 4, give the same parameters bit for bit and the same epochs.

@@ -107,8 +107,8 @@ TEST(WebDecoderFile, CorruptFilesAreRefusedWithTheReason) {
   for (std::size_t n = 0; n < good.size(); n += (n < 80 ? 1 : 997)) expect_refused({good.begin(), good.begin() + std::ptrdiff_t(n)}, "");
   auto nan = good;
   const float bad = std::numeric_limits<float>::quiet_NaN();
-  const auto bits = __builtin_bit_cast(std::array<std::uint8_t, 4>, bad);
-  std::copy(bits.begin(), bits.end(), nan.end() - 4);
+  ASSERT_GE(nan.size(), sizeof bad);
+  std::memcpy(nan.data() + nan.size() - sizeof bad, &bad, sizeof bad);
   expect_refused(nan, "a weight is nan");
 }
 

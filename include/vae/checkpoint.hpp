@@ -27,6 +27,7 @@ struct TrainingState {
   std::uint64_t seed = 0; // every random stream (initialisation, permutation, ε) is keyed by it, the epoch and the step
   int world_size = 1;
   bool binarize = false;   // trained on dynamically binarised images (the model's likelihood is of binary pixels)
+  Precision precision = Precision::fp32;  // of the training products (the parameters saved are the fp32 master weights)
   SchedulerState scheduler;
   AdamParams adam;
   std::string config_ini;  // the full effective configuration

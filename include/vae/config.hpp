@@ -45,6 +45,7 @@ struct Config {
   int threads = 0;     // 0 = cores available to this rank / ranks sharing them
   std::string run_dir = "runs/default";
   KernelChoice kernels = KernelChoice::parallel;
+  Precision precision = Precision::fp32;  // of the products; weights, optimizer and loss stay fp32
   Progress progress = Progress::automatic;
   std::string step_log;  // optional per-step loss log (JSON lines), written by rank 0
   NanPolicy nan_policy = NanPolicy::stop;

@@ -22,6 +22,8 @@ enum class Activation { identity, elu, relu, leaky_relu, tanh };
 // fp32 (--precision). Everything else is fp32 either way.
 enum class Precision { fp32, bf16 };
 
+inline const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
+
 inline constexpr double kLeakySlope = 0.01;
 
 // A batch of uint8 images and their labels, read directly by the first layer and the loss (the floats are made on the fly,
@@ -283,6 +285,11 @@ std::unique_ptr<Kernels<float>> make_parallel_kernels(int threads, const std::st
 std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads, Precision precision = Precision::fp32);
 // The instruction sets this binary carries that this CPU runs, best first.
 std::vector<std::string> available_isas();
+
+// A throughput ceiling for the benchmarks: `iterations` rounds of independent vector multiply-adds on the calling thread,
+// fp32 FMAs or bf16 pair dot products, on the best instruction set. Returns the flops done (2 per multiply-add), 0 for
+// bf16 on a CPU without the instruction (its emulation is no ceiling).
+double peak_loop_flops(Precision precision, std::size_t iterations);
 
 // The bf16 wire format of gradient sums (--wire bf16), on the best instruction set, single-threaded (they run inside MPI
 // progress): out = bf16(x) rounded to nearest even; out = float(h); b = bf16(float(a) + float(b)). vae/bf16.hpp has the
