@@ -243,7 +243,7 @@ class ParallelKernels final : public Kernels<float> {
     std::span<float> b_pack;     // per thread: one packed B panel, [K × NR]
     std::span<double> row_sums;  // [max_rows]
     std::span<bool> nonfinite;   // one flag per thread, a cache line apart: [threads × kFlagStride]
-    std::span<std::uint32_t> a16;  // bf16 products: A in pairs, [(max_rows + 1)·(max_dim + 1)/2]
+    std::span<std::uint32_t> a16;  // bf16 products: A in pairs
     std::span<std::uint32_t> b16;  // bf16 products: B in NR-column panels of pairs
   };
 
@@ -256,8 +256,10 @@ class ParallelKernels final : public Kernels<float> {
     w.row_sums = arena.take<double>(max_rows);
     w.nonfinite = arena.take<bool>(threads_ * kFlagStride);
     if (bf16_) {
-      w.a16 = arena.take<std::uint32_t>((max_rows + 1) * (max_dim + 1) / 2 + 1);
-      w.b16 = arena.take<std::uint32_t>(round_up(max_dim, ops_.nr) * ((std::max(max_dim, max_rows) + 1) / 2));
+      // A: [rows padded to the product's blocks × pairs padded likewise], either way round; B: panels × pairs
+      const std::size_t mb = ops_.bf16_m_block, kb = ops_.bf16_k_block, big = std::max(max_rows, max_dim);
+      w.a16 = arena.take<std::uint32_t>((round_up(big, mb) + mb) * round_up((big + 1) / 2, kb));
+      w.b16 = arena.take<std::uint32_t>(round_up(max_dim, ops_.nr) * round_up((big + 1) / 2, kb));
     }
     return w;
   }
@@ -402,28 +404,31 @@ class ParallelKernels final : public Kernels<float> {
   // The bf16 product: both operands rounded into their pair forms in one parallel pass (A whole: rows of pairs for
   // A = X or dY, pairs of rows for A = Xᵀ; B as panels), then the blocks.
   void run_bf16(const Gemm& g) const {
-    const std::size_t nr = ops_.nr, k2 = (g.K + 1) / 2, n_panels = (g.N + nr - 1) / nr;
+    const std::size_t nr = ops_.nr, k2 = round_up((g.K + 1) / 2, ops_.bf16_k_block), n_panels = (g.N + nr - 1) / nr;
     const bool image = g.a_source == Gemm::ASource::image || g.a_source == Gemm::ASource::image_trans;
-    const bool a_rows = g.a_source == Gemm::ASource::rows || g.a_source == Gemm::ASource::image;
-    // A as the matrix s it is read from: A itself [M × K] (a_rows), or the [K × M] matrix it is the transpose of
-    simd::Bf16Source a{image ? nullptr : g.a, g.lda, image ? g.image : nullptr, a_rows ? g.M : g.K, a_rows ? g.K : g.M};
+    const bool a_given_rows = g.a_source == Gemm::ASource::rows || g.a_source == Gemm::ASource::image;
+    const bool a_rows = a_given_rows || ops_.bf16_a_rows_only;
+    const std::size_t m_rows = ops_.bf16_m_block > 1 ? round_up(g.M, ops_.bf16_m_block) + ops_.bf16_m_block : g.M;
+    // A as the matrix s it is read from: A itself [M × K], or the [K × M] matrix it is the transpose of
+    simd::Bf16Source a{image ? nullptr : g.a, g.lda, image ? g.image : nullptr, a_given_rows ? g.M : g.K, a_given_rows ? g.K : g.M};
     const simd::Bf16Source b{g.b, g.ldb, nullptr, g.b_trans ? g.N : g.K, g.b_trans ? g.K : g.N};
-    if (k2 * g.M > ws_.a16.size() || k2 * n_panels * nr > ws_.b16.size())
+    if (k2 * m_rows > ws_.a16.size() || k2 * n_panels * nr > ws_.b16.size())
       throw std::logic_error("bf16 kernel workspace too small for a " + std::to_string(g.M) + "x" + std::to_string(g.K) + "x" +
                              std::to_string(g.N) + " product");
     std::uint32_t* a16 = ws_.a16.data();
     std::uint32_t* b16 = ws_.b16.data();
-    const std::size_t a_units = a_rows ? g.M : k2, a_pieces = (a_units + kPackRows - 1) / kPackRows;
+    const std::size_t a_units = a_rows ? m_rows : k2, a_pieces = (a_units + kPackRows - 1) / kPackRows;
     pool_.run(a_pieces + n_panels, 1, [&](std::size_t first, std::size_t last) {
       for (std::size_t t = first; t < last; ++t) {
         if (t >= a_pieces) {
           const std::size_t panel = t - a_pieces, j0 = panel * nr;
-          if (g.b_trans) ops_.bf16_trans_panel(b, j0, b16 + panel * k2 * nr);
+          if (g.b_trans) ops_.bf16_trans_panel(b, j0, k2, b16 + panel * k2 * nr);
           else ops_.bf16_pairs(b, 0, k2, j0, std::min(g.N, j0 + nr), nr, b16 + panel * k2 * nr, nr);
           continue;
         }
         const auto u0 = t * kPackRows, u1 = std::min(a_units, u0 + kPackRows);
-        if (a_rows) ops_.bf16_rows(a, u0, u1, a16, k2);
+        if (a_given_rows) ops_.bf16_rows(a, u0, u1, k2, a16, k2);
+        else if (a_rows) ops_.bf16_pairs_rows(a, u0, u1, k2, a16, k2);
         else ops_.bf16_pairs(a, u0, u1, 0, g.M, g.M, a16, g.M);
       }
     }, true);

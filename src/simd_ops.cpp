@@ -17,7 +17,12 @@
 #include <hwy/contrib/math/math-inl.h>
 
 #if HWY_ARCH_X86
+#include <cpuid.h>
 #include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 HWY_BEFORE_NAMESPACE();
@@ -503,11 +508,11 @@ HWY_INLINE VF source_v(DF d, const Bf16Source& s, std::size_t r, std::size_t c, 
   return hn::Load(d, tmp);
 }
 
-void bf16_rows(const Bf16Source& s, std::size_t r0, std::size_t r1, std::uint32_t* dst, std::size_t ldd) {
+void bf16_rows(const Bf16Source& s, std::size_t r0, std::size_t r1, std::size_t k2, std::uint32_t* dst, std::size_t ldd) {
   const DF d;
   const hn::Rebind<std::uint16_t, DF> d16;
   const hn::RebindToSigned<DF> di;
-  const std::size_t N = hn::Lanes(d), width = 2 * ((s.cols + 1) / 2);
+  const std::size_t N = hn::Lanes(d), width = 2 * k2;
   for (std::size_t r = r0; r < r1; ++r) {
     std::uint16_t* row = reinterpret_cast<std::uint16_t*>(dst + r * ldd);
     for (std::size_t c = 0; c < width; c += N) {
@@ -546,11 +551,28 @@ void bf16_pairs(const Bf16Source& s, std::size_t q0, std::size_t q1, std::size_t
   }
 }
 
-void bf16_trans_panel(const Bf16Source& s, std::size_t j0, std::uint32_t* dst) {
+void bf16_pairs_rows(const Bf16Source& s, std::size_t i0, std::size_t i1, std::size_t k2, std::uint32_t* dst, std::size_t ldd) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const std::size_t N = hn::Lanes(d);
+  HWY_ALIGN std::uint32_t pairs[hn::MaxLanes(DF())];
+  for (std::size_t i = i0; i < i1; i += N) {
+    const std::size_t count = std::min(N, i1 - i);
+    for (std::size_t q = 0; q < k2; ++q) {
+      // the pairs of N columns of s from one pair of its rows, each to its own row of dst
+      const auto lo = operand_bits(d, source_v(d, s, 2 * q, i, count));
+      const auto hi = operand_bits(d, source_v(d, s, 2 * q + 1, i, count));
+      hn::Store(hn::Or(lo, hn::ShiftLeft<16>(hi)), du, pairs);
+      for (std::size_t t = 0; t < count; ++t) dst[(i + t) * ldd + q] = pairs[t];
+    }
+  }
+}
+
+void bf16_trans_panel(const Bf16Source& s, std::size_t j0, std::size_t k2, std::uint32_t* dst) {
   const DF d;
   const hn::Rebind<std::uint16_t, DF> d16;
   const hn::RebindToSigned<DF> di;
-  const std::size_t N = hn::Lanes(d), NR = nr(), k2 = (s.cols + 1) / 2;
+  const std::size_t N = hn::Lanes(d), NR = nr();
   HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF()) + 1];
   for (std::size_t jj = 0; jj < NR; ++jj) {
     if (j0 + jj >= s.rows) {
@@ -611,6 +633,80 @@ float bf16_dot_loop(std::size_t iterations) {
 }
 }  // namespace native
 #pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16")
+namespace amx {
+// Tile registers 0–3: C, 2 × 2 tiles of 16 × 16 floats (32 rows × NR = 32 columns); 4–5: A, 16 rows × 16 pairs; 6–7: B,
+// 16 pairs × 16 columns. Every tile is 16 rows of 64 bytes, so one configuration serves every product.
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// C = A·B in 32-row blocks of A (in the a_rows form, k2 a multiple of 16, rows readable to the next multiple of 32),
+// each 32 × 32 block summed in the tiles, stored to a scratch block and finished with the fp32 epilogue.
+void gemm_bf16(const GemmBf16Block& g) {
+  static const TileConfig config;
+  _tile_loadconfig(&config);
+  const DF d;
+  const std::size_t N = hn::Lanes(d), NR = 2 * N, lda_bytes = g.lda * sizeof(std::uint32_t);
+  const GemmBlock& o = g.out;
+  HWY_ALIGN float c[32 * 32];
+  VF check = hn::Zero(d);
+  for (std::size_t j = o.j0; j < o.j1; j += NR) {
+    const std::size_t cols = std::min(NR, o.j1 - j);
+    const std::uint32_t* b = g.b + (j / NR) * g.k2 * NR;
+    for (std::size_t i = o.i0; i < o.i1; i += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      const std::uint32_t* a = g.a + i * g.lda;
+      for (std::size_t q = 0; q < g.k2; q += 16) {
+        _tile_loadd(4, a + q, lda_bytes);
+        _tile_loadd(5, a + 16 * g.lda + q, lda_bytes);
+        _tile_loadd(6, b + q * NR, NR * sizeof(std::uint32_t));
+        _tile_loadd(7, b + q * NR + 16, NR * sizeof(std::uint32_t));
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, c, 32 * sizeof(float));
+      _tile_stored(1, c + 16, 32 * sizeof(float));
+      _tile_stored(2, c + 16 * 32, 32 * sizeof(float));
+      _tile_stored(3, c + 16 * 32 + 16, 32 * sizeof(float));
+      const std::size_t rows = std::min<std::size_t>(32, o.i1 - i);
+      for (std::size_t r = 0; r < rows; ++r) {
+        const VF c0 = hn::Load(d, c + r * 32), c1 = hn::Load(d, c + r * 32 + N);
+        // only the columns this block owns count (the panel's padding is zero, so always finite)
+        if (o.nonfinite) check = hn::Add(check, hn::Add(hn::Sub(c0, c0), hn::Sub(c1, c1)));
+        finish(d, c0, o, i + r, j, std::min(cols, N));
+        if (cols > N) finish(d, c1, o, i + r, j + N, cols - N);
+      }
+    }
+  }
+  _tile_release();
+  if (o.nonfinite && !hn::AllTrue(d, hn::Eq(check, hn::Zero(d)))) *o.nonfinite = true;
+}
+
+// Whether the CPU has AMX tiles with bf16, and Linux lets this process use them (it must ask, once, for the tile state).
+bool usable() {
+#if defined(__linux__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;
+  constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+  return (d & kAmxBf16) && (d & kAmxTile) && syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+}  // namespace amx
+#pragma GCC pop_options
 #endif
 
 const Ops* get_ops() {
@@ -632,20 +728,34 @@ const Ops* get_ops() {
     o.from_bf16 = &from_bf16;
     o.add_bf16 = &add_bf16;
     o.bf16_rows = &bf16_rows;
+    o.bf16_pairs_rows = &bf16_pairs_rows;
     o.bf16_pairs = &bf16_pairs;
     o.bf16_trans_panel = &bf16_trans_panel;
     o.gemm_bf16_block = &emulated::gemm_bf16;
     o.fma_loop = &fma_loop;
 #if HWY_TARGET == HWY_AVX3
+    static const Ops amx_ops = [&] {
+      Ops n = o;
+      n.target = "AVX3_AMX";
+      n.bf16_native = true;
+      n.bf16_bit_exact = false;
+      n.bf16_k_block = 16;
+      n.bf16_m_block = 32;
+      n.bf16_a_rows_only = true;
+      n.gemm_bf16_block = &amx::gemm_bf16;
+      n.bf16_dot_loop = &native::bf16_dot_loop;
+      return n;
+    }();
     static const Ops native_ops = [&] {
       Ops n = o;
       n.target = "AVX3_BF16";
       n.bf16_native = true;
       n.gemm_bf16_block = &native::gemm_bf16;
       n.bf16_dot_loop = &native::bf16_dot_loop;
+      if (amx::usable()) n.faster = &amx_ops;
       return n;
     }();
-    if (__builtin_cpu_supports("avx512bf16")) o.with_native_bf16 = &native_ops;
+    if (__builtin_cpu_supports("avx512bf16")) o.faster = &native_ops;
 #endif
     return o;
   }();
@@ -662,8 +772,9 @@ namespace vae::simd {
 HWY_EXPORT(get_ops);
 
 const Ops& best_ops() {
-  const Ops& o = *HWY_DYNAMIC_DISPATCH(get_ops)();
-  return o.with_native_bf16 ? *o.with_native_bf16 : o;
+  const Ops* o = HWY_DYNAMIC_DISPATCH(get_ops)();
+  while (o->faster) o = o->faster;
+  return *o;
 }
 
 std::vector<const Ops*> available_ops() {
@@ -674,9 +785,9 @@ std::vector<const Ops*> available_ops() {
   std::vector<const Ops*> all;
   for (std::int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
-    const Ops* o = HWY_DYNAMIC_DISPATCH(get_ops)();
-    if (o->with_native_bf16) all.push_back(o->with_native_bf16);
-    all.push_back(o);
+    std::vector<const Ops*> chain;
+    for (const Ops* o = HWY_DYNAMIC_DISPATCH(get_ops)(); o; o = o->faster) chain.push_back(o);
+    all.insert(all.end(), chain.rbegin(), chain.rend());
   }
   hwy::SetSupportedTargetsForTest(0);
   return all;

@@ -109,23 +109,32 @@ struct Ops {
   // as the AVX512_BF16 dot-product instruction does (high half first, fp32 round-to-nearest-even, results below the
   // smallest normal flushed to zero). bf16_native: by that instruction; otherwise emulated with FMAs, bit for bit alike.
   bool bf16_native = false;
-  // Rows [r0, r1) of s as bf16 rows of ⌈cols/2⌉ pairs (zero-padded), row r at dst + r·ldd: A in the a_rows form.
-  void (*bf16_rows)(const Bf16Source& s, std::size_t r0, std::size_t r1, std::uint32_t* dst, std::size_t ldd) = nullptr;
+  // How the product wants its packed operands: K in pairs padded with zeros to a multiple of bf16_k_block, A's rows to a
+  // multiple of bf16_m_block and one block more, and A always in the a_rows form when bf16_a_rows_only.
+  std::size_t bf16_k_block = 1, bf16_m_block = 1;
+  bool bf16_a_rows_only = false;
+  bool bf16_bit_exact = true;  // gives the bits of the instruction's pair order (AMX adds in an order of its own)
+  // Rows [r0, r1) of s as bf16 rows of k2 pairs (zero past s), row r at dst + r·ldd: A in the a_rows form.
+  void (*bf16_rows)(const Bf16Source& s, std::size_t r0, std::size_t r1, std::size_t k2, std::uint32_t* dst, std::size_t ldd) = nullptr;
+  // Columns [i0, i1) of s as rows of k2 pairs along s's rows: dst[i·ldd + q] = (s(2q, i), s(2q + 1, i)). A = sᵀ in the
+  // a_rows form.
+  void (*bf16_pairs_rows)(const Bf16Source& s, std::size_t i0, std::size_t i1, std::size_t k2, std::uint32_t* dst, std::size_t ldd) = nullptr;
   // Row pairs [q0, q1) of s, columns [c0, c1) zero-padded to `width`: dst[q·ldd + c − c0] = (s(2q, c), s(2q + 1, c)). A in
   // the column form (width = cols, ldd = cols), or one B panel (width = ldd = NR) of B = s.
   void (*bf16_pairs)(const Bf16Source& s, std::size_t q0, std::size_t q1, std::size_t c0, std::size_t c1, std::size_t width,
                      std::uint32_t* dst, std::size_t ldd) = nullptr;
-  // One B panel of B = sᵀ (B(p, j) = s(j, p)): rows [j0, j0 + NR) of s, zero past s.rows, dst[q·NR + j − j0] = (s(j, 2q),
-  // s(j, 2q + 1)) for q < ⌈s.cols/2⌉.
-  void (*bf16_trans_panel)(const Bf16Source& s, std::size_t j0, std::uint32_t* dst) = nullptr;
+  // One B panel of B = sᵀ (B(p, j) = s(j, p)): rows [j0, j0 + NR) of s, zero past s, dst[q·NR + j − j0] = (s(j, 2q),
+  // s(j, 2q + 1)) for q < k2.
+  void (*bf16_trans_panel)(const Bf16Source& s, std::size_t j0, std::size_t k2, std::uint32_t* dst) = nullptr;
   void (*gemm_bf16_block)(const GemmBf16Block&) = nullptr;
   // Throughput loops for the benchmarks' ceilings: `iterations` rounds of kPeakChains independent vector multiply-adds,
   // fp32 FMAs (2·lanes flops each) or native bf16 pair dot products (4·lanes flops each; null without them). The result
   // only keeps the work from being optimised away.
   float (*fma_loop)(std::size_t iterations) = nullptr;
   float (*bf16_dot_loop)(std::size_t iterations) = nullptr;
-  // This instruction set's Ops with the native bf16 product, when the CPU has it (best_ops() returns that one).
-  const Ops* with_native_bf16 = nullptr;
+  // This instruction set with a faster bf16 product the CPU has (AVX512_BF16, then AMX), or null: best_ops() follows the
+  // chain to its end, available_ops() lists it best first.
+  const Ops* faster = nullptr;
 };
 
 // The best instruction set this CPU runs.

@@ -260,6 +260,8 @@ TEST_P(KernelShapes, Bf16ImageBatchMatchesReference) {
 
 // Each element of a bf16 product is one sum in a fixed order, whatever the tiling, so every instruction set and thread
 // count gives the same bits as the first one (the native AVX512_BF16 path where the CPU has it, which the others emulate).
+// AMX sums a tile in an order of its own (not documented, and no sequence of fp32 adds we tried reproduces it), so it is
+// held to the reference's tolerance instead.
 TEST_P(KernelShapes, Bf16IsBitForBitAlikeOnEveryPath) {
   const auto [rows, k, m] = GetParam();
   const std::size_t n = test_rows(rows);
@@ -271,6 +273,7 @@ TEST_P(KernelShapes, Bf16IsBitForBitAlikeOnEveryPath) {
   };
   std::vector<Out> outs;
   for_each_fast(n, std::max(k, m), [&](const Fast& fast) {
+    if (fast.label.starts_with("AVX3_AMX")) return;
     Out o{std::vector<float>(n * m), std::vector<float>(n * k), std::vector<float>(k * m), fast.label};
     fast->dense_forward(x.data(), k, w.data(), b.data(), o.y.data(), n, k, m, Activation::identity);
     fast->dense_input_grad(dy.data(), w.data(), o.dx.data(), k, n, k, m, Activation::identity, nullptr);
@@ -435,10 +438,12 @@ TEST(Bf16Products, OperandsRoundToNearestEvenByHand) {
 
 // The order of a pair: products p = (1, 2²⁴, −2²⁴, 1) over K = 4 are two pairs. The instruction adds each pair high half
 // first: ((0 + 2²⁴) + 1) rounds to 2²⁴ (a tie, to even), + 1 again 2²⁴, − 2²⁴ = 0. In index order (the reference):
-// (1 + 2²⁴) = 2²⁴, − 2²⁴ = 0, + 1 = 1. Every path, native or emulated, gives the instruction's 0.
+// (1 + 2²⁴) = 2²⁴, − 2²⁴ = 0, + 1 = 1. Every path, native or emulated, gives the instruction's 0; AMX has an order of
+// its own (here it gives 1).
 TEST(Bf16Products, PairsAddHighHalfFirstByHand) {
   const float x[4] = {1.0f, 0x1p12f, -0x1p12f, 1.0f}, w[4] = {1.0f, 0x1p12f, 0x1p12f, 1.0f}, b[1] = {0.0f};
   for_each_fast(1, 4, [&](const Fast& k) {
+    if (k.label.starts_with("AVX3_AMX")) return;
     float y[1];
     k->dense_forward(x, 4, w, b, y, 1, 4, 1, Activation::identity);
     EXPECT_EQ(y[0], 0.0f);
@@ -469,7 +474,11 @@ TEST(Bf16Products, DenormalsFlushToZeroByHand) {
 TEST(Bf16Products, NativePathIsChosenWhereTheCpuHasIt) {
   const auto isas = available_isas();
   const bool native = std::find(isas.begin(), isas.end(), "AVX3_BF16") != isas.end();
-  if (native) {
+  const bool amx = std::find(isas.begin(), isas.end(), "AVX3_AMX") != isas.end();
+  if (amx) {
+    EXPECT_EQ(isas.front(), "AVX3_AMX");
+    EXPECT_EQ(isas[1], "AVX3_BF16");
+  } else if (native) {
     EXPECT_EQ(isas.front(), "AVX3_BF16");
   }
   EXPECT_NE(make_parallel_kernels(1, "", Precision::bf16)->name().find("bf16 products"), std::string::npos);
