@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The same v3 CVAE training step in PyTorch (Debian python3-torch), timed in steady state: the yardstick of bench/run.py.
 
-Prints "samples/s N". Best setting on 2 cores: OPENBLAS_NUM_THREADS=2 with --threads 1 (PRODUCT.md).
+Prints "samples/s N". Best fp32 setting on 2 cores: OPENBLAS_NUM_THREADS=2 with --threads 1 (PRODUCT.md); --bf16 runs the
+step under bf16 autocast (oneDNN), whose best of 1 and 2 threads bench/run.py reports.
 """
 import argparse
 import os
@@ -59,6 +60,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--data-dir", default="data/mnist")
+    ap.add_argument("--bf16", action="store_true", help="torch.autocast('cpu', dtype=torch.bfloat16), PyTorch's bf16 mixed precision")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -72,7 +74,8 @@ def main():
         x = images[idx].float() / 255.0
         y = F.one_hot(labels[idx], 10).float()
         opt.zero_grad(set_to_none=True)
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            loss = model(x, y)
         loss.backward()
         opt.step()
 

@@ -188,6 +188,58 @@ class ParallelKernels final : public Kernels<float> {
     run(g);
   }
 
+  void quantize_int8(const float* x, std::size_t ldx, std::size_t n, std::size_t k, float inv_scale, float zero_point, std::uint8_t* xq,
+                     std::size_t ldq) const override {
+    const std::size_t k4 = int8_row_bytes(k) / 4;
+    auto rows = [&](std::size_t r0, std::size_t r1) { ops_.quantize_rows(x, ldx, r0, r1, k, k4, inv_scale, zero_point, xq, ldq); };
+    if (n <= 1) return rows(0, n);
+    for_rows(n, rows, k);
+  }
+
+  std::size_t int8_packed_words(std::size_t k, std::size_t m) const override {
+    return round_up(m, ops_.nr) * (int8_row_bytes(k) / 4);
+  }
+
+  void pack_int8_weights(const std::int8_t* w, std::size_t k, std::size_t m, std::uint32_t* packed) const override {
+    const std::size_t nr = ops_.nr, k4 = int8_row_bytes(k) / 4;
+    for (std::size_t j0 = 0; j0 < m; j0 += nr) ops_.pack_int8_panel(w, k, m, j0, k4, packed + (j0 / nr) * k4 * nr);
+  }
+
+  void int8_dense_forward(const Int8Weights& w, const std::uint8_t* xq, std::size_t ldq, std::size_t n, const Int8Output& out) const override {
+    if (!w.packed) throw std::logic_error("INT8 weights used before pack_int8_weights");
+    if (ldq % 4 != 0 || reinterpret_cast<std::uintptr_t>(xq) % 4 != 0) throw std::logic_error("INT8 rows must be whole quads");
+    simd::Int8Block g;
+    g.a = reinterpret_cast<const std::uint32_t*>(xq);
+    g.lda = ldq / 4;
+    g.b = w.packed;
+    g.k4 = int8_row_bytes(w.k) / 4;
+    g.scale = w.scale;
+    g.zero_term = w.zero_term;
+    g.bias = w.bias;
+    g.act = w.act;
+    g.y = out.y;
+    g.ldy = out.ldy;
+    g.q = out.q;
+    g.ldq = out.ldq;
+    g.inv_out = out.inv_scale;
+    g.zero_out = out.zero_point;
+    auto block = [&](std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1) {
+      simd::Int8Block b = g;
+      b.i0 = i0;
+      b.i1 = i1;
+      b.j0 = j0;
+      b.j1 = j1;
+      ops_.int8_block(b);
+    };
+    // One sample (decode latency): no task, the whole product on the calling thread.
+    if (n <= 1) return block(0, n, 0, w.m);
+    Gemm shape;
+    shape.M = n;
+    shape.N = w.m;
+    shape.K = w.k / 4 + 1;  // a quad costs about what one fp32 multiply-add does
+    run_blocks(shape, block);
+  }
+
   double bernoulli_nll(const float* logits, const ImageBatch& x, float* dlogits, std::size_t n, float scale) const override {
     check_rows(n);
     for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.bernoulli_rows(logits, x, dlogits, r0, r1, scale, ws_.row_sums.data()); },
@@ -487,6 +539,13 @@ std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads, P
 void to_bf16(const float* x, std::uint16_t* out, std::size_t n, const std::string& isa) { ops_named(isa).to_bf16(x, out, n); }
 void from_bf16(const std::uint16_t* h, float* out, std::size_t n, const std::string& isa) { ops_named(isa).from_bf16(h, out, n); }
 void add_bf16(const std::uint16_t* a, std::uint16_t* b, std::size_t n, const std::string& isa) { ops_named(isa).add_bf16(a, b, n); }
+
+double peak_int8_ops(std::size_t iterations) {
+  const simd::Ops& o = simd::best_ops();
+  if (!o.int8_dot_loop) return 0;
+  o.int8_dot_loop(iterations);
+  return double(iterations) * simd::kPeakChains * 8 * double(o.nr / 2);
+}
 
 double peak_loop_flops(Precision precision, std::size_t iterations) {
   // The loops are called through the Ops table, opaque to the optimiser, so their results need no keeping.

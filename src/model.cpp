@@ -293,6 +293,29 @@ void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float*
   }
 }
 
+void Fp32Decoder::decode(const float* inputs, std::size_t n, float* logits) {
+  Network<float>& net = inference_.net();
+  const std::span<float> in = net.decoder_input();
+  const std::size_t dec_in = in.size() / net.max_batch(), pixels = net.logits().size() / net.max_batch();
+  for (std::size_t first = 0; first < n; first += net.max_batch()) {
+    const std::size_t rows = std::min(net.max_batch(), n - first);
+    std::copy_n(inputs + first * dec_in, rows * dec_in, in.data());
+    net.decode(k_, params_, rows);
+    std::copy_n(net.logits().data(), rows * pixels, logits + first * pixels);
+  }
+}
+
+void decode_to_pixels(Decoder& decoder, std::span<const float> inputs, std::size_t n, std::uint8_t* out) {
+  const std::size_t pixels = std::size_t(kImagePixels), dec_in = n ? inputs.size() / n : 0;
+  constexpr std::size_t kChunk = 256;
+  std::vector<float> logits(std::min(n, kChunk) * pixels);
+  for (std::size_t first = 0; first < n; first += kChunk) {
+    const std::size_t rows = std::min(kChunk, n - first);
+    decoder.decode(inputs.data() + first * dec_in, rows, logits.data());
+    for (std::size_t i = 0; i < rows * pixels; ++i) out[first * pixels + i] = std::uint8_t(std::lround(255.0f / (1.0f + std::exp(-logits[i]))));
+  }
+}
+
 std::vector<float> decoder_inputs(const Arch& arch, const Kernels<float>& k, std::span<const float> label_weights,
                                   std::span<const std::size_t> noise, double temperature, std::uint64_t key) {
   const std::size_t L = std::size_t(arch.latent), dec_in = arch.dec_in(), classes = std::size_t(arch.classes), n = noise.size();

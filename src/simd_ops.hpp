@@ -75,6 +75,27 @@ struct GemmBf16Block {
   GemmBlock out;
 };
 
+// Rows [i0, i1) × columns [j0, j1) of an INT8 product: u8 activations A in rows of quads (A(i, 4q … 4q + 3) in the bytes
+// of a[i·lda + q]) times s8 weights B in NR-column panels of quads (panel t at b + t·k4·NR, quad (q, c) at [q·NR + c]),
+// summed exactly in int32, then v = scale[j]·(acc − zero_term[j]) + bias[j] (a multiply, then an add), activated, and
+// written as fp32 (y) or quantized again as u8 (q: clamp(round(v·inv_out + zero_out), 0, 255), round to nearest even).
+struct Int8Block {
+  const std::uint32_t* a = nullptr;
+  std::size_t lda = 0;
+  const std::uint32_t* b = nullptr;
+  std::size_t k4 = 0;
+  const float* scale = nullptr;
+  const std::int32_t* zero_term = nullptr;
+  const float* bias = nullptr;
+  Activation act = Activation::identity;
+  float* y = nullptr;
+  std::size_t ldy = 0;
+  std::uint8_t* q = nullptr;
+  std::size_t ldq = 0;
+  float inv_out = 0, zero_out = 0;
+  std::size_t i0 = 0, i1 = 0, j0 = 0, j1 = 0;
+};
+
 inline constexpr std::size_t kPeakChains = 16;
 
 // Kernels of one instruction set. Every function works on a slice the driver gives it; none allocates or spawns threads.
@@ -127,11 +148,21 @@ struct Ops {
   // s(j, 2q + 1)) for q < k2.
   void (*bf16_trans_panel)(const Bf16Source& s, std::size_t j0, std::size_t k2, std::uint32_t* dst) = nullptr;
   void (*gemm_bf16_block)(const GemmBf16Block&) = nullptr;
+  // INT8 inference. int8_native: the sums by AVX512_VNNI's vpdpbusd; otherwise by widened integer multiplies, which are
+  // exact alike. pack_int8_panel: columns [j0, j0 + NR) of w [k × m] (s8, row-major) as one B panel of k4 quads, zero
+  // past k and m. quantize_rows: rows [r0, r1) of x [· × k] as u8 rows of k4 quads (clamp(round(x·inv_scale +
+  // zero_point), 0, 255), zero past k), row r at dst + r·ldd bytes.
+  bool int8_native = false;
+  void (*int8_block)(const Int8Block&) = nullptr;
+  void (*pack_int8_panel)(const std::int8_t* w, std::size_t k, std::size_t m, std::size_t j0, std::size_t k4, std::uint32_t* dst) = nullptr;
+  void (*quantize_rows)(const float* x, std::size_t ldx, std::size_t r0, std::size_t r1, std::size_t k, std::size_t k4, float inv_scale,
+                        float zero_point, std::uint8_t* dst, std::size_t ldd) = nullptr;
   // Throughput loops for the benchmarks' ceilings: `iterations` rounds of kPeakChains independent vector multiply-adds,
   // fp32 FMAs (2·lanes flops each) or native bf16 pair dot products (4·lanes flops each; null without them). The result
   // only keeps the work from being optimised away.
   float (*fma_loop)(std::size_t iterations) = nullptr;
   float (*bf16_dot_loop)(std::size_t iterations) = nullptr;
+  float (*int8_dot_loop)(std::size_t iterations) = nullptr;  // native vpdpbusd: 8·lanes integer ops each
   // This instruction set with a faster bf16 product the CPU has (AVX512_BF16, then AMX), or null: best_ops() follows the
   // chain to its end, available_ops() lists it best first.
   const Ops* faster = nullptr;

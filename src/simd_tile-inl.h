@@ -2,9 +2,9 @@
 
 // Calls f(r, c0, c1) for each row r < R of a micro-tile with that row's two accumulators. Sizeless SVE vectors cannot be
 // array elements, so a tile's accumulators are named locals (kMR ≤ 8 rows), reached by index through this.
-template <std::size_t R, class F>
-HWY_INLINE void each_row(F&& f, VF& a0, VF& a1, VF& a2, VF& a3, VF& a4, VF& a5, VF& a6, VF& a7, VF& a8, VF& a9, VF& a10, VF& a11,
-                         VF& a12, VF& a13, VF& a14, VF& a15) {
+template <std::size_t R, class F, class V>
+HWY_INLINE void each_row(F&& f, V& a0, V& a1, V& a2, V& a3, V& a4, V& a5, V& a6, V& a7, V& a8, V& a9, V& a10, V& a11, V& a12, V& a13,
+                         V& a14, V& a15) {
   static_assert(R >= 1 && R <= 8);
   f(0, a0, a1);
   if constexpr (R > 1) f(1, a2, a3);

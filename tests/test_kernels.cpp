@@ -484,5 +484,108 @@ TEST(Bf16Products, NativePathIsChosenWhereTheCpuHasIt) {
   EXPECT_NE(make_parallel_kernels(1, "", Precision::bf16)->name().find("bf16 products"), std::string::npos);
 }
 
+// INT8 products by hand: xq = [1 2 3], zero point 1 (so x ∝ [0 1 2]), wq = [1; 2; −3], scale 0.5, bias 1:
+// Σ xq·wq = 1 + 4 − 9 = −4, zero term 1·(1 + 2 − 3) = 0, y = 0.5·(−4 − 0) + 1 = −1; as u8 with inv_scale 2 and zero
+// point 10: round(−2 + 10) = 8. The input quantizes as round(x·4 + 1): x = [0, 0.25, 0.5] gives [1 2 3].
+TEST(Int8Products, DenseForwardByHand) {
+  const std::int8_t w[3] = {1, 2, -3};
+  const float scale[1] = {0.5f}, bias[1] = {1.0f}, x[3] = {0.0f, 0.25f, 0.5f};
+  const std::int32_t zero_term[1] = {0};
+  ReferenceKernels<float> ref;
+  std::vector<const Kernels<float>*> all{&ref};
+  std::vector<Fast> fast;
+  for (const std::string& isa : tested_isas()) fast.emplace_back(isa, 1, 1, 3);
+  for (const Fast& f : fast) all.push_back(&*f);
+  for (const Kernels<float>* k : all) {
+    SCOPED_TRACE(k->name());
+    alignas(4) std::uint8_t xq[4] = {9, 9, 9, 9};
+    k->quantize_int8(x, 3, 1, 3, 4.0f, 1.0f, xq, 4);
+    EXPECT_EQ(xq[0], 1);
+    EXPECT_EQ(xq[1], 2);
+    EXPECT_EQ(xq[2], 3);
+    EXPECT_EQ(xq[3], 0);
+    std::vector<std::uint32_t> packed(k->int8_packed_words(3, 1));
+    k->pack_int8_weights(w, 3, 1, packed.data());
+    const Int8Weights iw{w, 3, 1, scale, zero_term, bias, Activation::identity, packed.empty() ? nullptr : packed.data()};
+    float y[1] = {0};
+    k->int8_dense_forward(iw, xq, 4, 1, {y, 1});
+    EXPECT_EQ(y[0], -1.0f);
+    std::uint8_t q[4] = {0};
+    Int8Output out;
+    out.q = q;
+    out.ldq = 4;
+    out.inv_scale = 2.0f;
+    out.zero_point = 10.0f;
+    k->int8_dense_forward(iw, xq, 4, 1, out);
+    EXPECT_EQ(q[0], 8);
+  }
+}
+
+// Random INT8 layers against the reference: the sums are exact, so with the identity the fp32 outputs and the u8 ones
+// are the same bits on every instruction set, thread count and batch (one row takes the single-sample path); with ELU
+// (a polynomial in the kernels) within 2e-7 of the output's size, and u8 within one step.
+class Int8Shapes : public ::testing::TestWithParam<std::tuple<std::size_t, std::size_t, std::size_t>> {};
+
+TEST_P(Int8Shapes, MatchesReference) {
+  const auto [rows, k, m] = GetParam();
+  const std::size_t n = test_rows(rows), ld = int8_row_bytes(k) + 4;
+  std::mt19937 gen(5);
+  std::vector<std::int8_t> w(k * m);
+  for (auto& v : w) v = std::int8_t(int(gen() % 255) - 127);
+  const auto x = random_floats(n * k, 6), scale0 = random_floats(m, 7), bias = random_floats(m, 8);
+  std::vector<float> scale(m);
+  for (std::size_t j = 0; j < m; ++j) scale[j] = 1e-3f * (1.5f + scale0[j]);
+  std::vector<std::int32_t> zero_term(m);
+  for (std::size_t j = 0; j < m; ++j) zero_term[j] = std::int32_t(j * 37 % 2000) - 1000;
+  ReferenceKernels<float> ref;
+  std::vector<std::uint8_t> want_xq(n * ld, 0);
+  ref.quantize_int8(x.data(), k, n, k, 100.0f, 128.0f, want_xq.data(), ld);
+  for (Activation act : {Activation::identity, Activation::elu}) {
+    const Int8Weights rw{w.data(), k, m, scale.data(), zero_term.data(), bias.data(), act, nullptr};
+    std::vector<float> want_y(n * m);
+    std::vector<std::uint8_t> want_q(n * m);
+    ref.int8_dense_forward(rw, want_xq.data(), ld, n, {want_y.data(), m});
+    Int8Output wq;
+    wq.q = want_q.data();
+    wq.ldq = m;
+    wq.inv_scale = 40.0f;
+    wq.zero_point = 100.0f;
+    ref.int8_dense_forward(rw, want_xq.data(), ld, n, wq);
+    for_each_fast(n, std::max(k, m), [&](const Fast& fast) {
+      std::vector<std::uint8_t> xq(n * ld, 0);
+      fast->quantize_int8(x.data(), k, n, k, 100.0f, 128.0f, xq.data(), ld);
+      ASSERT_EQ(xq, want_xq);
+      std::vector<std::uint32_t> packed(fast->int8_packed_words(k, m));
+      fast->pack_int8_weights(w.data(), k, m, packed.data());
+      Int8Weights fw = rw;
+      fw.packed = packed.data();
+      std::vector<float> y(n * m);
+      std::vector<std::uint8_t> q(n * m);
+      fast->int8_dense_forward(fw, xq.data(), ld, n, {y.data(), m});
+      Int8Output fq = wq;
+      fq.q = q.data();
+      fast->int8_dense_forward(fw, xq.data(), ld, n, fq);
+      for (std::size_t i = 0; i < n * m; ++i) {
+        if (act == Activation::identity) {
+          ASSERT_EQ(y[i], want_y[i]) << "identity, element " << i;
+          ASSERT_EQ(q[i], want_q[i]) << "identity u8, element " << i;
+        } else {
+          ASSERT_NEAR(y[i], want_y[i], 2e-7 * (std::abs(want_y[i]) + 1)) << "elu, element " << i;
+          ASSERT_LE(std::abs(int(q[i]) - int(want_q[i])), 1) << "elu u8, element " << i;
+        }
+      }
+    });
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Awkward, Int8Shapes,
+                         ::testing::Values(std::make_tuple(1, 1, 1), std::make_tuple(1, 138, 320), std::make_tuple(7, 13, 5),
+                                           std::make_tuple(3, 17, 33), std::make_tuple(9, 5, 70), std::make_tuple(17, 31, 15)));
+// The v3 and v2 decoders' layers, at one sample and at a batch.
+INSTANTIATE_TEST_SUITE_P(ModelShapes, Int8Shapes,
+                         ::testing::Values(std::make_tuple(1, 138, 320), std::make_tuple(1, 320, 640), std::make_tuple(1, 640, 784),
+                                           std::make_tuple(100, 138, 320), std::make_tuple(100, 320, 640), std::make_tuple(100, 640, 784),
+                                           std::make_tuple(256, 74, 256), std::make_tuple(256, 512, 784)));
+
 }  // namespace
 }  // namespace vae

@@ -43,6 +43,31 @@ struct ImageBatch {
   }
 };
 
+// A layer of the INT8 decoder (vae/quantized.hpp): s8 weights wq [k × m] with w ≈ wscale[j]·wq per output column j, an
+// input quantized per tensor as x ≈ in_scale·(xq − in_zero), and the terms that fold both into one multiply per column.
+struct Int8Weights {
+  const std::int8_t* w = nullptr;           // [k × m], row-major
+  std::size_t k = 0, m = 0;
+  const float* scale = nullptr;             // [m]: in_scale·wscale[j]
+  const std::int32_t* zero_term = nullptr;  // [m]: in_zero·Σ_i wq[i][j]
+  const float* bias = nullptr;              // [m]
+  Activation act = Activation::identity;
+  const std::uint32_t* packed = nullptr;    // the kernels' own form of w (pack_int8_weights), if they have one
+};
+
+// Where an INT8 layer writes: fp32 y [n × m] (row stride ldy), or, quantized for the next layer, u8 q [n × ·] (row
+// stride ldq bytes) = clamp(round(y·inv_scale + zero_point), 0, 255).
+struct Int8Output {
+  float* y = nullptr;
+  std::size_t ldy = 0;
+  std::uint8_t* q = nullptr;
+  std::size_t ldq = 0;
+  float inv_scale = 0, zero_point = 0;
+};
+
+// A u8 row of k inputs is ⌈k/4⌉ quads (4·⌈k/4⌉ bytes, zero past k): the INT8 products add four products at a time.
+inline std::size_t int8_row_bytes(std::size_t k) { return 4 * ((k + 3) / 4); }
+
 // Row-major matrices throughout: X [batch × in], W [in × out], Y [batch × out]; ld* are row strides in elements.
 template <class T>
 class Kernels {
@@ -82,6 +107,16 @@ class Kernels {
   virtual void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const = 0;
   // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t.
   virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const = 0;
+
+  // INT8 inference. quantize_int8: xq [n × int8_row_bytes(k)] (row stride ldq bytes) = clamp(round(x·inv_scale +
+  // zero_point), 0, 255), zero past k. int8_dense_forward: out = act(scale[j]·(Σ_p xq[r, p]·wq[p, j] − zero_term[j]) +
+  // bias[j]), the sum exact in int32, the multiply and the add rounded separately. n = 1 runs on the calling thread.
+  virtual void quantize_int8(const float* x, std::size_t ldx, std::size_t n, std::size_t k, float inv_scale, float zero_point,
+                             std::uint8_t* xq, std::size_t ldq) const = 0;
+  virtual void int8_dense_forward(const Int8Weights& w, const std::uint8_t* xq, std::size_t ldq, std::size_t n, const Int8Output& out) const = 0;
+  // The kernels' own form of an INT8 weight matrix, made once when a model is loaded (0 words: they read w as it is).
+  virtual std::size_t int8_packed_words(std::size_t /*k*/, std::size_t /*m*/) const { return 0; }
+  virtual void pack_int8_weights(const std::int8_t* /*w*/, std::size_t /*k*/, std::size_t /*m*/, std::uint32_t* /*packed*/) const {}
 
   // Scratch (packing buffers, per-row sums) for batches of up to max_rows and layer widths up to max_dim; the caller carves
   // it from its memory pool and binds it before the first call, so no kernel ever allocates.
@@ -248,6 +283,23 @@ class ReferenceKernels final : public Kernels<T> {
     }
   }
 
+  void quantize_int8(const float* x, std::size_t ldx, std::size_t n, std::size_t k, float inv_scale, float zero_point, std::uint8_t* xq,
+                     std::size_t ldq) const override {
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t c = 0; c < int8_row_bytes(k); ++c) xq[r * ldq + c] = c < k ? quantize_u8(x[r * ldx + c], inv_scale, zero_point) : 0;
+  }
+
+  void int8_dense_forward(const Int8Weights& w, const std::uint8_t* xq, std::size_t ldq, std::size_t n, const Int8Output& out) const override {
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t j = 0; j < w.m; ++j) {
+        std::int32_t acc = 0;
+        for (std::size_t p = 0; p < w.k; ++p) acc += std::int32_t(xq[r * ldq + p]) * std::int32_t(w.w[p * w.m + j]);
+        const float v = activate(float(acc - w.zero_term[j]) * w.scale[j] + w.bias[j], w.act);
+        if (out.y) out.y[r * out.ldy + j] = v;
+        else out.q[r * out.ldq + j] = quantize_u8(v, out.inv_scale, out.zero_point);
+      }
+  }
+
   void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const override {
     for (std::size_t i = 0; i < count; ++i) {
       m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
@@ -258,6 +310,11 @@ class ReferenceKernels final : public Kernels<T> {
 
  private:
   T op(T x) const { return bf16_ ? T(bf16_widen(bf16_operand(float(x)))) : x; }
+
+  static std::uint8_t quantize_u8(float x, float inv_scale, float zero_point) {
+    const float q = std::nearbyint(x * inv_scale + zero_point);
+    return std::uint8_t(std::clamp(q, 0.0f, 255.0f));
+  }
 
   static bool all_finite(const T* x, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i)
@@ -290,6 +347,8 @@ std::vector<std::string> available_isas();
 // fp32 FMAs or bf16 pair dot products, on the best instruction set. Returns the flops done (2 per multiply-add), 0 for
 // bf16 on a CPU without the instruction (its emulation is no ceiling).
 double peak_loop_flops(Precision precision, std::size_t iterations);
+// The same for INT8: native vpdpbusd chains; returns the integer operations done (2 per multiply-add), 0 without VNNI.
+double peak_int8_ops(std::size_t iterations);
 
 // The bf16 wire format of gradient sums (--wire bf16), on the best instruction set, single-threaded (they run inside MPI
 // progress): out = bf16(x) rounded to nearest even; out = float(h); b = bf16(float(a) + float(b)). vae/bf16.hpp has the

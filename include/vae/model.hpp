@@ -128,6 +128,8 @@ class Network {
   bool rows_finite(std::size_t n) const;
   // decode: decoder only, from decoder_input() rows [0, n) to logits.
   void decode(const Kernels<T>& k, const T* params, std::size_t n);
+  // Layer l's output (layers in forward order), [max_batch × out]: what INT8 calibration measures.
+  std::span<const T> layer_output(std::size_t l) const { return hidden_[l]; }
 
  private:
   struct Stage {
@@ -178,6 +180,27 @@ class InferenceNetwork {
   Network<float> net_;
 };
 
+// Decoder inputs to logits as a tool runs them, chosen at start-up: the fp32 network (Fp32Decoder) or the INT8 one
+// (vae/quantized.hpp).
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  // logits [n × image] of inputs [n × dec_in], for any n
+  virtual void decode(const float* inputs, std::size_t n, float* logits) = 0;
+};
+
+class Fp32Decoder final : public Decoder {
+ public:
+  Fp32Decoder(const Arch& arch, const ParamLayout& layout, const float* params, Kernels<float>& k, std::size_t max_batch)
+      : k_(k), params_(params), inference_(arch, layout, k, max_batch) {}
+  void decode(const float* inputs, std::size_t n, float* logits) override;
+
+ private:
+  Kernels<float>& k_;
+  const float* params_;
+  InferenceNetwork inference_;
+};
+
 // A pixel's mean σ(logit), computed alike by every tool and port (the page's pixels are compared with these).
 inline float pixel_probability(float logit) { return 1.0f / (1.0f + std::exp(-logit)); }
 
@@ -185,6 +208,8 @@ inline float pixel_probability(float logit) { return 1.0f / (1.0f + std::exp(-lo
 // decoder in batches of the network's size, into out [n × 784].
 void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float* params, std::span<const float> inputs, std::size_t n,
                       std::uint8_t* out);
+// The same through any decoder.
+void decode_to_pixels(Decoder& decoder, std::span<const float> inputs, std::size_t n, std::uint8_t* out);
 
 // Decoder input rows [n × dec_in]: row i is z_noise[i] (row noise[i] of standard normals drawn from key, times temperature)
 // followed by the label weights [n × classes] of row i (one-hot, or a mix of digits; ignored by an unconditional model).
