@@ -1,6 +1,7 @@
 // Shared by the benchmarks: the dense-layer products of a training step, and OpenBLAS doing the same products.
 #pragma once
 
+#include <benchmark/benchmark.h>
 #include <cblas.h>
 
 #include <string>
@@ -80,6 +81,15 @@ inline void run_openblas(const Product& p, Operands& o) {
       return cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, cols, out, 1.0f, o.dy.data(), out, o.w.data(), out, 0.0f,
                          o.dx.data(), cols);
   }
+}
+
+// Google Benchmark's main, after the benchmarks are registered.
+inline int run_benchmarks(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
 }
 
 }  // namespace vae::bench

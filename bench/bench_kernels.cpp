@@ -90,9 +90,5 @@ void register_all() {
 
 int main(int argc, char** argv) {
   vae::bench::register_all();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return vae::bench::run_benchmarks(argc, argv);
 }

@@ -126,11 +126,26 @@ void QualityEvaluator::add(const ImageSet& set, std::size_t lo, std::size_t hi, 
   }
 }
 
-std::vector<std::uint8_t> QualityEvaluator::generate(std::size_t per_digit, double temperature, std::uint64_t key) {
+double mean_ssim(const std::uint8_t* a, const std::uint8_t* b, std::size_t n) {
+  const std::size_t P = std::size_t(kImagePixels);
+  std::vector<float> x(P), y(P);
+  double sum = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t p = 0; p < P; ++p) {
+      x[p] = float(a[i * P + p]) / 255.0f;
+      y[p] = float(b[i * P + p]) / 255.0f;
+    }
+    sum += ssim(x.data(), y.data());
+  }
+  return n ? sum / double(n) : NAN;
+}
+
+std::vector<std::uint8_t> QualityEvaluator::generate(std::size_t per_digit, double temperature, std::uint64_t key, Decoder* decoder) {
   const std::vector<float> inputs = digit_decoder_inputs(arch_, k_, all_classes(arch_), per_digit, temperature, key);
   const std::size_t n = std::size_t(arch_.classes) * per_digit;
   std::vector<std::uint8_t> images(n * std::size_t(kImagePixels));
-  decode_to_pixels(inference_.net(), k_, params_, inputs, n, images.data());
+  if (decoder) decode_to_pixels(*decoder, inputs, n, images.data());
+  else decode_to_pixels(inference_.net(), k_, params_, inputs, n, images.data());
   return images;
 }
 

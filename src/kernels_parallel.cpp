@@ -66,7 +66,11 @@ class TaskPool {
 #endif
     });
   }
-  std::size_t slot() const { return std::size_t(tbb::this_task_arena::current_thread_index()); }
+  // The running thread's index in the pool; 0 on the caller outside it (a product small enough to run there alone).
+  std::size_t slot() const {
+    const int i = tbb::this_task_arena::current_thread_index();
+    return i < 0 ? 0 : std::size_t(i);
+  }
 
  private:
   mutable tbb::task_arena arena_;
@@ -231,8 +235,7 @@ class ParallelKernels final : public Kernels<float> {
       b.j1 = j1;
       ops_.int8_block(b);
     };
-    // One sample (decode latency): no task, the whole product on the calling thread.
-    if (n <= 1) return block(0, n, 0, w.m);
+    if (n == 0) return;
     Gemm shape;
     shape.M = n;
     shape.N = w.m;
@@ -420,6 +423,11 @@ class ParallelKernels final : public Kernels<float> {
   // Runs task(i0, i1, j0, j1, first_row_block) for every block of the product's task grid.
   template <class Task>
   void run_blocks(const Gemm& g, const Task& task) const {
+    // One row (a single sample's decode): the whole product on the calling thread, no task to hand over.
+    if (g.M == 1) {
+      if (g.b_col_sums) ops_.col_sums(g.b, g.ldb, g.K, 0, g.N, g.b_col_sums);
+      return task(0, 1, 0, g.N);
+    }
     const auto [row_blocks, col_blocks] = task_grid(g);
     const std::size_t mr = ops_.mr, nr = ops_.nr, m_tiles = (g.M + mr - 1) / mr, n_panels = (g.N + nr - 1) / nr;
     pool_.run(row_blocks * col_blocks, 1, [&](std::size_t first, std::size_t last) {

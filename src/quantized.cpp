@@ -73,8 +73,11 @@ Int8Decoder::Int8Decoder(const Arch& arch, const ParamLayout& layout, const floa
 
 void Int8Decoder::calibrate(const float* params, const std::vector<const DenseSpec*>& specs) {
   const std::size_t L = std::size_t(arch_.latent), dec_in = arch_.dec_in(), classes = std::size_t(arch_.classes);
+  // The fp32 pass runs on kernels of its own: an InferenceNetwork binds its kernels' scratch, and k_ may be bound to
+  // another network of the caller's (the INT8 products need no scratch).
   const ParamLayout layout(arch_);
-  InferenceNetwork fp32(arch_, layout, k_, max_batch_);
+  const std::unique_ptr<Kernels<float>> k = make_parallel_kernels(1);
+  InferenceNetwork fp32(arch_, layout, *k, max_batch_);
   Network<float>& net = fp32.net();
   const std::size_t enc = layout.encoder_layers();
   std::vector<float> lo(specs.size(), std::numeric_limits<float>::max()), hi(specs.size(), std::numeric_limits<float>::lowest());
@@ -90,12 +93,12 @@ void Int8Decoder::calibrate(const float* params, const std::vector<const DenseSp
     float* in = net.decoder_input().data();
     for (std::size_t r = 0; r < rows; ++r) {
       float* row = in + r * dec_in;
-      k_.gaussian_rows(row, 1, L, key, first + r);
+      k->gaussian_rows(row, 1, L, key, first + r);
       if (arch_.conditional)
         for (std::size_t c = 0; c < classes; ++c) row[L + c] = c == (first + r) % classes ? 1.0f : 0.0f;
     }
     widen(lo[0], hi[0], {in, rows * dec_in});
-    net.decode(k_, params, rows);
+    net.decode(*k, params, rows);
     for (std::size_t l = 1; l < specs.size(); ++l) {
       widen(lo[l], hi[l], net.layer_output(enc + l - 1).first(rows * specs[l - 1]->out));
       if (layers_[l].widened) widen(lo[l], hi[l], std::vector<float>{0.0f, 1.0f});

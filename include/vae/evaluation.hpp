@@ -26,6 +26,8 @@ std::uint64_t test_binarize_key(std::size_t i);
 // lies inside the image. That is skimage.metrics.structural_similarity(a, b, data_range=1, gaussian_weights=True,
 // sigma=1.5, use_sample_covariance=False).
 double ssim(const float* a, const float* b, std::size_t side = kImageSide);
+// The mean SSIM of n pairs of 28 × 28 images of grey levels (0 … 255, read as /255).
+double mean_ssim(const std::uint8_t* a, const std::uint8_t* b, std::size_t n);
 
 // Sums over the images one rank evaluated: add them across ranks, then divide by `images` (or the per-digit counts).
 struct QualitySums {
@@ -63,8 +65,9 @@ class QualityEvaluator {
   void add(const ImageSet& set, std::size_t lo, std::size_t hi, const QualityOptions& options, QualitySums& sums,
            std::span<std::uint8_t> recon = {}, const std::function<void(std::size_t)>& progress = {});
 
-  // per_digit generated digits of each class (digit_decoder_inputs), decoder means as grey levels, [10·per_digit × 784].
-  std::vector<std::uint8_t> generate(std::size_t per_digit, double temperature, std::uint64_t key);
+  // per_digit generated digits of each class (digit_decoder_inputs), decoder means as grey levels, [10·per_digit × 784],
+  // through `decoder` if given (the INT8 one), else the evaluator's fp32 network.
+  std::vector<std::uint8_t> generate(std::size_t per_digit, double temperature, std::uint64_t key, Decoder* decoder = nullptr);
 
  private:
   // Σ over k samples of q(z|x, y) of the importance weights of one image, as −log p̂(x).          head [2L] = [μ | log σ²]

@@ -21,6 +21,7 @@ inline constexpr std::size_t kCalibrationDraws = 2048;
 // products are exact in int32; the bias, the activation and the logits are fp32.
 class Int8Decoder final : public Decoder {
  public:
+  // k runs the INT8 products (and needs no scratch bound); the calibration's fp32 pass has kernels of its own.
   Int8Decoder(const Arch& arch, const ParamLayout& layout, const float* params, Kernels<float>& k, std::size_t max_batch);
 
   // logits [n × image] of decoder inputs [n × dec_in], max_batch rows at a time; n = 1 stays on the calling thread.

@@ -18,6 +18,7 @@
 #include "vae/tool_options.hpp"
 #include "vae/evaluation.hpp"
 #include "vae/json.hpp"
+#include "vae/quantized.hpp"
 #include "vae/idx.hpp"
 #include "vae/png.hpp"
 #include "vae/progress.hpp"
@@ -35,6 +36,7 @@ struct Request {
   int test_limit = 0, iw_samples = 0, samples_per_digit = 0, threads = 0;
   double temperature = 1.0;
   std::uint64_t seed = 1;
+  bool int8 = false;  // --precision int8: generated digits through the INT8 decoder
 };
 
 // The shipped classifier: installed beside the configs (PREFIX/share/vae_dist/configs), or in the source tree's configs/
@@ -68,6 +70,8 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
       "samples-png", po::value<std::string>()->default_value(""), "write the generated digits that were classified (one row per digit) to this PNG")(
       "misread-png", po::value<std::string>()->default_value(""), "write the generated digits the classifier misread (row d: asked for d, at most 20) to this PNG")(
       "threads", po::value<int>()->default_value(0), "threads per rank (0: the cores available / ranks sharing them)")(
+      "precision", po::value<std::string>()->default_value("fp32"),
+      "decoder of the generated digits: fp32, or int8 (and their SSIM against the fp32 decoder's for the same noise)")(
       "progress", po::value<std::string>()->default_value("auto"), "live progress line: auto (a terminal, not under mpirun), always, never");
   const po::variables_map vm = vae::parse_tool_options(desc, argc, argv);
   if (vm.count("help")) {
@@ -99,6 +103,10 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
   q.samples_png = vm["samples-png"].as<std::string>();
   q.misread_png = vm["misread-png"].as<std::string>();
   q.threads = vm["threads"].as<int>();
+  const std::string precision = vm["precision"].as<std::string>();
+  if (precision != "fp32" && precision != "int8")
+    throw vae::UsageError("option --precision: unknown value " + vae::in_quotes(precision) + " (expected fp32 or int8)");
+  q.int8 = precision == "int8";
   if (q.binarize != "auto" && q.binarize != "none" && q.binarize != "dynamic")
     throw vae::UsageError("option --binarize: unknown value " + vae::in_quotes(q.binarize) + " (expected auto, none or dynamic)");
   if (q.test_limit < 0) throw vae::UsageError("option --test-limit: must not be negative");
@@ -201,7 +209,7 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   // Conditional accuracy: the classifier reads samples_per_digit generated digits of each class.
   std::array<double, vae::kNumClasses> accuracy{};
   accuracy.fill(NAN);
-  double overall = NAN, classifier_accuracy = NAN;
+  double overall = NAN, classifier_accuracy = NAN, int8_ssim = NAN;
   std::array<std::array<std::size_t, vae::kNumClasses>, vae::kNumClasses> read_as{};  // [asked][read], the samples misread
   if (classify) {
     vae::Classifier reader(in.weights, threads);
@@ -210,7 +218,11 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
     for (std::size_t i = 0; i < test_file.count; ++i) right += seen[i] == test_file.labels[i];
     classifier_accuracy = double(right) / double(test_file.count);
     const std::size_t per = std::size_t(q.samples_per_digit);
-    const std::vector<std::uint8_t> samples = evaluator.generate(per, q.temperature, vae::stream_key(q.seed, vae::Stream::samples, 2));
+    const std::uint64_t key = vae::stream_key(q.seed, vae::Stream::samples, 2);
+    std::unique_ptr<vae::Int8Decoder> int8;
+    if (q.int8) int8 = std::make_unique<vae::Int8Decoder>(c.arch, layout, c.params.data(), *kernels, vae::kSampleBatch);
+    const std::vector<std::uint8_t> samples = evaluator.generate(per, q.temperature, key, int8.get());
+    if (int8) int8_ssim = vae::mean_ssim(samples.data(), evaluator.generate(per, q.temperature, key).data(), std::size_t(c.arch.classes) * per);
     const std::vector<int> read = reader.predict(samples.data(), std::size_t(c.arch.classes) * per);
     std::size_t total = 0, asked = 0;
     for (int d : q.digits) {
@@ -270,6 +282,8 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   if (classify)
     std::printf("  conditional accuracy  %.2f%% of %d samples per digit at temperature %g (the classifier reads %.2f%% of the MNIST test set right)\n",
                 100 * overall, q.samples_per_digit, q.temperature, 100 * classifier_accuracy);
+  if (q.int8 && classify)
+    std::printf("  INT8 decoder          generated digits above; SSIM %.4f against the fp32 decoder's for the same noise\n", int8_ssim);
   std::printf("  digit   images    SSIM%s\n", classify ? "   accuracy   misread as" : "");
   for (int d : q.digits) {
     const std::size_t i = std::size_t(d);
@@ -292,6 +306,7 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
     j.raw("ssim_per_digit", per_digit(ssim_digit, q.digits));
     if (classify) {
       j.number("samples_per_digit", q.samples_per_digit).number("temperature", q.temperature).number("conditional_accuracy", overall);
+      j.text("precision", q.int8 ? "int8" : "fp32").number("int8_vs_fp32_ssim", int8_ssim);
       j.number("classifier_test_accuracy", classifier_accuracy).raw("conditional_accuracy_per_digit", per_digit(accuracy, q.digits));
       vae::JsonObject misread;
       for (int d : q.digits) {

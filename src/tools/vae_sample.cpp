@@ -14,6 +14,7 @@
 #include "vae/errors.hpp"
 #include "vae/tool_options.hpp"
 #include "vae/kernels.hpp"
+#include "vae/quantized.hpp"
 #include "vae/model.hpp"
 #include "vae/png.hpp"
 #include "vae/rng.hpp"
@@ -32,6 +33,7 @@ struct Request {
   std::vector<int> interpolate;  // two digits
   std::uint64_t seed = 0;
   double temperature = 1.0;
+  bool int8 = false;  // --precision int8: the INT8 decoder (vae/quantized.hpp)
 };
 
 // Which sample is which: row i of the output is decoded from label weights labels_of(i) [classes] and noise row noise_of(i).
@@ -81,6 +83,7 @@ Request parse(int argc, char** argv, bool& help) {
       "interpolate", po::value<std::string>()->default_value(""), "two digits A,B: the label goes from A to B across the columns")(
       "steps", po::value<int>()->default_value(10), "columns of an interpolation")(
       "temperature", po::value<double>()->default_value(1.0), "scale of the latent noise (1: the prior)")(
+      "precision", po::value<std::string>()->default_value("fp32"), "decoder arithmetic: fp32, or int8 (quantized at load, docs/kernels.md)")(
       "seed", po::value<std::uint64_t>()->default_value(1), "latent noise seed: the same seed gives the same images");
   const auto parsed = vae::parse_tool_request(desc, argc, argv, {"checkpoint"});
   Request q;
@@ -96,6 +99,10 @@ Request parse(int argc, char** argv, bool& help) {
   q.steps = vm["steps"].as<int>();
   q.seed = vm["seed"].as<std::uint64_t>();
   q.temperature = vm["temperature"].as<double>();
+  const std::string precision = vm["precision"].as<std::string>();
+  if (precision != "fp32" && precision != "int8")
+    throw vae::UsageError("option --precision: unknown value " + vae::in_quotes(precision) + " (expected fp32 or int8)");
+  q.int8 = precision == "int8";
   const std::string digits = vm["digits"].as<std::string>(), interp = vm["interpolate"].as<std::string>();
   if (!digits.empty()) q.digits = vae::parse_int_list(digits, "digits");
   if (!interp.empty()) q.interpolate = vae::parse_int_list(interp, "interpolate");
@@ -137,7 +144,9 @@ int main(int argc, char** argv) {
 
     const vae::ParamLayout layout(c.arch);
     const auto kernels = vae::make_kernels(vae::KernelChoice::parallel, 1);
-    vae::InferenceNetwork inference(c.arch, layout, *kernels, vae::kSampleBatch);
+    std::unique_ptr<vae::Decoder> decoder;
+    if (q.int8) decoder = std::make_unique<vae::Int8Decoder>(c.arch, layout, c.params.data(), *kernels, vae::kSampleBatch);
+    else decoder = std::make_unique<vae::Fp32Decoder>(c.arch, layout, c.params.data(), *kernels, vae::kSampleBatch);
     const std::size_t C = std::size_t(classes), P = std::size_t(vae::kImagePixels);
     const std::uint64_t key = vae::stream_key(q.seed, vae::Stream::samples, 1);
     // Samples first … first + count − 1, made kSampleBatch at a time so memory stays bounded for any count.
@@ -149,7 +158,7 @@ int main(int argc, char** argv) {
         noise[i] = rows.noise_of(first + i);
       }
       const std::vector<float> inputs = vae::decoder_inputs(c.arch, *kernels, {labels, count * C}, noise, q.temperature, key);
-      vae::decode_to_pixels(inference.net(), *kernels, c.params.data(), inputs, count, images);
+      vae::decode_to_pixels(*decoder, inputs, count, images);
     };
 
     std::vector<std::uint8_t> images, grid;
