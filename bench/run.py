@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs every benchmark interleaved and prints the tables of docs/benchmarks.md (medians, ratios measured side by side).
 
-Usage: python3 bench/run.py [--repetitions N] [--skip-build] [--sections step,torch,memory,gemm] [--markdown FILE]
+Usage: python3 bench/run.py [--repetitions N] [--skip-build] [--sections step,torch,precision,decode,memory,gemm] [--markdown FILE]
 Run it on an otherwise idle machine: a concurrent build or test halves every figure.
 """
 import argparse
@@ -132,6 +132,52 @@ def torch_table(reps):
             f"{', '.join(f'{x:,.0f}' for x in theirs)} |", "", f"Ratio {o / t:.2f}, alternating runs."]
 
 
+def torch_samples(py, batch, threads, bf16):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS=str(threads))
+    cmd = [py, os.path.join(ROOT, "bench", "torch_step.py"), "--threads", str(threads), "--batch", str(batch), "--steps", "200"]
+    out = subprocess.run(cmd + (["--bf16"] if bf16 else []), cwd=ROOT, env=env, check=True, text=True, capture_output=True).stdout
+    return float(re.search(r"samples/s ([0-9.]+)", out).group(1))
+
+
+def precision_table(reps):
+    """The v3 step in fp32 and bf16 against PyTorch fp32 and bf16 autocast (each at its best of 1 and 2 threads), alternating."""
+    py = torch_python()
+    rows = []
+    for batch in (64, 256):
+        got = {}
+        for _ in range(reps):
+            r = gbench("bench_step", f"step/v3/b{batch}/t2/ours(_bf16)?$", 1, 2.0)
+            for name, impl in ((f"step/v3/b{batch}/t2/ours", "ours fp32"), (f"step/v3/b{batch}/t2/ours_bf16", "ours bf16")):
+                got.setdefault(impl, []).append(r[name][0]["items_per_second"])
+            if py:
+                for bf16 in (False, True):
+                    for t in (1, 2):
+                        got.setdefault(f"torch {'bf16' if bf16 else 'fp32'} t{t}", []).append(torch_samples(py, batch, t, bf16))
+        m = {k: statistics.median(v) for k, v in got.items()}
+        t32 = max((m[k], k) for k in m if k.startswith("torch fp32")) if py else (float("nan"), "-")
+        t16 = max((m[k], k) for k in m if k.startswith("torch bf16")) if py else (float("nan"), "-")
+        best = max(t32, t16)
+        rows.append(f"| {batch} | {m['ours fp32']:,.0f} | {m['ours bf16']:,.0f} | {m['ours bf16'] / m['ours fp32']:.2f} "
+                    f"| {t32[0]:,.0f} ({t32[1][-2:]}) | {t16[0]:,.0f} ({t16[1][-2:]}) | {m['ours bf16'] / best[0]:.2f} |")
+    return ["| batch | ours fp32 | ours bf16 | bf16 / fp32 | PyTorch fp32 (threads) | PyTorch bf16 autocast (threads) "
+            "| ours bf16 / PyTorch's best |", "|---|---|---|---|---|---|---|"] + rows + [
+        "", f"v3, samples/s, medians of {reps} alternating runs; ours 1 process × 2 threads; PyTorch at its best of 1 and 2 "
+            "torch threads (OPENBLAS_NUM_THREADS=2)."]
+
+
+def decode_table(reps):
+    runs = gbench("bench_decode", "generate|latency", reps, 0.5)
+    g = {p: {t: median(runs[f"generate/v3/b1024/{p}/t{t}"], "items_per_second") for t in (1, 2)} for p in ("fp32", "int8")}
+    lat = {p: (median(runs[f"latency/v3/b1/{p}/iterations:1"], "median_us"), median(runs[f"latency/v3/b1/{p}/iterations:1"], "p99_us"))
+           for p in ("fp32", "int8")}
+    return ["| v3 decoder | fp32 | INT8 | INT8 / fp32 |", "|---|---|---|---|"] + [
+        f"| generation, batch 1,024, {t} thread{'s' if t > 1 else ''} (samples/s) | {g['fp32'][t]:,.0f} | {g['int8'][t]:,.0f} "
+        f"| {g['int8'][t] / g['fp32'][t]:.2f} |" for t in (1, 2)] + [
+        f"| one sample, median (µs) | {lat['fp32'][0]:.1f} | {lat['int8'][0]:.1f} | |",
+        f"| one sample, p99 (µs) | {lat['fp32'][1]:.1f} | {lat['int8'][1]:.1f} | |",
+        "", f"Medians of {reps} interleaved repetitions; the latency is of 10,000 calls on the calling thread."]
+
+
 def memory_table():
     exe = os.path.join(BUILD, "vae_dist")
     flags = ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
@@ -153,13 +199,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repetitions", type=int, default=5)
     ap.add_argument("--skip-build", action="store_true")
-    ap.add_argument("--sections", default="step,torch,memory,gemm", help="comma-separated subset of step,torch,memory,gemm")
+    ap.add_argument("--sections", default="step,torch,precision,decode,memory,gemm",
+                    help="comma-separated subset of step,torch,precision,decode,memory,gemm")
     ap.add_argument("--markdown", help="also write the tables to this file")
     a = ap.parse_args()
     if not a.skip_build:
         build()
     every = {"step": ("Whole training step", lambda: step_table(a.repetitions)),
              "torch": ("Against PyTorch", lambda: torch_table(a.repetitions)),
+             "precision": ("Precision: fp32, bf16 and PyTorch", lambda: precision_table(a.repetitions)),
+             "decode": ("Generation and one-sample latency, fp32 and INT8", lambda: decode_table(a.repetitions)),
              "memory": ("Memory per rank (v3, batch 64)", memory_table),
              "gemm": ("GEMMs", lambda: gemm_table(a.repetitions))}
     sections = [every[name] for name in a.sections.split(",")]

@@ -563,6 +563,11 @@ double peak_loop_flops(Precision precision, std::size_t iterations) {
     o.fma_loop(iterations);
     return double(iterations) * simd::kPeakChains * per_op;
   }
+  // the instruction the bf16 product runs on: AMX's tile sums where it has them, else the vector dot product
+  if (o.amx_dot_loop) {
+    o.amx_dot_loop(iterations);
+    return double(iterations) * 4 * 16 * 16 * 32 * 2;
+  }
   if (!o.bf16_dot_loop) return 0;
   o.bf16_dot_loop(iterations);
   return double(iterations) * simd::kPeakChains * 2 * per_op;

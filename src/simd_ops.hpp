@@ -163,6 +163,7 @@ struct Ops {
   float (*fma_loop)(std::size_t iterations) = nullptr;
   float (*bf16_dot_loop)(std::size_t iterations) = nullptr;
   float (*int8_dot_loop)(std::size_t iterations) = nullptr;  // native vpdpbusd: 8·lanes integer ops each
+  float (*amx_dot_loop)(std::size_t iterations) = nullptr;   // 4 AMX bf16 tile sums per iteration, 16·16·32·2 flops each
   // This instruction set with a faster bf16 product the CPU has (AVX512_BF16, then AMX), or null: best_ops() follows the
   // chain to its end, available_ops() lists it best first.
   const Ops* faster = nullptr;

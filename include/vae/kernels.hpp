@@ -344,8 +344,9 @@ std::unique_ptr<Kernels<float>> make_kernels(KernelChoice choice, int threads, P
 std::vector<std::string> available_isas();
 
 // A throughput ceiling for the benchmarks: `iterations` rounds of independent vector multiply-adds on the calling thread,
-// fp32 FMAs or bf16 pair dot products, on the best instruction set. Returns the flops done (2 per multiply-add), 0 for
-// bf16 on a CPU without the instruction (its emulation is no ceiling).
+// fp32 FMAs or bf16 products on the best instruction set (AMX tile sums where the bf16 product runs on them, else pair
+// dot products). Returns the flops done (2 per multiply-add), 0 for bf16 on a CPU without either (its emulation is no
+// ceiling).
 double peak_loop_flops(Precision precision, std::size_t iterations);
 // The same for INT8: native vpdpbusd chains; returns the integer operations done (2 per multiply-add), 0 without VNNI.
 double peak_int8_ops(std::size_t iterations);
