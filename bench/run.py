@@ -146,7 +146,7 @@ def precision_table(reps):
     for batch in (64, 256):
         got = {}
         for _ in range(reps):
-            r = gbench("bench_step", f"step/v3/b{batch}/t2/ours(_bf16)?$", 1, 2.0)
+            r = gbench("bench_step", f"step/v3/b{batch}/t2/ours(_bf16)?/", 1, 2.0)
             for name, impl in ((f"step/v3/b{batch}/t2/ours", "ours fp32"), (f"step/v3/b{batch}/t2/ours_bf16", "ours bf16")):
                 got.setdefault(impl, []).append(r[name][0]["items_per_second"])
             if py:
@@ -168,14 +168,14 @@ def precision_table(reps):
 def decode_table(reps):
     runs = gbench("bench_decode", "generate|latency", reps, 0.5)
     g = {p: {t: median(runs[f"generate/v3/b1024/{p}/t{t}"], "items_per_second") for t in (1, 2)} for p in ("fp32", "int8")}
-    lat = {p: (median(runs[f"latency/v3/b1/{p}/iterations:1"], "median_us"), median(runs[f"latency/v3/b1/{p}/iterations:1"], "p99_us"))
-           for p in ("fp32", "int8")}
+    lat = {(p, t): (median(runs[f"latency/v3/b1/{p}/t{t}"], "median_us"), median(runs[f"latency/v3/b1/{p}/t{t}"], "p99_us"))
+           for p in ("fp32", "int8") for t in (1, 2)}
     return ["| v3 decoder | fp32 | INT8 | INT8 / fp32 |", "|---|---|---|---|"] + [
         f"| generation, batch 1,024, {t} thread{'s' if t > 1 else ''} (samples/s) | {g['fp32'][t]:,.0f} | {g['int8'][t]:,.0f} "
         f"| {g['int8'][t] / g['fp32'][t]:.2f} |" for t in (1, 2)] + [
-        f"| one sample, median (µs) | {lat['fp32'][0]:.1f} | {lat['int8'][0]:.1f} | |",
-        f"| one sample, p99 (µs) | {lat['fp32'][1]:.1f} | {lat['int8'][1]:.1f} | |",
-        "", f"Medians of {reps} interleaved repetitions; the latency is of 10,000 calls on the calling thread."]
+        f"| one sample, {t} thread{'s' if t > 1 else ''}, median / p99 (µs) | {lat[('fp32', t)][0]:.1f} / {lat[('fp32', t)][1]:.1f} "
+        f"| {lat[('int8', t)][0]:.1f} / {lat[('int8', t)][1]:.1f} | |" for t in (1, 2)] + [
+        "", f"Medians of {reps} interleaved repetitions; the latency is of 10,000 calls (1 thread: on the calling thread)."]
 
 
 def memory_table():

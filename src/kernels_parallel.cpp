@@ -423,8 +423,9 @@ class ParallelKernels final : public Kernels<float> {
   // Runs task(i0, i1, j0, j1, first_row_block) for every block of the product's task grid.
   template <class Task>
   void run_blocks(const Gemm& g, const Task& task) const {
-    // One row (a single sample's decode): the whole product on the calling thread, no task to hand over.
-    if (g.M == 1) {
+    // One row (a single sample's decode) on one thread: the whole product on the calling thread, no task to hand over.
+    // With more threads the row's columns are split: each core then reads its part of W from its own cache.
+    if (g.M == 1 && threads_ == 1) {
       if (g.b_col_sums) ops_.col_sums(g.b, g.ldb, g.K, 0, g.N, g.b_col_sums);
       return task(0, 1, 0, g.N);
     }
