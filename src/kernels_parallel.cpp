@@ -429,7 +429,8 @@ class ParallelKernels final : public Kernels<float> {
       if (g.b_col_sums) ops_.col_sums(g.b, g.ldb, g.K, 0, g.N, g.b_col_sums);
       return task(0, 1, 0, g.N);
     }
-    const auto [row_blocks, col_blocks] = task_grid(g);
+    const std::pair<std::size_t, std::size_t> grid = task_grid(g);  // not a structured binding: clang 14 cannot capture one
+    const std::size_t row_blocks = grid.first, col_blocks = grid.second;
     const std::size_t mr = ops_.mr, nr = ops_.nr, m_tiles = (g.M + mr - 1) / mr, n_panels = (g.N + nr - 1) / nr;
     pool_.run(row_blocks * col_blocks, 1, [&](std::size_t first, std::size_t last) {
       for (std::size_t t = first; t < last; ++t) {

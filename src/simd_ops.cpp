@@ -25,6 +25,15 @@
 #include <unistd.h>
 #endif
 
+// The native bf16, AMX and VNNI paths are compiled by GCC for AVX-512 only: they add a target to a region of Highway's
+// with nested GCC pragmas, which clang (the fuzz build) does not combine; there every product takes the emulated path.
+#undef VAE_NATIVE_X86
+#if HWY_TARGET == HWY_AVX3 && !defined(__clang__)
+#define VAE_NATIVE_X86 1
+#else
+#define VAE_NATIVE_X86 0
+#endif
+
 HWY_BEFORE_NAMESPACE();
 namespace vae::simd {
 namespace HWY_NAMESPACE {
@@ -614,7 +623,7 @@ HWY_INLINE VF dot2(DF d, VF acc, VU a, VU b) {
 #include "simd_bf16-inl.h"
 }  // namespace emulated
 
-#if HWY_TARGET == HWY_AVX3
+#if VAE_NATIVE_X86
 #pragma GCC push_options
 #pragma GCC target("avx512bf16")
 namespace native {
@@ -807,7 +816,7 @@ HWY_INLINE VI dot4(DI di, VI acc, VI a, VI b) {
 #include "simd_int8-inl.h"
 }  // namespace emulated_int8
 
-#if HWY_TARGET == HWY_AVX3
+#if VAE_NATIVE_X86
 #pragma GCC push_options
 #pragma GCC target("avx512vnni")
 namespace vnni {
@@ -855,7 +864,7 @@ const Ops* get_ops() {
     o.int8_block = &emulated_int8::int8_block;
     o.pack_int8_panel = &pack_int8_panel;
     o.quantize_rows = &quantize_rows;
-#if HWY_TARGET == HWY_AVX3
+#if VAE_NATIVE_X86
     if (__builtin_cpu_supports("avx512vnni")) {
       o.int8_native = true;
       o.int8_block = &vnni::int8_block;
