@@ -50,7 +50,7 @@ Int8Decoder::Int8Decoder(const Arch& arch, const ParamLayout& layout, const floa
     widest = std::max(widest, int8_row_bytes(s.in));
     layers_.push_back(std::move(layer));
   }
-  calibrate(params, specs);
+  calibrate(params, layout, specs);
   for (Layer& layer : layers_) {
     for (std::size_t j = 0; j < layer.m; ++j) {
       std::int32_t column = 0;
@@ -71,11 +71,10 @@ Int8Decoder::Int8Decoder(const Arch& arch, const ParamLayout& layout, const floa
   }
 }
 
-void Int8Decoder::calibrate(const float* params, const std::vector<const DenseSpec*>& specs) {
+void Int8Decoder::calibrate(const float* params, const ParamLayout& layout, const std::vector<const DenseSpec*>& specs) {
   const std::size_t L = std::size_t(arch_.latent), dec_in = arch_.dec_in(), classes = std::size_t(arch_.classes);
   // The fp32 pass runs on kernels of its own: an InferenceNetwork binds its kernels' scratch, and k_ may be bound to
   // another network of the caller's (the INT8 products need no scratch).
-  const ParamLayout layout(arch_);
   const std::unique_ptr<Kernels<float>> k = make_parallel_kernels(1);
   InferenceNetwork fp32(arch_, layout, *k, max_batch_);
   Network<float>& net = fp32.net();
