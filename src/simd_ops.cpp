@@ -1,4 +1,4 @@
-// SIMD kernels for every instruction set Highway targets (AVX-512, AVX2/FMA, SSE4, NEON, SVE, portable), chosen at run time; one static target for WebAssembly.
+// SIMD kernels for every instruction set Highway targets (AVX-512, AVX2/FMA, SSE4, NEON, SVE, portable; static WASM): fp32 products, elementwise kernels, the dispatch table.
 #include "simd_ops.hpp"
 
 #include <algorithm>
@@ -16,122 +16,12 @@
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>
 
-#if HWY_ARCH_X86
-#include <cpuid.h>
-#include <immintrin.h>
-#endif
-#if defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-
-// The native bf16, AMX and VNNI paths are compiled by GCC for AVX-512 only: they add a target to a region of Highway's
-// with nested GCC pragmas, which clang (the fuzz build) does not combine; there every product takes the emulated path.
-#undef VAE_NATIVE_X86
-#if HWY_TARGET == HWY_AVX3 && !defined(__clang__)
-#define VAE_NATIVE_X86 1
-#else
-#define VAE_NATIVE_X86 0
-#endif
-
 HWY_BEFORE_NAMESPACE();
 namespace vae::simd {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-using DF = hn::ScalableTag<float>;
-using VF = hn::Vec<DF>;
-
-// Micro-tile: MR rows × two vectors of columns. AVX-512 has 32 vector registers, so 12 rows (24 accumulators) fit;
-// the 16-register targets take 6 rows (12 accumulators, 2 B vectors and a broadcast).
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-constexpr std::size_t kMR = 8;
-#else
-constexpr std::size_t kMR = 6;
-#endif
-
-inline std::size_t lanes() { return hn::Lanes(DF()); }
-inline std::size_t nr() { return 2 * lanes(); }
-
-// e^x − 1 for x ≤ 0 (positive lanes are clamped to 0): 2^n·p(r) − 1 with x = n·ln 2 + r, |r| ≤ ½ ln 2, and p a degree-6
-// Taylor polynomial (relative error < 2e-7 on that range). Absolute error ≤ 1.2e-7: what ELU needs, in half the
-// instructions of a general expm1, which matters when a short-K product spends its time in the epilogue.
-HWY_INLINE VF expm1_nonpositive(DF d, VF x) {
-  const hn::RebindToSigned<DF> di;
-  x = hn::Max(hn::Min(x, hn::Zero(d)), hn::Set(d, -87.0f));
-  const VF n = hn::Round(hn::Mul(x, hn::Set(d, 1.44269504088896341f)));
-  VF r = hn::NegMulAdd(n, hn::Set(d, 0.693145751953125f), x);
-  r = hn::NegMulAdd(n, hn::Set(d, 1.42860682030941723212e-6f), r);
-  VF p = hn::Set(d, 1.0f / 720.0f);
-  p = hn::MulAdd(p, r, hn::Set(d, 1.0f / 120.0f));
-  p = hn::MulAdd(p, r, hn::Set(d, 1.0f / 24.0f));
-  p = hn::MulAdd(p, r, hn::Set(d, 1.0f / 6.0f));
-  p = hn::MulAdd(p, r, hn::Set(d, 0.5f));
-  p = hn::MulAdd(p, r, hn::Set(d, 1.0f));
-  p = hn::MulAdd(p, r, hn::Set(d, 1.0f));
-  const VF scale = hn::BitCast(d, hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, n), hn::Set(di, 127))));
-  return hn::MulSub(p, scale, hn::Set(d, 1.0f));
-}
-
-HWY_INLINE VF activate_v(DF d, VF v, Activation act) {
-  switch (act) {
-    case Activation::identity: return v;
-    case Activation::elu: return hn::IfThenElse(hn::Gt(v, hn::Zero(d)), v, expm1_nonpositive(d, v));
-    case Activation::relu: return hn::Max(v, hn::Zero(d));
-    case Activation::leaky_relu: return hn::IfThenElse(hn::Gt(v, hn::Zero(d)), v, hn::Mul(v, hn::Set(d, float(kLeakySlope))));
-    case Activation::tanh: return hn::Tanh(d, v);
-  }
-  return v;
-}
-
-// The activation's derivative as a function of its output y (see activation_slope).
-HWY_INLINE VF slope_v(DF d, VF y, Activation act) {
-  const VF one = hn::Set(d, 1.0f);
-  const auto pos = hn::Gt(y, hn::Zero(d));
-  switch (act) {
-    case Activation::identity: return one;
-    case Activation::elu: return hn::IfThenElse(pos, one, hn::Add(y, one));
-    case Activation::relu: return hn::IfThenElseZero(pos, one);
-    case Activation::leaky_relu: return hn::IfThenElse(pos, one, hn::Set(d, float(kLeakySlope)));
-    case Activation::tanh: return hn::NegMulAdd(y, y, one);
-  }
-  return one;
-}
-
-// Loads `count` (≤ lanes) floats, zero-filling the rest, without touching memory past p + count.
-HWY_INLINE VF load_partial(DF d, const float* p, std::size_t count) {
-  if (count >= hn::Lanes(d)) return hn::LoadU(d, p);
-  HWY_ALIGN float tmp[hn::MaxLanes(DF())] = {};
-  std::memcpy(tmp, p, count * sizeof(float));
-  return hn::Load(d, tmp);
-}
-
-HWY_INLINE void store_partial(DF d, VF v, float* p, std::size_t count) {
-  if (count >= hn::Lanes(d)) return hn::StoreU(v, d, p);
-  HWY_ALIGN float tmp[hn::MaxLanes(DF())];
-  hn::Store(v, d, tmp);
-  std::memcpy(p, tmp, count * sizeof(float));
-}
-
-// Applies the epilogue to one accumulator vector of C(i, j … j + count) and stores it.
-HWY_INLINE void finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::size_t j, std::size_t count) {
-  if (g.epi == Epilogue::bias_act) acc = activate_v(d, hn::Add(acc, load_partial(d, g.bias + j, count)), g.act);
-  else if (g.epi == Epilogue::slope) acc = hn::Mul(acc, slope_v(d, load_partial(d, g.y + i * g.ldy + j, count), g.act));
-  float* c = g.c + i * g.ldc + j;
-  // The weight gradient is written once and read by the allreduce and Adam only after the whole backward pass: streaming
-  // stores skip the read-for-ownership of lines that would be evicted before they are used.
-  if (g.epi == Epilogue::none && count == hn::Lanes(d) && reinterpret_cast<std::uintptr_t>(c) % (hn::Lanes(d) * sizeof(float)) == 0)
-    hn::Stream(acc, d, c);
-  else
-    store_partial(d, acc, c, count);
-}
-
-#ifndef VAE_ALWAYS_INLINE
-// The micro-kernel's lambdas must melt into it, or its accumulators leave the registers.
-#define VAE_ALWAYS_INLINE __attribute__((always_inline))
-#endif
-
-#include "simd_tile-inl.h"
+#include "simd_common-inl.h"
 
 // `tiles` C tiles [R × NR] down from (i, j): C(i + r, j … j + NR) = Σ_p A(i + r, p)·B(p, j … j + NR), B read as two
 // vectors per p from b + p·ldb (the matrix itself, or a packed panel with ldb = NR). A element (i + r, p) is one broadcast
@@ -168,6 +58,40 @@ HWY_NOINLINE void micro_tiles(const float* HWY_RESTRICT a, std::size_t lda, std:
     });
   }
   if (g.nonfinite && !hn::AllTrue(d, hn::Eq(check, hn::Zero(d)))) *g.nonfinite = true;
+}
+
+// One row of C over four NR-column panels of a row-major B at once (a single sample's decode): eight independent sums
+// where the micro-tile's one row has two, each waiting on its last multiply-add, and B read a whole row of the four
+// panels at a time. Each column's sum is the micro-tile's, in the same order.
+HWY_NOINLINE void one_row_wide(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, std::size_t ldb, std::size_t k, const GemmBlock& g,
+                               std::size_t i, std::size_t j) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  VF c0 = hn::Zero(d), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+  for (std::size_t p = 0; p < k; ++p, b += ldb) {
+    const VF ap = hn::Set(d, a[p]);
+    c0 = hn::MulAdd(ap, hn::LoadU(d, b), c0);
+    c1 = hn::MulAdd(ap, hn::LoadU(d, b + N), c1);
+    c2 = hn::MulAdd(ap, hn::LoadU(d, b + 2 * N), c2);
+    c3 = hn::MulAdd(ap, hn::LoadU(d, b + 3 * N), c3);
+    c4 = hn::MulAdd(ap, hn::LoadU(d, b + 4 * N), c4);
+    c5 = hn::MulAdd(ap, hn::LoadU(d, b + 5 * N), c5);
+    c6 = hn::MulAdd(ap, hn::LoadU(d, b + 6 * N), c6);
+    c7 = hn::MulAdd(ap, hn::LoadU(d, b + 7 * N), c7);
+  }
+  if (g.nonfinite) {
+    const VF check = hn::Add(hn::Add(hn::Add(hn::Sub(c0, c0), hn::Sub(c1, c1)), hn::Add(hn::Sub(c2, c2), hn::Sub(c3, c3))),
+                             hn::Add(hn::Add(hn::Sub(c4, c4), hn::Sub(c5, c5)), hn::Add(hn::Sub(c6, c6), hn::Sub(c7, c7))));
+    if (!hn::AllTrue(d, hn::Eq(check, hn::Zero(d)))) *g.nonfinite = true;
+  }
+  finish(d, c0, g, i, j, N);
+  finish(d, c1, g, i, j + N, N);
+  finish(d, c2, g, i, j + 2 * N, N);
+  finish(d, c3, g, i, j + 3 * N, N);
+  finish(d, c4, g, i, j + 4 * N, N);
+  finish(d, c5, g, i, j + 5 * N, N);
+  finish(d, c6, g, i, j + 6 * N, N);
+  finish(d, c7, g, i, j + 7 * N, N);
 }
 
 using TileFn = void (*)(const float*, std::size_t, std::size_t, std::size_t, const float*, std::size_t, std::size_t, const GemmBlock&,
@@ -226,7 +150,10 @@ void gemm_block(const GemmBlock& g) {
   static constexpr auto cols_tiles = make_tile_table<false>(std::make_index_sequence<kMR>());
   const std::size_t NR = nr();
   const bool packed = g.layout == ALayout::panels;
-  for (std::size_t j = g.j0; j < g.j1; j += NR) {
+  std::size_t j = g.j0;
+  if (g.i1 - g.i0 == 1 && g.layout == ALayout::rows && !g.b_trans)
+    for (; j + 4 * NR <= g.j1; j += 4 * NR) one_row_wide(g.a + g.i0 * g.lda, g.b + j, g.ldb, g.k, g, g.i0, j);
+  for (; j < g.j1; j += NR) {
     const std::size_t cols = std::min(NR, g.j1 - j);
     // Full panels of a row-major B are read in place; transposed or partial ones are packed first.
     const float* b = g.b + j;
@@ -490,352 +417,11 @@ void add_bf16(const std::uint16_t* a, std::uint16_t* b, std::size_t n) {
   for (; i < n; ++i) b[i] = bf16_round(bf16_widen(a[i]) + bf16_widen(b[i]));
 }
 
-// bf16 operand bits (bf16_operand: round to nearest even, NaN kept quiet, an fp32 denormal a signed zero) in the low
-// half of each u32 lane.
-HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> operand_bits(DF, VF v) {
-  const hn::RebindToUnsigned<DF> du;
-  const auto u = hn::BitCast(du, v);
-  auto r = hn::ShiftRight<16>(hn::Add(u, hn::Add(hn::Set(du, 0x7fffu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u)))));
-  r = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::ShiftRight<16>(hn::Or(u, hn::Set(du, 0x400000u))), r);
-  const auto denormal = hn::Eq(hn::And(u, hn::Set(du, 0x7f800000u)), hn::Zero(du));
-  return hn::IfThenElse(denormal, hn::And(hn::ShiftRight<16>(u), hn::Set(du, 0x8000u)), r);
-}
-
-// s(r, c … c + count) as floats, zero past count and past s's rows and columns.
-HWY_INLINE VF source_v(DF d, const Bf16Source& s, std::size_t r, std::size_t c, std::size_t count) {
-  if (r >= s.rows || c >= s.cols) return hn::Zero(d);
-  count = std::min({count, s.cols - c, hn::Lanes(d)});
-  if (!s.image) return load_partial(d, s.x + r * s.ld + c, count);
-  const ImageBatch& x = *s.image;
-  if (count == hn::Lanes(d) && c + count <= x.width) {
-    const hn::Rebind<std::uint8_t, DF> du8;
-    const hn::Rebind<std::int32_t, DF> di;
-    return hn::Mul(hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(du8, x.pixels + r * x.ld + c))), hn::Set(d, 1.0f / 255.0f));
-  }
-  HWY_ALIGN float tmp[hn::MaxLanes(DF())] = {};
-  for (std::size_t q = 0; q < count; ++q) tmp[q] = x.at<float>(r, c + q);
-  return hn::Load(d, tmp);
-}
-
-void bf16_rows(const Bf16Source& s, std::size_t r0, std::size_t r1, std::size_t k2, std::uint32_t* dst, std::size_t ldd) {
-  const DF d;
-  const hn::Rebind<std::uint16_t, DF> d16;
-  const hn::RebindToSigned<DF> di;
-  const std::size_t N = hn::Lanes(d), width = 2 * k2;
-  for (std::size_t r = r0; r < r1; ++r) {
-    std::uint16_t* row = reinterpret_cast<std::uint16_t*>(dst + r * ldd);
-    for (std::size_t c = 0; c < width; c += N) {
-      const auto h = hn::DemoteTo(d16, hn::BitCast(di, operand_bits(d, source_v(d, s, r, c, N))));
-      if (c + N <= width) {
-        hn::StoreU(h, d16, row + c);
-      } else {
-        HWY_ALIGN std::uint16_t tmp[hn::MaxLanes(DF())];
-        hn::Store(h, d16, tmp);
-        std::memcpy(row + c, tmp, (width - c) * sizeof(std::uint16_t));
-      }
-    }
-  }
-}
-
-void bf16_pairs(const Bf16Source& s, std::size_t q0, std::size_t q1, std::size_t c0, std::size_t c1, std::size_t width, std::uint32_t* dst,
-                std::size_t ldd) {
-  const DF d;
-  const hn::RebindToUnsigned<DF> du;
-  const std::size_t N = hn::Lanes(d);
-  for (std::size_t q = q0; q < q1; ++q) {
-    std::uint32_t* out = dst + q * ldd;
-    for (std::size_t c = c0; c < c0 + width; c += N) {
-      const std::size_t count = c < c1 ? c1 - c : 0;
-      const auto lo = operand_bits(d, source_v(d, s, 2 * q, c, count));
-      const auto hi = operand_bits(d, source_v(d, s, 2 * q + 1, c, count));
-      const auto pair = hn::Or(lo, hn::ShiftLeft<16>(hi));
-      if (c + N <= c0 + width) {
-        hn::StoreU(pair, du, out + (c - c0));
-      } else {
-        HWY_ALIGN std::uint32_t tmp[hn::MaxLanes(DF())];
-        hn::Store(pair, du, tmp);
-        std::memcpy(out + (c - c0), tmp, (c0 + width - c) * sizeof(std::uint32_t));
-      }
-    }
-  }
-}
-
-void bf16_pairs_rows(const Bf16Source& s, std::size_t i0, std::size_t i1, std::size_t k2, std::uint32_t* dst, std::size_t ldd) {
-  const DF d;
-  const hn::RebindToUnsigned<DF> du;
-  const std::size_t N = hn::Lanes(d);
-  HWY_ALIGN std::uint32_t pairs[hn::MaxLanes(DF())];
-  for (std::size_t i = i0; i < i1; i += N) {
-    const std::size_t count = std::min(N, i1 - i);
-    for (std::size_t q = 0; q < k2; ++q) {
-      // the pairs of N columns of s from one pair of its rows, each to its own row of dst
-      const auto lo = operand_bits(d, source_v(d, s, 2 * q, i, count));
-      const auto hi = operand_bits(d, source_v(d, s, 2 * q + 1, i, count));
-      hn::Store(hn::Or(lo, hn::ShiftLeft<16>(hi)), du, pairs);
-      for (std::size_t t = 0; t < count; ++t) dst[(i + t) * ldd + q] = pairs[t];
-    }
-  }
-}
-
-void bf16_trans_panel(const Bf16Source& s, std::size_t j0, std::size_t k2, std::uint32_t* dst) {
-  const DF d;
-  const hn::Rebind<std::uint16_t, DF> d16;
-  const hn::RebindToSigned<DF> di;
-  const std::size_t N = hn::Lanes(d), NR = nr();
-  HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF()) + 1];
-  for (std::size_t jj = 0; jj < NR; ++jj) {
-    if (j0 + jj >= s.rows) {
-      for (std::size_t q = 0; q < k2; ++q) dst[q * NR + jj] = 0;
-      continue;
-    }
-    // Row j0 + jj as bf16, an even number of columns at a time, each pair to its place in the panel's column jj.
-    const std::size_t step = N % 2 ? N + 1 : N;
-    for (std::size_t c = 0; c < 2 * k2; c += step) {
-      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, operand_bits(d, source_v(d, s, j0 + jj, c, N)))), d16, h);
-      if (step > N) h[N] = bf16_operand(c + N < s.cols ? (s.image ? s.image->at<float>(j0 + jj, c + N) : s.x[(j0 + jj) * s.ld + c + N]) : 0.0f);
-      for (std::size_t t = 0; t < step / 2 && c / 2 + t < k2; ++t)
-        dst[(c / 2 + t) * NR + jj] = std::uint32_t(h[2 * t]) | std::uint32_t(h[2 * t + 1]) << 16;
-    }
-  }
-}
-
-// A result the dot-product instruction flushes: below the smallest normal float, a zero of its sign.
-HWY_INLINE VF flush_small(DF d, VF x) {
-  return hn::IfThenElse(hn::Lt(hn::Abs(x), hn::Set(d, std::numeric_limits<float>::min())), hn::And(x, hn::Set(d, -0.0f)), x);
-}
-
 float fma_loop(std::size_t iterations) {
   const DF d;
   const VF a = hn::Set(d, 0.999f), b = hn::Set(d, 1e-4f);
   return peak_chains(iterations, [&](VF c) VAE_ALWAYS_INLINE { return hn::MulAdd(c, a, b); });
 }
-
-namespace emulated {
-// Each lane: acc + hi(a)·hi(b), flushed, + lo(a)·lo(b), flushed. Both products are exact in fp32, so each FMA rounds
-// once, as the instruction's adds do.
-template <class VU>
-HWY_INLINE VF dot2(DF d, VF acc, VU a, VU b) {
-  const hn::RebindToUnsigned<DF> du;
-  const auto high = hn::Set(du, 0xffff0000u);
-  acc = flush_small(d, hn::MulAdd(hn::BitCast(d, hn::And(a, high)), hn::BitCast(d, hn::And(b, high)), acc));
-  return flush_small(d, hn::MulAdd(hn::BitCast(d, hn::ShiftLeft<16>(a)), hn::BitCast(d, hn::ShiftLeft<16>(b)), acc));
-}
-#include "simd_bf16-inl.h"
-}  // namespace emulated
-
-#if VAE_NATIVE_X86
-#pragma GCC push_options
-#pragma GCC target("avx512bf16")
-namespace native {
-#include "simd_tile-inl.h"
-template <class VU>
-HWY_INLINE VF dot2(DF, VF acc, VU a, VU b) {
-  return VF{_mm512_dpbf16_ps(acc.raw, reinterpret_cast<__m512bh>(a.raw), reinterpret_cast<__m512bh>(b.raw))};
-}
-#include "simd_bf16-inl.h"
-
-float bf16_dot_loop(std::size_t iterations) {
-  const DF d;
-  const hn::RebindToUnsigned<DF> du;
-  const auto a = hn::Set(du, 0x3f803f80u), b = hn::Set(du, 0x3a803a80u);  // pairs of 1.0 and of 2⁻¹⁰
-  return peak_chains(iterations, [&](VF c) VAE_ALWAYS_INLINE { return dot2(d, c, a, b); });
-}
-}  // namespace native
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("amx-tile,amx-bf16")
-namespace amx {
-// Tile registers 0–3: C, 2 × 2 tiles of 16 × 16 floats (32 rows × NR = 32 columns); 4–5: A, 16 rows × 16 pairs; 6–7: B,
-// 16 pairs × 16 columns. Every tile is 16 rows of 64 bytes, so one configuration serves every product.
-struct alignas(64) TileConfig {
-  std::uint8_t palette = 1, start_row = 0;
-  std::uint8_t reserved[14] = {};
-  std::uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-  std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
-
-// C = A·B in 32-row blocks of A (in the a_rows form, k2 a multiple of 16, rows readable to the next multiple of 32),
-// each 32 × 32 block summed in the tiles, stored to a scratch block and finished with the fp32 epilogue.
-void gemm_bf16(const GemmBf16Block& g) {
-  static const TileConfig config;
-  _tile_loadconfig(&config);
-  const DF d;
-  const std::size_t N = hn::Lanes(d), NR = 2 * N, lda_bytes = g.lda * sizeof(std::uint32_t);
-  const GemmBlock& o = g.out;
-  HWY_ALIGN float c[32 * 32];
-  VF check = hn::Zero(d);
-  for (std::size_t j = o.j0; j < o.j1; j += NR) {
-    const std::size_t cols = std::min(NR, o.j1 - j);
-    const std::uint32_t* b = g.b + (j / NR) * g.k2 * NR;
-    for (std::size_t i = o.i0; i < o.i1; i += 32) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      const std::uint32_t* a = g.a + i * g.lda;
-      for (std::size_t q = 0; q < g.k2; q += 16) {
-        _tile_loadd(4, a + q, lda_bytes);
-        _tile_loadd(5, a + 16 * g.lda + q, lda_bytes);
-        _tile_loadd(6, b + q * NR, NR * sizeof(std::uint32_t));
-        _tile_loadd(7, b + q * NR + 16, NR * sizeof(std::uint32_t));
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-      }
-      _tile_stored(0, c, 32 * sizeof(float));
-      _tile_stored(1, c + 16, 32 * sizeof(float));
-      _tile_stored(2, c + 16 * 32, 32 * sizeof(float));
-      _tile_stored(3, c + 16 * 32 + 16, 32 * sizeof(float));
-      const std::size_t rows = std::min<std::size_t>(32, o.i1 - i);
-      for (std::size_t r = 0; r < rows; ++r) {
-        const VF c0 = hn::Load(d, c + r * 32), c1 = hn::Load(d, c + r * 32 + N);
-        // only the columns this block owns count (the panel's padding is zero, so always finite)
-        if (o.nonfinite) check = hn::Add(check, hn::Add(hn::Sub(c0, c0), hn::Sub(c1, c1)));
-        finish(d, c0, o, i + r, j, std::min(cols, N));
-        if (cols > N) finish(d, c1, o, i + r, j + N, cols - N);
-      }
-    }
-  }
-  _tile_release();
-  if (o.nonfinite && !hn::AllTrue(d, hn::Eq(check, hn::Zero(d)))) *o.nonfinite = true;
-}
-
-// Throughput ceiling: four independent tile sums per iteration, 16·16·32 multiply-adds each.
-float amx_loop(std::size_t iterations) {
-  static const TileConfig config;
-  _tile_loadconfig(&config);
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  _tile_zero(4);
-  _tile_zero(5);
-  _tile_zero(6);
-  _tile_zero(7);
-  for (std::size_t i = 0; i < iterations; ++i) {
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
-  HWY_ALIGN float c[16 * 16];
-  _tile_stored(0, c, 16 * sizeof(float));
-  _tile_release();
-  return c[0];
-}
-
-// Whether the CPU has AMX tiles with bf16, and Linux lets this process use them (it must ask, once, for the tile state).
-bool usable() {
-#if defined(__linux__)
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;
-  constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
-  return (d & kAmxBf16) && (d & kAmxTile) && syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
-#else
-  return false;
-#endif
-}
-}  // namespace amx
-#pragma GCC pop_options
-#endif
-
-// INT8 inference.
-
-// Loads `count` (≤ lanes) int32s, zero-filling the rest.
-HWY_INLINE hn::Vec<hn::RebindToSigned<DF>> load_partial_i32(const std::int32_t* p, std::size_t count) {
-  const hn::RebindToSigned<DF> di;
-  if (count >= hn::Lanes(di)) return hn::LoadU(di, p);
-  HWY_ALIGN std::int32_t tmp[hn::MaxLanes(DF())] = {};
-  std::memcpy(tmp, p, count * sizeof(std::int32_t));
-  return hn::Load(di, tmp);
-}
-
-// clamp(round(v·inv + zero), 0, 255) as u8 lanes: the multiply and the add round separately on every target.
-HWY_INLINE hn::Vec<hn::Rebind<std::uint8_t, DF>> quantize_u8(DF d, VF v, float inv, float zero) {
-  const hn::RebindToSigned<DF> di;
-  const hn::Rebind<std::uint8_t, DF> d8;
-  VF q = hn::Round(hn::Add(hn::Mul(v, hn::Set(d, inv)), hn::Set(d, zero)));
-  q = hn::Min(hn::Max(q, hn::Zero(d)), hn::Set(d, 255.0f));
-  return hn::DemoteTo(d8, hn::ConvertTo(di, q));
-}
-
-HWY_INLINE void finish_int8(DF d, hn::Vec<hn::RebindToSigned<DF>> acc, const Int8Block& g, std::size_t i, std::size_t j, std::size_t count) {
-  VF v = hn::ConvertTo(d, hn::Sub(acc, load_partial_i32(g.zero_term + j, count)));
-  v = hn::Add(hn::Mul(v, load_partial(d, g.scale + j, count)), load_partial(d, g.bias + j, count));
-  v = activate_v(d, v, g.act);
-  if (g.y) return store_partial(d, v, g.y + i * g.ldy + j, count);
-  const hn::Rebind<std::uint8_t, DF> d8;
-  HWY_ALIGN std::uint8_t tmp[hn::MaxLanes(DF())];
-  hn::Store(quantize_u8(d, v, g.inv_out, g.zero_out), d8, tmp);
-  std::memcpy(g.q + i * g.ldq + j, tmp, count);
-}
-
-void pack_int8_panel(const std::int8_t* w, std::size_t k, std::size_t m, std::size_t j0, std::size_t k4, std::uint32_t* dst) {
-  const std::size_t NR = nr();
-  for (std::size_t q = 0; q < k4; ++q)
-    for (std::size_t c = 0; c < NR; ++c) {
-      std::uint32_t quad = 0;
-      for (std::size_t t = 0; t < 4; ++t) {
-        const std::size_t p = 4 * q + t, j = j0 + c;
-        if (p < k && j < m) quad |= std::uint32_t(std::uint8_t(w[p * m + j])) << (8 * t);
-      }
-      dst[q * NR + c] = quad;
-    }
-}
-
-void quantize_rows(const float* x, std::size_t ldx, std::size_t r0, std::size_t r1, std::size_t k, std::size_t k4, float inv_scale,
-                   float zero_point, std::uint8_t* dst, std::size_t ldd) {
-  const DF d;
-  const hn::Rebind<std::uint8_t, DF> d8;
-  const std::size_t N = hn::Lanes(d);
-  HWY_ALIGN std::uint8_t tmp[hn::MaxLanes(DF())];
-  for (std::size_t r = r0; r < r1; ++r) {
-    std::uint8_t* out = dst + r * ldd;
-    for (std::size_t c = 0; c < k; c += N) {
-      const std::size_t count = std::min(N, k - c);
-      hn::Store(quantize_u8(d, load_partial(d, x + r * ldx + c, count), inv_scale, zero_point), d8, tmp);
-      std::memcpy(out + c, tmp, count);
-    }
-    std::memset(out + k, 0, 4 * k4 - k);
-  }
-}
-
-namespace emulated_int8 {
-// Each lane: acc + Σ_t u8(a, byte t)·s8(b, byte t), exact in int32.
-template <class DI, class VI>
-HWY_INLINE VI dot4(DI di, VI acc, VI a, VI b) {
-  const auto low = hn::Set(di, 0xff);
-  acc = hn::Add(acc, hn::Mul(hn::And(a, low), hn::ShiftRight<24>(hn::ShiftLeft<24>(b))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<8>(a), low), hn::ShiftRight<24>(hn::ShiftLeft<16>(b))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<16>(a), low), hn::ShiftRight<24>(hn::ShiftLeft<8>(b))));
-  return hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<24>(a), low), hn::ShiftRight<24>(b)));
-}
-#include "simd_int8-inl.h"
-}  // namespace emulated_int8
-
-#if VAE_NATIVE_X86
-#pragma GCC push_options
-#pragma GCC target("avx512vnni")
-namespace vnni {
-#include "simd_tile-inl.h"
-template <class DI, class VI>
-HWY_INLINE VI dot4(DI, VI acc, VI a, VI b) {
-  return VI{_mm512_dpbusd_epi32(acc.raw, a.raw, b.raw)};
-}
-#include "simd_int8-inl.h"
-
-float int8_dot_loop(std::size_t iterations) {
-  const DF d;
-  const hn::RebindToSigned<DF> di;
-  const auto a = hn::Set(di, 0x01010101), b = hn::Set(di, 0x02020202);
-  return peak_chains(iterations, [&](VF c) VAE_ALWAYS_INLINE { return hn::BitCast(d, dot4(di, hn::BitCast(di, c), a, b)); });
-}
-}  // namespace vnni
-#pragma GCC pop_options
-#endif
 
 const Ops* get_ops() {
   static const Ops ops = [] {
@@ -855,45 +441,9 @@ const Ops* get_ops() {
     o.to_bf16 = &to_bf16;
     o.from_bf16 = &from_bf16;
     o.add_bf16 = &add_bf16;
-    o.bf16_rows = &bf16_rows;
-    o.bf16_pairs_rows = &bf16_pairs_rows;
-    o.bf16_pairs = &bf16_pairs;
-    o.bf16_trans_panel = &bf16_trans_panel;
-    o.gemm_bf16_block = &emulated::gemm_bf16;
     o.fma_loop = &fma_loop;
-    o.int8_block = &emulated_int8::int8_block;
-    o.pack_int8_panel = &pack_int8_panel;
-    o.quantize_rows = &quantize_rows;
-#if VAE_NATIVE_X86
-    if (__builtin_cpu_supports("avx512vnni")) {
-      o.int8_native = true;
-      o.int8_block = &vnni::int8_block;
-      o.int8_dot_loop = &vnni::int8_dot_loop;
-    }
-    static const Ops amx_ops = [&] {
-      Ops n = o;
-      n.target = "AVX3_AMX";
-      n.bf16_native = true;
-      n.bf16_bit_exact = false;
-      n.bf16_k_block = 16;
-      n.bf16_m_block = 32;
-      n.bf16_a_rows_only = true;
-      n.gemm_bf16_block = &amx::gemm_bf16;
-      n.amx_dot_loop = &amx::amx_loop;
-      n.bf16_dot_loop = &native::bf16_dot_loop;
-      return n;
-    }();
-    static const Ops native_ops = [&] {
-      Ops n = o;
-      n.target = "AVX3_BF16";
-      n.bf16_native = true;
-      n.gemm_bf16_block = &native::gemm_bf16;
-      n.bf16_dot_loop = &native::bf16_dot_loop;
-      if (amx::usable()) n.faster = &amx_ops;
-      return n;
-    }();
-    if (__builtin_cpu_supports("avx512bf16")) o.faster = &native_ops;
-#endif
+    add_int8_products(o);
+    add_bf16_products(o);
     return o;
   }();
   return &ops;

@@ -128,9 +128,9 @@ TEST_F(Training, SteadyStateStepAllocatesNothing) {
     trainer.step(0, 0, 1.0, 8e-4);  // the first step may start threads and warm caches
     g_allocations = 0;
     g_counting = true;
-    for (long s = 1; s < 12; ++s) trainer.step(0, s, 1.0, 8e-4);
+    for (long s = 1; s < test::test_steps(12); ++s) trainer.step(0, s, 1.0, 8e-4);
     g_counting = false;
-    EXPECT_EQ(g_allocations.load(), 0) << "heap allocations in steps 2..12 with " << threads << " threads, " << precision_name(precision);
+    EXPECT_EQ(g_allocations.load(), 0) << "heap allocations in steps 2.." << test::test_steps(12) << " with " << threads << " threads, " << precision_name(precision);
   }
 }
 
@@ -146,7 +146,7 @@ TEST_F(Training, CountingAllocatorSeesAllocations) {
 TEST_F(Training, OptimizedKernelsTrainLikeReference) {
   const Communicator self = Communicator::self();
   Config cfg = v3_config();
-  cfg.max_steps = 20;
+  cfg.max_steps = test::test_steps(20);
   cfg.epochs = 2;
   cfg.kernels = KernelChoice::reference;
   Trainer reference(cfg, self, 1);
@@ -154,9 +154,10 @@ TEST_F(Training, OptimizedKernelsTrainLikeReference) {
   cfg.kernels = KernelChoice::parallel;
   Trainer fast(cfg, self, 2);
   fast.run();
-  ASSERT_EQ(reference.step_losses().size(), 20u);
-  ASSERT_EQ(fast.step_losses().size(), 20u);
-  for (std::size_t s = 0; s < 20; ++s)
+  const std::size_t steps = std::size_t(cfg.max_steps);
+  ASSERT_EQ(reference.step_losses().size(), steps);
+  ASSERT_EQ(fast.step_losses().size(), steps);
+  for (std::size_t s = 0; s < steps; ++s)
     EXPECT_NEAR(fast.step_losses()[s], reference.step_losses()[s], 1e-4 * std::abs(reference.step_losses()[s])) << "step " << s + 1;
 }
 
@@ -165,7 +166,7 @@ TEST_F(Training, OptimizedKernelsTrainLikeReference) {
 TEST_F(Training, Bf16TrainsLikeItsReferenceAndNearFp32) {
   const Communicator self = Communicator::self();
   Config cfg = v3_config();
-  cfg.max_steps = 20;
+  cfg.max_steps = test::test_steps(20);
   cfg.epochs = 2;
   Trainer fp32(cfg, self, 2);
   fp32.run();
@@ -176,9 +177,10 @@ TEST_F(Training, Bf16TrainsLikeItsReferenceAndNearFp32) {
   cfg.kernels = KernelChoice::parallel;
   Trainer fast(cfg, self, 2);
   fast.run();
-  ASSERT_EQ(fast.step_losses().size(), 20u);
-  ASSERT_EQ(reference.step_losses().size(), 20u);
-  for (std::size_t s = 0; s < 20; ++s) {
+  const std::size_t steps = std::size_t(cfg.max_steps);
+  ASSERT_EQ(fast.step_losses().size(), steps);
+  ASSERT_EQ(reference.step_losses().size(), steps);
+  for (std::size_t s = 0; s < steps; ++s) {
     EXPECT_NEAR(fast.step_losses()[s], reference.step_losses()[s], 1e-3 * std::abs(reference.step_losses()[s])) << "step " << s + 1;
     EXPECT_NEAR(fast.step_losses()[s], fp32.step_losses()[s], 2e-2 * std::abs(fp32.step_losses()[s])) << "step " << s + 1;
   }

@@ -1,0 +1,314 @@
+// The bf16 products: operand packing, the emulated dot-product path, vdpbf16ps and AMX tiles, per Highway target.
+#include "simd_ops.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "vae/bf16.hpp"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "simd_ops_bf16.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+
+#if HWY_ARCH_X86
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace vae::simd {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+#include "simd_common-inl.h"
+
+// bf16 operand bits (bf16_operand: round to nearest even, NaN kept quiet, an fp32 denormal a signed zero) in the low
+// half of each u32 lane.
+HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> operand_bits(DF, VF v) {
+  const hn::RebindToUnsigned<DF> du;
+  const auto u = hn::BitCast(du, v);
+  auto r = hn::ShiftRight<16>(hn::Add(u, hn::Add(hn::Set(du, 0x7fffu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u)))));
+  r = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::ShiftRight<16>(hn::Or(u, hn::Set(du, 0x400000u))), r);
+  const auto denormal = hn::Eq(hn::And(u, hn::Set(du, 0x7f800000u)), hn::Zero(du));
+  return hn::IfThenElse(denormal, hn::And(hn::ShiftRight<16>(u), hn::Set(du, 0x8000u)), r);
+}
+
+// s(r, c … c + count) as floats, zero past count and past s's rows and columns.
+HWY_INLINE VF source_v(DF d, const Bf16Source& s, std::size_t r, std::size_t c, std::size_t count) {
+  if (r >= s.rows || c >= s.cols) return hn::Zero(d);
+  count = std::min({count, s.cols - c, hn::Lanes(d)});
+  if (!s.image) return load_partial(d, s.x + r * s.ld + c, count);
+  const ImageBatch& x = *s.image;
+  if (count == hn::Lanes(d) && c + count <= x.width) {
+    const hn::Rebind<std::uint8_t, DF> du8;
+    const hn::Rebind<std::int32_t, DF> di;
+    return hn::Mul(hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(du8, x.pixels + r * x.ld + c))), hn::Set(d, 1.0f / 255.0f));
+  }
+  HWY_ALIGN float tmp[hn::MaxLanes(DF())] = {};
+  for (std::size_t q = 0; q < count; ++q) tmp[q] = x.at<float>(r, c + q);
+  return hn::Load(d, tmp);
+}
+
+void bf16_rows(const Bf16Source& s, std::size_t r0, std::size_t r1, std::size_t k2, std::uint32_t* dst, std::size_t ldd) {
+  const DF d;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const hn::RebindToSigned<DF> di;
+  const std::size_t N = hn::Lanes(d), width = 2 * k2;
+  for (std::size_t r = r0; r < r1; ++r) {
+    std::uint16_t* row = reinterpret_cast<std::uint16_t*>(dst + r * ldd);
+    for (std::size_t c = 0; c < width; c += N) {
+      const auto h = hn::DemoteTo(d16, hn::BitCast(di, operand_bits(d, source_v(d, s, r, c, N))));
+      if (c + N <= width) {
+        hn::StoreU(h, d16, row + c);
+      } else {
+        HWY_ALIGN std::uint16_t tmp[hn::MaxLanes(DF())];
+        hn::Store(h, d16, tmp);
+        std::memcpy(row + c, tmp, (width - c) * sizeof(std::uint16_t));
+      }
+    }
+  }
+}
+
+void bf16_pairs(const Bf16Source& s, std::size_t q0, std::size_t q1, std::size_t c0, std::size_t c1, std::size_t width, std::uint32_t* dst,
+                std::size_t ldd) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const std::size_t N = hn::Lanes(d);
+  for (std::size_t q = q0; q < q1; ++q) {
+    std::uint32_t* out = dst + q * ldd;
+    for (std::size_t c = c0; c < c0 + width; c += N) {
+      const std::size_t count = c < c1 ? c1 - c : 0;
+      const auto lo = operand_bits(d, source_v(d, s, 2 * q, c, count));
+      const auto hi = operand_bits(d, source_v(d, s, 2 * q + 1, c, count));
+      const auto pair = hn::Or(lo, hn::ShiftLeft<16>(hi));
+      if (c + N <= c0 + width) {
+        hn::StoreU(pair, du, out + (c - c0));
+      } else {
+        HWY_ALIGN std::uint32_t tmp[hn::MaxLanes(DF())];
+        hn::Store(pair, du, tmp);
+        std::memcpy(out + (c - c0), tmp, (c0 + width - c) * sizeof(std::uint32_t));
+      }
+    }
+  }
+}
+
+void bf16_pairs_rows(const Bf16Source& s, std::size_t i0, std::size_t i1, std::size_t k2, std::uint32_t* dst, std::size_t ldd) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const std::size_t N = hn::Lanes(d);
+  HWY_ALIGN std::uint32_t pairs[hn::MaxLanes(DF())];
+  for (std::size_t i = i0; i < i1; i += N) {
+    const std::size_t count = std::min(N, i1 - i);
+    for (std::size_t q = 0; q < k2; ++q) {
+      // the pairs of N columns of s from one pair of its rows, each to its own row of dst
+      const auto lo = operand_bits(d, source_v(d, s, 2 * q, i, count));
+      const auto hi = operand_bits(d, source_v(d, s, 2 * q + 1, i, count));
+      hn::Store(hn::Or(lo, hn::ShiftLeft<16>(hi)), du, pairs);
+      for (std::size_t t = 0; t < count; ++t) dst[(i + t) * ldd + q] = pairs[t];
+    }
+  }
+}
+
+void bf16_trans_panel(const Bf16Source& s, std::size_t j0, std::size_t k2, std::uint32_t* dst) {
+  const DF d;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const hn::RebindToSigned<DF> di;
+  const std::size_t N = hn::Lanes(d), NR = nr();
+  HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF()) + 1];
+  for (std::size_t jj = 0; jj < NR; ++jj) {
+    if (j0 + jj >= s.rows) {
+      for (std::size_t q = 0; q < k2; ++q) dst[q * NR + jj] = 0;
+      continue;
+    }
+    // Row j0 + jj as bf16, an even number of columns at a time, each pair to its place in the panel's column jj.
+    const std::size_t step = N % 2 ? N + 1 : N;
+    for (std::size_t c = 0; c < 2 * k2; c += step) {
+      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, operand_bits(d, source_v(d, s, j0 + jj, c, N)))), d16, h);
+      if (step > N) h[N] = bf16_operand(c + N < s.cols ? (s.image ? s.image->at<float>(j0 + jj, c + N) : s.x[(j0 + jj) * s.ld + c + N]) : 0.0f);
+      for (std::size_t t = 0; t < step / 2 && c / 2 + t < k2; ++t)
+        dst[(c / 2 + t) * NR + jj] = std::uint32_t(h[2 * t]) | std::uint32_t(h[2 * t + 1]) << 16;
+    }
+  }
+}
+
+// A result the dot-product instruction flushes: below the smallest normal float, a zero of its sign.
+HWY_INLINE VF flush_small(DF d, VF x) {
+  return hn::IfThenElse(hn::Lt(hn::Abs(x), hn::Set(d, std::numeric_limits<float>::min())), hn::And(x, hn::Set(d, -0.0f)), x);
+}
+
+namespace emulated {
+// Each lane: acc + hi(a)·hi(b), flushed, + lo(a)·lo(b), flushed. Both products are exact in fp32, so each FMA rounds
+// once, as the instruction's adds do.
+template <class VU>
+HWY_INLINE VF dot2(DF d, VF acc, VU a, VU b) {
+  const hn::RebindToUnsigned<DF> du;
+  const auto high = hn::Set(du, 0xffff0000u);
+  acc = flush_small(d, hn::MulAdd(hn::BitCast(d, hn::And(a, high)), hn::BitCast(d, hn::And(b, high)), acc));
+  return flush_small(d, hn::MulAdd(hn::BitCast(d, hn::ShiftLeft<16>(a)), hn::BitCast(d, hn::ShiftLeft<16>(b)), acc));
+}
+#include "simd_bf16-inl.h"
+}  // namespace emulated
+
+#if VAE_NATIVE_X86
+#pragma GCC push_options
+#pragma GCC target("avx512bf16")
+namespace native {
+#include "simd_tile-inl.h"
+template <class VU>
+HWY_INLINE VF dot2(DF, VF acc, VU a, VU b) {
+  return VF{_mm512_dpbf16_ps(acc.raw, reinterpret_cast<__m512bh>(a.raw), reinterpret_cast<__m512bh>(b.raw))};
+}
+#include "simd_bf16-inl.h"
+
+float bf16_dot_loop(std::size_t iterations) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const auto a = hn::Set(du, 0x3f803f80u), b = hn::Set(du, 0x3a803a80u);  // pairs of 1.0 and of 2⁻¹⁰
+  return peak_chains(iterations, [&](VF c) VAE_ALWAYS_INLINE { return dot2(d, c, a, b); });
+}
+}  // namespace native
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16")
+namespace amx {
+// Tile registers 0–3: C, 2 × 2 tiles of 16 × 16 floats (32 rows × NR = 32 columns); 4–5: A, 16 rows × 16 pairs; 6–7: B,
+// 16 pairs × 16 columns. Every tile is 16 rows of 64 bytes, so one configuration serves every product.
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// C = A·B in 32-row blocks of A (in the a_rows form, k2 a multiple of 16, rows readable to the next multiple of 32),
+// each 32 × 32 block summed in the tiles, stored to a scratch block and finished with the fp32 epilogue.
+void gemm_bf16(const GemmBf16Block& g) {
+  static const TileConfig config;
+  _tile_loadconfig(&config);
+  const DF d;
+  const std::size_t N = hn::Lanes(d), NR = 2 * N, lda_bytes = g.lda * sizeof(std::uint32_t);
+  const GemmBlock& o = g.out;
+  HWY_ALIGN float c[32 * 32];
+  VF check = hn::Zero(d);
+  for (std::size_t j = o.j0; j < o.j1; j += NR) {
+    const std::size_t cols = std::min(NR, o.j1 - j);
+    const std::uint32_t* b = g.b + (j / NR) * g.k2 * NR;
+    for (std::size_t i = o.i0; i < o.i1; i += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      const std::uint32_t* a = g.a + i * g.lda;
+      for (std::size_t q = 0; q < g.k2; q += 16) {
+        _tile_loadd(4, a + q, lda_bytes);
+        _tile_loadd(5, a + 16 * g.lda + q, lda_bytes);
+        _tile_loadd(6, b + q * NR, NR * sizeof(std::uint32_t));
+        _tile_loadd(7, b + q * NR + 16, NR * sizeof(std::uint32_t));
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, c, 32 * sizeof(float));
+      _tile_stored(1, c + 16, 32 * sizeof(float));
+      _tile_stored(2, c + 16 * 32, 32 * sizeof(float));
+      _tile_stored(3, c + 16 * 32 + 16, 32 * sizeof(float));
+      const std::size_t rows = std::min<std::size_t>(32, o.i1 - i);
+      for (std::size_t r = 0; r < rows; ++r) {
+        const VF c0 = hn::Load(d, c + r * 32), c1 = hn::Load(d, c + r * 32 + N);
+        // only the columns this block owns count (the panel's padding is zero, so always finite)
+        if (o.nonfinite) check = hn::Add(check, hn::Add(hn::Sub(c0, c0), hn::Sub(c1, c1)));
+        finish(d, c0, o, i + r, j, std::min(cols, N));
+        if (cols > N) finish(d, c1, o, i + r, j + N, cols - N);
+      }
+    }
+  }
+  _tile_release();
+  if (o.nonfinite && !hn::AllTrue(d, hn::Eq(check, hn::Zero(d)))) *o.nonfinite = true;
+}
+
+// Throughput ceiling: four independent tile sums per iteration, 16·16·32 multiply-adds each.
+float amx_loop(std::size_t iterations) {
+  static const TileConfig config;
+  _tile_loadconfig(&config);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_zero(4);
+  _tile_zero(5);
+  _tile_zero(6);
+  _tile_zero(7);
+  for (std::size_t i = 0; i < iterations; ++i) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  HWY_ALIGN float c[16 * 16];
+  _tile_stored(0, c, 16 * sizeof(float));
+  _tile_release();
+  return c[0];
+}
+
+// Whether the CPU has AMX tiles with bf16, and Linux lets this process use them (it must ask, once, for the tile state).
+bool usable() {
+#if defined(__linux__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;
+  constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+  return (d & kAmxBf16) && (d & kAmxTile) && syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+}  // namespace amx
+#pragma GCC pop_options
+#endif
+
+void add_bf16_products(Ops& o) {
+  o.bf16_rows = &bf16_rows;
+  o.bf16_pairs_rows = &bf16_pairs_rows;
+  o.bf16_pairs = &bf16_pairs;
+  o.bf16_trans_panel = &bf16_trans_panel;
+  o.gemm_bf16_block = &emulated::gemm_bf16;
+#if VAE_NATIVE_X86
+  static const Ops amx_ops = [&] {
+    Ops n = o;
+    n.target = "AVX3_AMX";
+    n.bf16_native = true;
+    n.bf16_bit_exact = false;
+    n.bf16_k_block = 16;
+    n.bf16_m_block = 32;
+    n.bf16_a_rows_only = true;
+    n.gemm_bf16_block = &amx::gemm_bf16;
+    n.amx_dot_loop = &amx::amx_loop;
+    n.bf16_dot_loop = &native::bf16_dot_loop;
+    return n;
+  }();
+  static const Ops native_ops = [&] {
+    Ops n = o;
+    n.target = "AVX3_BF16";
+    n.bf16_native = true;
+    n.gemm_bf16_block = &native::gemm_bf16;
+    n.bf16_dot_loop = &native::bf16_dot_loop;
+    if (amx::usable()) n.faster = &amx_ops;
+    return n;
+  }();
+  if (__builtin_cpu_supports("avx512bf16")) o.faster = &native_ops;
+#endif
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace vae::simd
+HWY_AFTER_NAMESPACE();
