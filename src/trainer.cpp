@@ -133,6 +133,32 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     throw UsageError("option --batch: global batch " + std::to_string(cfg_.batch) + " is larger than the " +
                      std::to_string(train_.size()) + " training images");
   local_batch_ = std::size_t(cfg_.batch / comm_.size());
+  // --resume: every rank reads and checks the file itself (local work, so a bad file is one agreed usage error), in a
+  // child forked before this rank starts threads of its own: a thread starting up as the fork happens can hold a lock
+  // the child then waits on for ever (AddressSanitizer's allocator, seen in every MPI resume test).
+  std::filesystem::path resume_path;
+  if (cfg_.resume == "auto") {
+    const std::vector<std::filesystem::path> all = complete_checkpoints(std::filesystem::path(cfg_.run_dir) / "checkpoints");
+    if (!all.empty()) resume_path = all.back();
+  } else if (!cfg_.resume.empty()) {
+    resume_path = cfg_.resume;
+  }
+  if (!resume_path.empty()) {
+    resume_ = read_checkpoint_guarded(resume_path);
+    const Arch& got = resume_->arch;
+    std::string differs;
+    if (got.hidden != cfg_.arch.hidden) differs += " hidden";
+    if (got.latent != cfg_.arch.latent) differs += " latent";
+    if (got.act != cfg_.arch.act) differs += " activation";
+    if (got.conditional != cfg_.arch.conditional) differs += " conditional";
+    if (got.label_every_layer != cfg_.arch.label_every_layer) differs += " label-layers";
+    if (got.classes != cfg_.arch.classes) differs += " classes";
+    if (!differs.empty()) throw UsageError(resume_path.string() + ": architecture differs from this run's in:" + differs);
+    if (resume_->state.seed != cfg_.seed)
+      throw UsageError(resume_path.string() + ": written with --seed " + std::to_string(resume_->state.seed) + ", this run has " +
+                       std::to_string(cfg_.seed));
+  }
+
   // Start-up and checkpoints wait on every rank (file systems, other nodes' start): ten times the limit.
   watchdog_ = std::make_unique<Watchdog>(cfg_.comm_timeout, 10 * cfg_.comm_timeout, comm_.rank(), "vae_dist");
   ctx_.watchdog = watchdog_.get();
@@ -161,30 +187,6 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
   long total = steps_per_epoch() * cfg_.epochs;
   if (cfg_.max_steps > 0) total = std::min(total, cfg_.max_steps);
   step_losses_.reserve(std::size_t(total));
-
-  // --resume: every rank reads and checks the file itself (local work, so a bad file is one agreed usage error).
-  std::filesystem::path resume_path;
-  if (cfg_.resume == "auto") {
-    const std::vector<std::filesystem::path> all = complete_checkpoints(std::filesystem::path(cfg_.run_dir) / "checkpoints");
-    if (!all.empty()) resume_path = all.back();
-  } else if (!cfg_.resume.empty()) {
-    resume_path = cfg_.resume;
-  }
-  if (!resume_path.empty()) {
-    resume_ = read_checkpoint_guarded(resume_path);
-    const Arch& got = resume_->arch;
-    std::string differs;
-    if (got.hidden != cfg_.arch.hidden) differs += " hidden";
-    if (got.latent != cfg_.arch.latent) differs += " latent";
-    if (got.act != cfg_.arch.act) differs += " activation";
-    if (got.conditional != cfg_.arch.conditional) differs += " conditional";
-    if (got.label_every_layer != cfg_.arch.label_every_layer) differs += " label-layers";
-    if (got.classes != cfg_.arch.classes) differs += " classes";
-    if (!differs.empty()) throw UsageError(resume_path.string() + ": architecture differs from this run's in:" + differs);
-    if (resume_->state.seed != cfg_.seed)
-      throw UsageError(resume_path.string() + ": written with --seed " + std::to_string(resume_->state.seed) + ", this run has " +
-                       std::to_string(cfg_.seed));
-  }
 
   if (comm_.rank() == 0) {
     std::error_code ec;
