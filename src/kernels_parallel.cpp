@@ -6,6 +6,8 @@
 #endif
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -108,6 +110,15 @@ struct Gemm {
   float* b_col_sums = nullptr;  // if set: Σ_p B(p, j) for every column (the bias gradient of dW = xᵀ·dy)
   bool check_finite = false;    // note any NaN or ±Inf written to C in the per-thread flags
 };
+
+// A spinning thread's hint to the core that it waits (x86 pause, Arm yield).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 // Splits [0, n) into `parts` nearly equal contiguous ranges; returns range i.
 std::pair<std::size_t, std::size_t> split(std::size_t n, std::size_t parts, std::size_t i) { return {n * i / parts, n * (i + 1) / parts}; }
@@ -243,6 +254,14 @@ class ParallelKernels final : public Kernels<float> {
     run_blocks(shape, block);
   }
 
+  void dense_forward_stack(std::span<const DenseCall<float>> layers, std::size_t n) const override {
+    const bool empty = std::any_of(layers.begin(), layers.end(), [](const DenseCall<float>& c) { return c.k == 0 || c.m == 0; });
+    if (n != 1 || threads_ == 1 || threads_ > kMaxStackParts || bf16_ || layers.size() > kMaxStack || ws_.b_pack.empty() || empty)
+      return Kernels<float>::dense_forward_stack(layers, n);
+    check_stack(layers);
+    one_row_stack(layers);
+  }
+
   double bernoulli_nll(const float* logits, const ImageBatch& x, float* dlogits, std::size_t n, float scale) const override {
     check_rows(n);
     for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.bernoulli_rows(logits, x, dlogits, r0, r1, scale, ws_.row_sums.data()); },
@@ -327,6 +346,11 @@ class ParallelKernels final : public Kernels<float> {
   }
 
   void forward_into(Gemm& g, const float* w, const float* b, float* y, std::size_t n, std::size_t k, std::size_t m, Activation act) const {
+    forward_gemm(g, w, b, y, n, k, m, act);
+    run(g);
+  }
+
+  void forward_gemm(Gemm& g, const float* w, const float* b, float* y, std::size_t n, std::size_t k, std::size_t m, Activation act) const {
     g.b = w;
     g.ldb = m;
     g.c = y;
@@ -337,7 +361,6 @@ class ParallelKernels final : public Kernels<float> {
     g.epi = simd::Epilogue::bias_act;
     g.bias = b;
     g.act = act;
-    run(g);
   }
 
   bool weight_grad_into(Gemm& g, const float* dy, float* dw, float* db, std::size_t n, std::size_t k, std::size_t m) const {
@@ -398,17 +421,58 @@ class ParallelKernels final : public Kernels<float> {
         ops_.pack_a(s);
       });
     }
-    run_blocks(g, [&](std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1) {
-      simd::GemmBlock gb = block_out(g, i0, i1, j0, j1);
-      gb.a = pack_a ? ws_.a_pack.data() : g.a;
-      gb.lda = g.lda;
-      gb.layout = pack_a ? simd::ALayout::panels : g.a_source == Gemm::ASource::cols ? simd::ALayout::cols : simd::ALayout::rows;
-      gb.b = g.b;
-      gb.ldb = g.ldb;
-      gb.b_trans = g.b_trans;
-      gb.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
-      ops_.gemm_block(gb);
-    });
+    run_blocks(g, [&](std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1) { fp32_block(g, pack_a, i0, i1, j0, j1); });
+  }
+
+  void check_stack(std::span<const DenseCall<float>> layers) const {
+    for (const DenseCall<float>& c : layers)
+      if (c.k * ops_.nr > panel_floats_) throw std::logic_error("kernel workspace too small for K = " + std::to_string(c.k));
+  }
+
+  // Rows [i0, i1) × columns [j0, j1) of an fp32 product, A packed (pack_a) or read where it is.
+  void fp32_block(const Gemm& g, bool pack_a, std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1) const {
+    simd::GemmBlock gb = block_out(g, i0, i1, j0, j1);
+    gb.a = pack_a ? ws_.a_pack.data() : g.a;
+    gb.lda = g.lda;
+    gb.layout = pack_a ? simd::ALayout::panels : g.a_source == Gemm::ASource::cols ? simd::ALayout::cols : simd::ALayout::rows;
+    gb.b = g.b;
+    gb.ldb = g.ldb;
+    gb.b_trans = g.b_trans;
+    gb.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
+    ops_.gemm_block(gb);
+  }
+
+  // One row through a stack of layers in one fork-join of one task per thread. Each layer's columns are split into one
+  // block per task; a task claims its own block first (so each core keeps reading the same part of every W, from its own
+  // cache), then any block no task has claimed, then waits until every block of the layer is written. A task only ever
+  // waits for blocks that a running task has claimed, so the stack finishes even if one task runs them all (a pool whose
+  // other threads are busy).
+  void one_row_stack(std::span<const DenseCall<float>> layers) const {
+    const std::size_t parts = threads_, nr = ops_.nr;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      stack_claimed_[l].store(0, std::memory_order_relaxed);
+      stack_done_[l].store(0, std::memory_order_relaxed);
+    }
+    pool_.run(parts, 1, [&](std::size_t first, std::size_t last) {
+      for (std::size_t task = first; task < last; ++task)
+        for (std::size_t l = 0; l < layers.size(); ++l) {
+          const DenseCall<float>& c = layers[l];
+          Gemm g;
+          g.a = c.x;
+          g.lda = c.ldx;
+          forward_gemm(g, c.w, c.b, c.y, 1, c.k, c.m, c.act);
+          const std::size_t panels = (c.m + nr - 1) / nr;
+          for (std::size_t i = 0; i < parts; ++i) {
+            const std::size_t part = (task + i) % parts;
+            const std::uint32_t bit = std::uint32_t(1) << part;
+            if (stack_claimed_[l].fetch_or(bit, std::memory_order_relaxed) & bit) continue;
+            const auto [q0, q1] = split(panels, parts, part);
+            if (q1 > q0) fp32_block(g, false, 0, 1, q0 * nr, std::min(c.m, q1 * nr));
+            stack_done_[l].fetch_add(1, std::memory_order_release);
+          }
+          while (stack_done_[l].load(std::memory_order_acquire) < parts) cpu_relax();
+        }
+    }, true);
   }
 
   // The task count of a product: a multiple of the thread count, so that equal tasks end together, as row blocks ×
@@ -523,6 +587,8 @@ class ParallelKernels final : public Kernels<float> {
   std::size_t max_rows_ = 0, panel_floats_ = 0;
   Workspace ws_;
   static constexpr std::size_t kFlagStride = 64;  // a cache line per thread's flag
+  static constexpr std::size_t kMaxStack = 16, kMaxStackParts = 32;  // one_row_stack: layers, and tasks (bits of a claim word)
+  mutable std::array<std::atomic<std::uint32_t>, kMaxStack> stack_claimed_{}, stack_done_{};
   ProgressHook hook_ = nullptr;
   void* hook_context_ = nullptr;
   std::thread::id caller_ = std::this_thread::get_id();  // the thread that made the kernels: the trainer's

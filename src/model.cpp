@@ -132,6 +132,12 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
     const std::size_t grad_cols = network_input ? (first_dec ? L : 0) : layers[l - 1].out;
     stages_.push_back({&layers[l], in, ld, in_act, hidden_[l].data(), prev, grad_cols, widened});
   }
+  const bool widened = std::any_of(stages_.begin(), stages_.end(), [](const Stage& s) { return s.widened; });
+  if (!widened)
+    for (std::size_t l = layout.encoder_layers(); l < stages_.size(); ++l) {
+      const Stage& s = stages_[l];
+      decoder_calls_.push_back({s.in, s.ld_in, nullptr, nullptr, s.out, s.spec->in, s.spec->out, s.spec->act});
+    }
 }
 
 template <class T>
@@ -264,7 +270,13 @@ bool Network<T>::rows_finite(std::size_t n) const {
 
 template <class T>
 void Network<T>::decode(const Kernels<T>& k, const T* params, std::size_t n) {
-  chain_forward(k, params, arch_.hidden.size() + 1, stages_.size(), n);
+  if (decoder_calls_.empty()) return chain_forward(k, params, arch_.hidden.size() + 1, stages_.size(), n);
+  const std::size_t first = stages_.size() - decoder_calls_.size();
+  for (std::size_t l = 0; l < decoder_calls_.size(); ++l) {
+    decoder_calls_[l].w = params + stages_[first + l].spec->w_offset;
+    decoder_calls_[l].b = params + stages_[first + l].spec->b_offset;
+  }
+  k.dense_forward_stack(decoder_calls_, n);
 }
 
 namespace {

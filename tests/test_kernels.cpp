@@ -307,6 +307,31 @@ TEST_P(KernelShapes, OneRowIsItsRowOfTheBatchBitForBit) {
   });
 }
 
+// A single sample's stack of layers (one fork-join, the threads meeting between layers) gets the bits of its layers run
+// one by one: here k → m → k + 5 → m, with ELU between and identity at the end.
+TEST_P(KernelShapes, OneRowStackIsItsLayersInTurn) {
+  const auto [rows, k, m] = GetParam();
+  const std::size_t widths[4] = {k, m, k + 5, m};
+  std::vector<std::vector<float>> w, b, want(4), got(4);
+  for (std::size_t l = 0; l < 3; ++l) {
+    w.push_back(random_floats(widths[l] * widths[l + 1], 31 + unsigned(l)));
+    b.push_back(random_floats(widths[l + 1], 41 + unsigned(l)));
+  }
+  want[0] = got[0] = random_floats(k, 30);
+  for_each_fast(1, k + m + 5, [&](const Fast& fast) {
+    std::vector<DenseCall<float>> calls;
+    for (std::size_t l = 0; l < 3; ++l) {
+      want[l + 1].assign(widths[l + 1], 0.0f);
+      got[l + 1].assign(widths[l + 1], -1.0f);
+      const Activation act = l < 2 ? Activation::elu : Activation::identity;
+      fast->dense_forward(want[l].data(), widths[l], w[l].data(), b[l].data(), want[l + 1].data(), 1, widths[l], widths[l + 1], act);
+      calls.push_back({got[l].data(), widths[l], w[l].data(), b[l].data(), got[l + 1].data(), widths[l], widths[l + 1], act});
+    }
+    fast->dense_forward_stack(calls, 1);
+    for (std::size_t l = 1; l < 4; ++l) EXPECT_EQ(got[l], want[l]) << "layer " << l;
+  });
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Awkward, KernelShapes,
     ::testing::Values(std::make_tuple(1, 1, 1), std::make_tuple(7, 13, 5), std::make_tuple(3, 17, 33), std::make_tuple(5, 9, 70),

@@ -68,6 +68,18 @@ struct Int8Output {
 // A u8 row of k inputs is ⌈k/4⌉ quads (4·⌈k/4⌉ bytes, zero past k): the INT8 products add four products at a time.
 inline std::size_t int8_row_bytes(std::size_t k) { return 4 * ((k + 3) / 4); }
 
+// One layer of dense_forward_stack: y = act(x · w + b).            x [n × k] (row stride ldx), w [k × m], b [m], y [n × m]
+template <class T>
+struct DenseCall {
+  const T* x = nullptr;
+  std::size_t ldx = 0;
+  const T* w = nullptr;
+  const T* b = nullptr;
+  T* y = nullptr;
+  std::size_t k = 0, m = 0;
+  Activation act = Activation::identity;
+};
+
 // Row-major matrices throughout: X [batch × in], W [in × out], Y [batch × out]; ld* are row strides in elements.
 template <class T>
 class Kernels {
@@ -78,6 +90,11 @@ class Kernels {
   // y = act(x · w + b)                                     x [n × k] (row stride ldx), w [k × m], b [m], y [n × m]
   virtual void dense_forward(const T* x, std::size_t ldx, const T* w, const T* b, T* y, std::size_t n, std::size_t k, std::size_t m,
                              Activation act) const = 0;
+  // Layers in order, each free to read what an earlier one wrote: dense_forward on each in turn. The parallel kernels run
+  // a single row's stack (one sample's decode) in one hand-over to the other threads, which meet between layers.
+  virtual void dense_forward_stack(std::span<const DenseCall<T>> layers, std::size_t n) const {
+    for (const DenseCall<T>& c : layers) dense_forward(c.x, c.ldx, c.w, c.b, c.y, n, c.k, c.m, c.act);
+  }
   // y = act(x · w + b) with x an image batch: the first layer.          x [n × x.cols()], w [x.cols() × m], y [n × m]
   virtual void dense_forward_image(const ImageBatch& x, const T* w, const T* b, T* y, std::size_t n, std::size_t m, Activation act) const = 0;
   // dw = xᵀ · dy,  db = Σ_rows dy                           x [n × k] (ldx), dy [n × m], dw [k × m], db [m]

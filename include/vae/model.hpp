@@ -150,6 +150,7 @@ class Network {
   std::size_t max_batch_;
   std::size_t rank_ = 0, ranks_ = 1;
   std::vector<Stage> stages_;  // one per layer, forward order
+  std::vector<DenseCall<T>> decoder_calls_;  // the decoder's layers for dense_forward_stack (empty with widened inputs)
   std::span<std::uint8_t> pixels_;  // [B × 784], this rank's rows of the shared [ranks·B × 784]
   std::span<std::uint8_t> labels_;  // [B]
   ImageBatch all_images_;           // every rank's rows, [ranks·B × enc_in]
