@@ -303,13 +303,35 @@ class ParallelKernels final : public Kernels<float> {
     }, 8 * cols);
   }
 
-  void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2,
-                   float eps_t) const override {
+  void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2, float eps_t,
+                   const WeightCopy* copy) const override {
+    const std::size_t base = copy ? std::size_t(p - copy->params) : 0;
     pool_.run(count, kAdamChunk, [&](std::size_t begin, std::size_t end) {
       if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
       ops_.adam(p, g, m, v, begin, end, lr_t, beta1, beta2, eps_t);
+      // the chunk's new weights, still in this core's cache, into their bf16 form
+      if (copy) copy_weights(*copy, base + begin, base + end);
     });
   }
+
+  std::size_t bf16_panel_words(std::size_t k, std::size_t m) const override {
+    return bf16_ ? round_up(m, ops_.nr) * pairs(k) : 0;
+  }
+
+  void refresh_weight_copy(const WeightCopy& copy) const override {
+    const std::size_t nr = ops_.nr;
+    for (const WeightCopy::Layer& l : copy.layers) {
+      const float* w = copy.params + l.w_offset;
+      const std::size_t fwd_panels = (l.m + nr - 1) / nr, trans_panels = (l.k + nr - 1) / nr;
+      pool_.run(fwd_panels + trans_panels, 1, [&](std::size_t first, std::size_t last) {
+        for (std::size_t t = first; t < last; ++t)
+          if (t < fwd_panels) pack_b_panel(w, l.m, false, l.k, l.m, t, copy.words + l.fwd);
+          else pack_b_panel(w, l.m, true, l.m, l.k, t - fwd_panels, copy.words + l.trans);
+      });
+    }
+  }
+
+  void bind_weight_copy(const WeightCopy* copy) override { copy_ = copy; }
 
  private:
   struct Workspace {
@@ -527,29 +549,59 @@ class ParallelKernels final : public Kernels<float> {
     return gb;
   }
 
+  // Pairs along K of a bf16 operand, padded to the product's K blocks.
+  std::size_t pairs(std::size_t K) const { return round_up((K + 1) / 2, ops_.bf16_k_block); }
+
+  // Panel t of B [K × N] in bf16 pairs, B = b [K × N] or, b_trans, bᵀ with b [N × K] (row stride ldb either way).
+  void pack_b_panel(const float* b, std::size_t ldb, bool b_trans, std::size_t K, std::size_t N, std::size_t t, std::uint32_t* panels) const {
+    const std::size_t nr = ops_.nr, k2 = pairs(K), j0 = t * nr;
+    const simd::Bf16Source s{b, ldb, nullptr, b_trans ? N : K, b_trans ? K : N};
+    if (b_trans) ops_.bf16_trans_panel(s, j0, k2, panels + t * k2 * nr);
+    else ops_.bf16_pairs(s, 0, k2, j0, std::min(N, j0 + nr), nr, panels + t * k2 * nr, nr);
+  }
+
+  // Flat elements [e0, e1) of the parameters into the weight copy, layer by layer (the biases have no copy).
+  void copy_weights(const WeightCopy& copy, std::size_t e0, std::size_t e1) const {
+    for (const WeightCopy::Layer& l : copy.layers) {
+      const std::size_t lo = std::max(e0, l.w_offset), hi = std::min(e1, l.w_offset + l.k * l.m);
+      if (lo < hi)
+        ops_.bf16_copy_range(copy.params + l.w_offset, l.m, lo - l.w_offset, hi - l.w_offset, pairs(l.k), pairs(l.m), copy.words + l.fwd,
+                             copy.words + l.trans);
+    }
+  }
+
+  // The bound weight copy's panels of B, if B is a layer's W (forward) or Wᵀ (input gradient); else nullptr.
+  const std::uint32_t* copied_panels(const Gemm& g) const {
+    if (!copy_) return nullptr;
+    for (const WeightCopy::Layer& l : copy_->layers) {
+      if (g.b != copy_->params + l.w_offset) continue;
+      if (!g.b_trans && g.K == l.k && g.N == l.m && g.ldb == l.m) return copy_->words + l.fwd;
+      if (g.b_trans && g.K == l.m && g.N == l.k && g.ldb == l.m) return copy_->words + l.trans;
+    }
+    return nullptr;
+  }
+
   // The bf16 product: both operands rounded into their pair forms in one parallel pass (A whole: rows of pairs for
-  // A = X or dY, pairs of rows for A = Xᵀ; B as panels), then the blocks.
+  // A = X or dY, pairs of rows for A = Xᵀ; B as panels, unless the weight copy holds them), then the blocks.
   void run_bf16(const Gemm& g) const {
-    const std::size_t nr = ops_.nr, k2 = round_up((g.K + 1) / 2, ops_.bf16_k_block), n_panels = (g.N + nr - 1) / nr;
+    const std::size_t nr = ops_.nr, k2 = pairs(g.K), n_panels = (g.N + nr - 1) / nr;
     const bool image = g.a_source == Gemm::ASource::image || g.a_source == Gemm::ASource::image_trans;
     const bool a_given_rows = g.a_source == Gemm::ASource::rows || g.a_source == Gemm::ASource::image;
     const bool a_rows = a_given_rows || ops_.bf16_a_rows_only;
     const std::size_t m_rows = ops_.bf16_m_block > 1 ? round_up(g.M, ops_.bf16_m_block) + ops_.bf16_m_block : g.M;
     // A as the matrix s it is read from: A itself [M × K], or the [K × M] matrix it is the transpose of
     simd::Bf16Source a{image ? nullptr : g.a, g.lda, image ? g.image : nullptr, a_given_rows ? g.M : g.K, a_given_rows ? g.K : g.M};
-    const simd::Bf16Source b{g.b, g.ldb, nullptr, g.b_trans ? g.N : g.K, g.b_trans ? g.K : g.N};
     if (k2 * m_rows > ws_.a16.size() || k2 * n_panels * nr > ws_.b16.size())
       throw std::logic_error("bf16 kernel workspace too small for a " + std::to_string(g.M) + "x" + std::to_string(g.K) + "x" +
                              std::to_string(g.N) + " product");
     std::uint32_t* a16 = ws_.a16.data();
-    std::uint32_t* b16 = ws_.b16.data();
+    const std::uint32_t* copied = copied_panels(g);
+    const std::uint32_t* b16 = copied ? copied : ws_.b16.data();
     const std::size_t a_units = a_rows ? m_rows : k2, a_pieces = (a_units + kPackRows - 1) / kPackRows;
-    pool_.run(a_pieces + n_panels, 1, [&](std::size_t first, std::size_t last) {
+    pool_.run(a_pieces + (copied ? 0 : n_panels), 1, [&](std::size_t first, std::size_t last) {
       for (std::size_t t = first; t < last; ++t) {
         if (t >= a_pieces) {
-          const std::size_t panel = t - a_pieces, j0 = panel * nr;
-          if (g.b_trans) ops_.bf16_trans_panel(b, j0, k2, b16 + panel * k2 * nr);
-          else ops_.bf16_pairs(b, 0, k2, j0, std::min(g.N, j0 + nr), nr, b16 + panel * k2 * nr, nr);
+          pack_b_panel(g.b, g.ldb, g.b_trans, g.K, g.N, t - a_pieces, ws_.b16.data());
           continue;
         }
         const auto u0 = t * kPackRows, u1 = std::min(a_units, u0 + kPackRows);
@@ -591,6 +643,7 @@ class ParallelKernels final : public Kernels<float> {
   mutable std::array<std::atomic<std::uint32_t>, kMaxStack> stack_claimed_{}, stack_done_{};
   ProgressHook hook_ = nullptr;
   void* hook_context_ = nullptr;
+  const WeightCopy* copy_ = nullptr;  // bf16: the weights the optimizer keeps in panel form (bind_weight_copy)
   std::thread::id caller_ = std::this_thread::get_id();  // the thread that made the kernels: the trainer's
 };
 

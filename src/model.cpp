@@ -76,6 +76,22 @@ std::size_t ParamLayout::max_dim() const {
   return m;
 }
 
+WeightCopy make_weight_copy(const ParamLayout& layout, const Kernels<float>& k, const float* params, std::uint32_t* words) {
+  constexpr std::size_t words_per_line = kAlign / sizeof(std::uint32_t);
+  WeightCopy copy{params, words, {}, 0};
+  for (const DenseSpec& s : layout.layers()) {
+    WeightCopy::Layer l{s.w_offset, s.in, s.out, copy.size, 0};
+    copy.size += round_up(k.bf16_panel_words(s.in, s.out), words_per_line);
+    l.trans = copy.size;
+    copy.size += round_up(k.bf16_panel_words(s.out, s.in), words_per_line);
+    copy.layers.push_back(l);
+  }
+  if (copy.size == 0) copy.layers.clear();
+  return copy;
+}
+
+std::size_t weight_copy_words(const ParamLayout& layout, const Kernels<float>& k) { return make_weight_copy(layout, k, nullptr, nullptr).size; }
+
 template <class T>
 void init_parameters(const ParamLayout& layout, std::uint64_t seed, std::span<T> params) {
   std::fill(params.begin(), params.end(), T(0));

@@ -139,6 +139,58 @@ void bf16_trans_panel(const Bf16Source& s, std::size_t j0, std::size_t k2, std::
   }
 }
 
+// Elements [e0, e1) of w [· × m] into the weight copy's two panel forms (Ops::bf16_copy_range): each element is one u16
+// of each, written alone, so ranges written side by side (threads, the ranks of a node) never share a byte.
+void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t e1, std::size_t k2f, std::size_t k2t, std::uint32_t* fwd,
+                     std::uint32_t* trans) {
+  const DF d;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const hn::RebindToSigned<DF> di;
+  const std::size_t N = hn::Lanes(d), NR = nr();
+  std::uint16_t* f16 = reinterpret_cast<std::uint16_t*>(fwd);
+  std::uint16_t* t16 = reinterpret_cast<std::uint16_t*>(trans);
+  // w(i, j) is B(i, j) of panel j / NR in the forward form and B(j, i) of panel i / NR in the transposed one
+  auto fwd_at = [&](std::size_t i, std::size_t j) { return 2 * (((j / NR) * k2f + i / 2) * NR + j % NR) + (i & 1); };
+  auto trans_at = [&](std::size_t i, std::size_t j) { return 2 * (((i / NR) * k2t + j / 2) * NR + i % NR) + (j & 1); };
+  auto one = [&](std::size_t i, std::size_t j) {
+    const std::uint16_t h = bf16_operand(w[i * m + j]);
+    f16[fwd_at(i, j)] = h;
+    t16[trans_at(i, j)] = h;
+  };
+#if HWY_TARGET <= HWY_AVX3
+  // the forward form's u16 lanes of one row's elements: every other lane, a masked store (which writes no other byte)
+  const hn::Repartition<std::uint16_t, DF> dh;
+  const auto odd_lane = hn::Eq(hn::And(hn::Iota(dh, 0), hn::Set(dh, 1)), hn::Set(dh, 1));
+#endif
+  if (N % 2) {  // a one-lane target: no whole pairs to store
+    for (std::size_t e = e0; e < e1; ++e) one(e / m, e % m);
+    return;
+  }
+  HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF())];
+  for (std::size_t e = e0; e < e1;) {
+    const std::size_t i = e / m, end = std::min(e1 - i * m, m);
+    std::size_t j = e - i * m;
+    // N-element runs from a multiple of N lie in one panel of the forward form and hold whole pairs of the transposed one
+    for (; j < end && j % N != 0; ++j) one(i, j);
+    for (; j + N <= end; j += N) {
+      const auto bits = operand_bits(d, hn::LoadU(d, w + i * m + j));
+#if HWY_TARGET <= HWY_AVX3
+      const auto placed = hn::BitCast(dh, (i & 1) ? hn::ShiftLeft<16>(bits) : bits);
+      hn::BlendedStore(placed, (i & 1) ? odd_lane : hn::Not(odd_lane), dh, f16 + fwd_at(i, j) - (i & 1));
+      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, bits)), d16, h);
+#else
+      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, bits)), d16, h);
+      std::uint16_t* f = f16 + fwd_at(i, j);
+      for (std::size_t t = 0; t < N; ++t) f[2 * t] = h[t];
+#endif
+      std::uint32_t* t32 = trans + ((i / NR) * k2t + j / 2) * NR + i % NR;
+      for (std::size_t t = 0; t < N / 2; ++t) t32[t * NR] = std::uint32_t(h[2 * t]) | std::uint32_t(h[2 * t + 1]) << 16;
+    }
+    for (; j < end; ++j) one(i, j);
+    e = i * m + end;
+  }
+}
+
 // A result the dot-product instruction flushes: below the smallest normal float, a zero of its sign.
 HWY_INLINE VF flush_small(DF d, VF x) {
   return hn::IfThenElse(hn::Lt(hn::Abs(x), hn::Set(d, std::numeric_limits<float>::min())), hn::And(x, hn::Set(d, -0.0f)), x);
@@ -281,6 +333,7 @@ void add_bf16_products(Ops& o) {
   o.bf16_pairs_rows = &bf16_pairs_rows;
   o.bf16_pairs = &bf16_pairs;
   o.bf16_trans_panel = &bf16_trans_panel;
+  o.bf16_copy_range = &bf16_copy_range;
   o.gemm_bf16_block = &emulated::gemm_bf16;
 #if VAE_NATIVE_X86
   static const Ops amx_ops = [&] {

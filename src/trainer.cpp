@@ -303,7 +303,7 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
   const double sum_wait = sync_->update([&](std::size_t begin, std::size_t count) {
     adam_step<float>(k, params_.subspan(begin, count), grads_.subspan(begin, count), adam_m_.subspan(begin, count),
-                     adam_v_.subspan(begin, count), updates_, adam);
+                     adam_v_.subspan(begin, count), updates_, adam, copy_.layers.empty() ? nullptr : &copy_);
   });
   lap(phase_.update);
   phase_.update -= sum_wait;
@@ -416,15 +416,28 @@ void Trainer::initialize() {
                       kExitUsage);
   // Every rank reads the checkpoint it resumes from, and the seed draws the same parameters everywhere: the writers of
   // each copy fill it, and it is every rank's.
+  // bf16 products: the weights' bf16 form beside them, written whole where the parameters are written, and then by
+  // every update of theirs
+  copy_ = make_weight_copy(layout_, *kernels_, params_.data(), sync_->weight_copy().data());
+  auto refresh = [&] {
+    if (!copy_.layers.empty()) kernels_->refresh_weight_copy(copy_);
+  };
   if (resume_) {
-    sync_->set_parameters([&](std::span<float> p) { std::copy(resume_->params.begin(), resume_->params.end(), p.begin()); });
+    sync_->set_parameters([&](std::span<float> p) {
+      std::copy(resume_->params.begin(), resume_->params.end(), p.begin());
+      refresh();
+    });
     std::copy(resume_->adam_m.begin(), resume_->adam_m.end(), adam_m_.begin());
     std::copy(resume_->adam_v.begin(), resume_->adam_v.end(), adam_v_.begin());
   } else {
-    sync_->set_parameters([&](std::span<float> p) { init_parameters<float>(layout_, cfg_.seed, p); });
+    sync_->set_parameters([&](std::span<float> p) {
+      init_parameters<float>(layout_, cfg_.seed, p);
+      refresh();
+    });
     std::fill(adam_m_.begin(), adam_m_.end(), 0.0f);
     std::fill(adam_v_.begin(), adam_v_.end(), 0.0f);
   }
+  kernels_->bind_weight_copy(copy_.layers.empty() ? nullptr : &copy_);
   step_ = resume_ ? resume_->state.step : 0;
   updates_ = resume_ ? resume_->state.updates : 0;
   skipped_ = resume_ ? resume_->state.skipped : 0;

@@ -529,6 +529,67 @@ TEST(Bf16Products, NativePathIsChosenWhereTheCpuHasIt) {
   EXPECT_NE(make_parallel_kernels(1, "", Precision::bf16)->name().find("bf16 products"), std::string::npos);
 }
 
+// The bf16 weight copy: Adam over ranges that start and end anywhere (mid-row, odd, across layers, in chunks spread
+// over threads) leaves it word for word what packing the new weights afresh gives, and the products that read it give
+// the bits of the products that pack their weights, forward and input gradient, on every bf16 path. The layers are
+// awkward (widths 13, 33, 70, 5: partial panels, odd K) and one is larger than an Adam task.
+TEST(Bf16WeightCopy, AdamKeepsItFreshAndProductsReadIt) {
+  Arch arch;
+  arch.hidden = {33, 70};
+  arch.latent = 5;
+  arch.image = 13 * 13;
+  arch.classes = 3;
+  const ParamLayout layout(arch);
+  const std::size_t P = layout.padded_size(), n = 7;
+  std::vector<float> params0(P), g = random_floats(P, 51), x = random_floats(n * layout.max_dim(), 52);
+  init_parameters<float>(layout, 5, params0);
+  for_each_fast(n, layout.max_dim(), [&](const Fast& fast) {
+    std::vector<float> p = params0, m(P, 0.0f), v(P, 0.0f);
+    std::vector<std::uint32_t> kept_words(weight_copy_words(layout, *fast)), fresh_words(kept_words.size());
+    ASSERT_GT(kept_words.size(), 0u);
+    const WeightCopy kept = make_weight_copy(layout, *fast, p.data(), kept_words.data());
+    fast->refresh_weight_copy(kept);
+    const std::size_t cuts[] = {0, 1, 1001, 1002, P / 2 + 3, P - 17, P};
+    for (long t = 1; t <= 2; ++t)
+      for (std::size_t c = 0; c + 1 < std::size(cuts); ++c) {
+        const std::size_t b = cuts[c], count = cuts[c + 1] - b;
+        adam_step<float>(*fast, std::span(p).subspan(b, count), std::span<const float>(g).subspan(b, count), std::span(m).subspan(b, count),
+                         std::span(v).subspan(b, count), t, {0.01, 0.9, 0.999, 1e-8}, &kept);
+      }
+    ASSERT_NE(p, params0);
+    const WeightCopy fresh = make_weight_copy(layout, *fast, p.data(), fresh_words.data());
+    fast->refresh_weight_copy(fresh);
+    for (const WeightCopy::Layer& l : kept.layers) {
+      const auto words = [&](std::size_t at, std::size_t count) { return std::vector<std::uint32_t>(kept_words.begin() + std::ptrdiff_t(at), kept_words.begin() + std::ptrdiff_t(at + count)); };
+      const auto fresh_of = [&](std::size_t at, std::size_t count) { return std::vector<std::uint32_t>(fresh_words.begin() + std::ptrdiff_t(at), fresh_words.begin() + std::ptrdiff_t(at + count)); };
+      const std::size_t fwd = fast->bf16_panel_words(l.k, l.m), trans = fast->bf16_panel_words(l.m, l.k);
+      EXPECT_EQ(words(l.fwd, fwd), fresh_of(l.fwd, fwd)) << "forward panels of a " << l.k << "x" << l.m << " layer";
+      EXPECT_EQ(words(l.trans, trans), fresh_of(l.trans, trans)) << "transposed panels of a " << l.k << "x" << l.m << " layer";
+    }
+    for (const DenseSpec& s : layout.layers()) {
+      const float* w = p.data() + s.w_offset;
+      const float* bias = p.data() + s.b_offset;
+      std::vector<float> y_packed(n * s.out), y_copied(n * s.out), dx_packed(n * s.in), dx_copied(n * s.in);
+      const std::vector<float> dy = random_floats(n * s.out, 53);
+      fast.kernels->bind_weight_copy(nullptr);
+      fast->dense_forward(x.data(), s.in, w, bias, y_packed.data(), n, s.in, s.out, Activation::elu);
+      fast->dense_input_grad(dy.data(), w, dx_packed.data(), s.in, n, s.in, s.out, Activation::identity, nullptr);
+      fast.kernels->bind_weight_copy(&kept);
+      fast->dense_forward(x.data(), s.in, w, bias, y_copied.data(), n, s.in, s.out, Activation::elu);
+      fast->dense_input_grad(dy.data(), w, dx_copied.data(), s.in, n, s.in, s.out, Activation::identity, nullptr);
+      EXPECT_EQ(y_copied, y_packed) << s.name << " forward";
+      EXPECT_EQ(dx_copied, dx_packed) << s.name << " input gradient";
+    }
+    // and they do read it: a copy of zero weights gives the bias alone
+    std::fill(kept_words.begin(), kept_words.end(), 0u);
+    const DenseSpec& s = layout.layers().front();
+    std::vector<float> y(n * s.out);
+    fast->dense_forward(x.data(), s.in, p.data() + s.w_offset, p.data() + s.b_offset, y.data(), n, s.in, s.out, Activation::identity);
+    fast.kernels->bind_weight_copy(nullptr);
+    EXPECT_EQ(std::vector<float>(y.begin(), y.begin() + std::ptrdiff_t(s.out)), std::vector<float>(p.begin() + std::ptrdiff_t(s.b_offset), p.begin() + std::ptrdiff_t(s.b_offset + s.out)));
+  }, Precision::bf16);
+}
+
 // INT8 products by hand: xq = [1 2 3], zero point 1 (so x ∝ [0 1 2]), wq = [1; 2; −3], scale 0.5, bias 1:
 // Σ xq·wq = 1 + 4 − 9 = −4, zero term 1·(1 + 2 − 3) = 0, y = 0.5·(−4 − 0) + 1 = −1; as u8 with inv_scale 2 and zero
 // point 10: round(−2 + 10) = 8. The input quantizes as round(x·4 + 1): x = [0, 0.25, 0.5] gives [1 2 3].

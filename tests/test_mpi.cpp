@@ -136,6 +136,25 @@ TEST(MpiTest, ResumeContinuesBitForBit) {
   comm.barrier();
 }
 
+// The bf16 weight copy the updates kept (each rank its rows of the node's one, or its whole own) holds what packing the
+// final parameters afresh gives, word for word: the products read it instead of packing the weights.
+void expect_weight_copy_current(const Trainer& t, const Communicator& c) {
+  const WeightCopy& kept = t.weight_copy();
+  ASSERT_FALSE(kept.layers.empty()) << "bf16 training keeps no weight copy";
+  c.barrier();  // every rank's last update is in the node's copy
+  const auto kernels = make_kernels(KernelChoice::parallel, 1, Precision::bf16);
+  std::vector<std::uint32_t> words(kept.size);
+  WeightCopy fresh = make_weight_copy(t.layout(), *kernels, t.parameters().data(), words.data());
+  ASSERT_EQ(fresh.size, kept.size);
+  kernels->refresh_weight_copy(fresh);
+  for (std::size_t l = 0; l < kept.layers.size(); ++l) {
+    const WeightCopy::Layer& a = kept.layers[l];
+    const std::size_t fwd = kernels->bf16_panel_words(a.k, a.m), trans = kernels->bf16_panel_words(a.m, a.k);
+    EXPECT_EQ(std::memcmp(kept.words + a.fwd, words.data() + a.fwd, fwd * 4), 0) << "layer " << l << ": forward panels";
+    EXPECT_EQ(std::memcmp(kept.words + a.trans, words.data() + a.trans, trans * 4), 0) << "layer " << l << ": transposed panels";
+  }
+}
+
 // The same training at 1, 2 and 4 ranks (global batch fixed): parameters agree to float rounding after `steps`, through
 // the one-node shared pass and through the bucketed allreduce of multi-node jobs; the same rank count twice agrees bit for
 // bit. Run with mpiexec -n 4.
@@ -156,6 +175,7 @@ void expect_rank_count_invariance(Precision precision, long steps, double tolera
     Trainer t(cfg, c, 1);
     t.run();
     EXPECT_EQ(t.step_losses().size(), std::size_t(steps));
+    if (precision == Precision::bf16) expect_weight_copy_current(t, c);
     return std::vector<float>(t.parameters().begin(), t.parameters().end());
   };
   const std::vector<float> four = train(comm, "four"), four_again = train(comm, "four_again");

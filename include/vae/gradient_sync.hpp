@@ -77,11 +77,15 @@ class GradientSync : public BackwardListener {
 
   // The parameters this rank trains with: its own copy, or its node's one copy.
   std::span<float> parameters() const { return params_; }
+  // The words of their bf16 weight copy (weight_copy_words; empty when the kernels keep none), beside them: the rank's
+  // own, or the node's one, which each rank's update writes its rows of.
+  std::span<std::uint32_t> weight_copy() const { return copy_words_; }
   Network<float>& network() const { return *net_; }
   // This rank's gradient buffer, in its pool (the trainer's, laid out as the parameters), before attach().
   void set_gradients(std::span<float> grads) { grads_ = grads; }
 
-  // Writes the parameters with fill(params) where this rank writes its copy, then makes them every rank's. Collective.
+  // Writes the parameters with fill(params) where this rank writes its copy (and, there, the bf16 copy beside them),
+  // then makes them every rank's. Collective.
   virtual void set_parameters(const std::function<void(std::span<float>)>& fill) = 0;
 
   virtual void start_step(long step) = 0;
@@ -115,6 +119,7 @@ class GradientSync : public BackwardListener {
   // A copy of the parameters and a network of its own, in the rank's pool (every strategy but the shared pass).
   void carve_own(Arena& pool) {
     params_ = pool.take<float>(layout().padded_size());
+    copy_words_ = pool.take<std::uint32_t>(weight_copy_words(layout(), *setup_.kernels));
     net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, pool);
   }
   void beat(const char* phase, const char* what = "", long detail = -1) const {
@@ -123,6 +128,7 @@ class GradientSync : public BackwardListener {
 
   SyncSetup setup_;
   std::span<float> params_;
+  std::span<std::uint32_t> copy_words_;
   std::span<float> grads_;  // this rank's gradient buffer (set by the trainer: set_gradients)
   std::unique_ptr<Network<float>> net_;
   long step_ = 0;

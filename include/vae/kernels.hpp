@@ -68,6 +68,20 @@ struct Int8Output {
 // A u8 row of k inputs is ⌈k/4⌉ quads (4·⌈k/4⌉ bytes, zero past k): the INT8 products add four products at a time.
 inline std::size_t int8_row_bytes(std::size_t k) { return 4 * ((k + 3) / 4); }
 
+// The bf16 products' own form of every layer's weights, kept current by the optimizer pass as it updates the fp32 master
+// weights, so that no product packs a weight. Layer W [k × m] at params + w_offset has its forward panels (B = W) at
+// words + fwd and its transposed panels (B = Wᵀ, for the input gradient) at words + trans, in the kernels' layout
+// (make_weight_copy in vae/model.hpp lays it out).
+struct WeightCopy {
+  struct Layer {
+    std::size_t w_offset = 0, k = 0, m = 0, fwd = 0, trans = 0;
+  };
+  const float* params = nullptr;
+  std::uint32_t* words = nullptr;
+  std::vector<Layer> layers;  // none: the kernels keep no copy
+  std::size_t size = 0;       // words
+};
+
 // One layer of dense_forward_stack: y = act(x · w + b).            x [n × k] (row stride ldx), w [k × m], b [m], y [n × m]
 template <class T>
 struct DenseCall {
@@ -122,8 +136,18 @@ class Kernels {
   // depend on its key alone, not on which rank or thread draws it. Box-Muller on pairs of uniform24(): for the pair
   // (u, v), √(−2 ln u)·cos 2πv and √(−2 ln u)·sin 2πv; an odd last column takes the cosine of a final pair.
   virtual void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const = 0;
-  // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t.
-  virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const = 0;
+  // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t. With a
+  // weight copy (p then points into copy->params), the same pass writes the bf16 form of every weight it updates.
+  virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t,
+                           const WeightCopy* copy) const = 0;
+
+  // The weight copy (bf16 products only). bf16_panel_words: u32 words of the forward panels of a W [k × m] (0: these
+  // kernels keep no copy; its transposed panels take bf16_panel_words(m, k)). refresh_weight_copy writes the whole copy
+  // from copy.params (after the parameters are set: drawn, read or received). From bind_weight_copy on, a product whose
+  // W is a layer's of the copy reads its panels from there (nullptr: none).
+  virtual std::size_t bf16_panel_words(std::size_t /*k*/, std::size_t /*m*/) const { return 0; }
+  virtual void refresh_weight_copy(const WeightCopy& /*copy*/) const {}
+  virtual void bind_weight_copy(const WeightCopy* /*copy*/) {}
 
   // INT8 inference. quantize_int8: xq [n × int8_row_bytes(k)] (row stride ldq bytes) = clamp(round(x·inv_scale +
   // zero_point), 0, 255), zero past k. int8_dense_forward: out = act(scale[j]·(Σ_p xq[r, p]·wq[p, j] − zero_term[j]) +
@@ -317,7 +341,7 @@ class ReferenceKernels final : public Kernels<T> {
       }
   }
 
-  void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t) const override {
+  void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t, const WeightCopy*) const override {
     for (std::size_t i = 0; i < count; ++i) {
       m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
       v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];

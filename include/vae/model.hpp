@@ -56,6 +56,11 @@ class ParamLayout {
   std::size_t count_ = 0;
 };
 
+// The bf16 weight copy of a model for kernels k (vae/kernels.hpp's WeightCopy): the u32 words it takes (0: k keeps
+// none), and its table over params and words, each layer's panels 64-byte aligned.
+std::size_t weight_copy_words(const ParamLayout& layout, const Kernels<float>& k);
+WeightCopy make_weight_copy(const ParamLayout& layout, const Kernels<float>& k, const float* params, std::uint32_t* words);
+
 // PyTorch's nn.Linear default: W and b uniform in ±1/√in, drawn from (seed, layer) so every rank agrees.
 template <class T>
 void init_parameters(const ParamLayout& layout, std::uint64_t seed, std::span<T> params);

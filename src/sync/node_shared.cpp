@@ -53,7 +53,9 @@ std::string NodeSharedSync::describe() const {
 // The network is made in attach(), over shared memory that only exists from there; its own part is in the pool.
 void NodeSharedSync::carve(Arena& pool) { net_memory_ = pool.take<std::byte>(net_own_bytes_); }
 
-std::size_t NodeSharedSync::shared_bytes() const { return act_bytes_ + 3 * layout().padded_size() * sizeof(float); }
+std::size_t NodeSharedSync::shared_bytes() const {
+  return act_bytes_ + 3 * layout().padded_size() * sizeof(float) + weight_copy_words(layout(), *setup_.kernels) * sizeof(std::uint32_t);
+}
 
 void NodeSharedSync::attach() {
   const Communicator& n = node();
@@ -62,8 +64,12 @@ void NodeSharedSync::attach() {
   Arena own = Arena::over(net_memory_), shared = Arena::over(std::as_writable_bytes(acts_->segment(0)));
   net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, own,
                                           RowShare{&shared, std::size_t(node_rank_), std::size_t(node_size_)});
-  params_window_ = std::make_unique<NodeSegments>(n, layout().padded_size(), true);
-  params_ = params_window_->segment(0).first(layout().padded_size());
+  // The bf16 weight copy follows the parameters in their window, so the fence that shows the one shows the other.
+  const std::size_t P = layout().padded_size(), copy_words = weight_copy_words(layout(), *setup_.kernels);
+  static_assert(sizeof(float) == sizeof(std::uint32_t));
+  params_window_ = std::make_unique<NodeSegments>(n, P + copy_words, true);
+  params_ = params_window_->segment(0).first(P);
+  copy_words_ = {reinterpret_cast<std::uint32_t*>(params_window_->segment(0).data() + P), copy_words};
   moments_ = std::make_unique<NodeSegments>(n, 2 * layout().padded_size(), true);
 }
 
