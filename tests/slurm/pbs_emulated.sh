@@ -30,7 +30,9 @@ EOF
 chmod +x "$tmp/bin/"*
 printf 'localhost\nlocalhost\n' >"$tmp/nodefile"
 
-epochs=50
+# Enough epochs that the first job is still training when its timer fires: 50 took 2.3 s on a fast host, under the 2 s
+# the timer waits (plus rounding), and the job ended before the signal.
+epochs=200
 export PATH=$tmp/bin:$PATH PBS_NODEFILE=$tmp/nodefile PBS_O_WORKDIR=$tmp/work PBS_JOBNAME=vae_dist OMP_NUM_THREADS=1
 # The ranks are told to stop 2 s after they have started training, in a run that takes longer than that: the start-up
 # (MPI, the data) is timed first, since a sanitizer build takes several times as long as a release build.

@@ -104,7 +104,8 @@ echo "slurm test: smoke job $job completed (exit 0, 3 epochs, checkpoint readabl
 # 2. Preemption, with the ranks started by mpirun and then by srun (Slurm's PMIx): USR1 to the batch shell only, as
 # --signal=B:USR1@... sends it; the trap passes it to the launcher and so to the ranks, which checkpoint mid-epoch and
 # exit 4; the script requeues the job, and the second run resumes and finishes.
-epochs=30
+# Enough that a run is still training when its USR1 arrives (the checkpoint poll is 0.5 s; 30 epochs took 1.6 s on a fast host).
+epochs=100
 preempt() {
   local job
   job=$(LAUNCHER=$1 submit --job-name="preempt-$1" "$root/launch/slurm.sbatch" "$root/configs/smoke.ini" "${common[@]}" \
