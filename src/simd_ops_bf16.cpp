@@ -2,6 +2,7 @@
 #include "simd_ops.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -139,6 +140,33 @@ void bf16_trans_panel(const Bf16Source& s, std::size_t j0, std::size_t k2, std::
   }
 }
 
+#if HWY_TARGET <= HWY_AVX3
+// q[v] lane 8s + t is pair word t of row 2v + s (v, t < 8, s < 2); afterwards q[t] lane r is pair word t of row r.
+// Three two-source permutes each swap a bit of the vector index with one of the lane index (v's bits 0, 1, 2 with t's),
+// the last also moving s to the lane's low bit.
+HWY_INLINE void transpose_pair_words(__m512i q[8]) {
+  alignas(64) static constexpr auto swap_bit = [] {
+    std::array<std::array<std::int32_t, 16>, 6> idx{};
+    for (int c = 0; c < 2; ++c)
+      for (int L = 0; L < 16; ++L) {
+        for (int b = 0; b < 2; ++b) idx[2 * b + c][L] = ((L >> b) & 1) * 16 + ((L & ~(1 << b)) | (c << b));
+        const int q2 = L >> 3, q1 = (L >> 2) & 1, q0 = (L >> 1) & 1, s = L & 1;  // the final lane order (q2 q1 q0 s)
+        idx[4 + c][L] = q2 * 16 + (s << 3 | c << 2 | q1 << 1 | q0);
+      }
+    return idx;
+  }();
+  for (int b = 0; b < 3; ++b) {
+    const __m512i lo = _mm512_load_si512(swap_bit[2 * b].data()), hi = _mm512_load_si512(swap_bit[2 * b + 1].data());
+    for (int v = 0; v < 8; ++v) {
+      if (v & (1 << b)) continue;
+      const __m512i a = q[v], other = q[v | 1 << b];
+      q[v] = _mm512_permutex2var_epi32(a, lo, other);
+      q[v | 1 << b] = _mm512_permutex2var_epi32(a, hi, other);
+    }
+  }
+}
+#endif
+
 // Elements [e0, e1) of w [· × m] into the weight copy's two panel forms (Ops::bf16_copy_range): each element is one u16
 // of each, written alone, so ranges written side by side (threads, the ranks of a node) never share a byte.
 void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t e1, std::size_t k2f, std::size_t k2t, std::uint32_t* fwd,
@@ -167,9 +195,70 @@ void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t 
     return;
   }
   HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF())];
+#if HWY_TARGET != HWY_SCALAR
+  // Rows i … i + R − 1 whole, R a power of two from 2 to N and i a multiple of R (so they lie in one panel of the
+  // transposed form): row pairs make whole words of the forward form, and each R × N block is transposed in registers
+  // (elsewhere through a tile in L1), so that the transposed form takes R words at a time (N/2 pair rows) instead of
+  // one word per row in each of N/2 cache lines.
+  const hn::RebindToUnsigned<DF> du;
+  auto row_block = [&](std::size_t i, std::size_t R) {
+#if HWY_TARGET <= HWY_AVX3
+    __m512i q[8];  // q[r/2]: rows r, r + 1 of the block as bf16, 8 pair words each
+    // the low u16 of each u32 lane of row r, then of row r + 1
+    alignas(64) static constexpr auto low_halves = [] {
+      std::array<std::int16_t, 32> idx{};
+      for (int k = 0; k < 32; ++k) idx[k] = std::int16_t(k < 16 ? 2 * k : 32 + 2 * (k - 16));
+      return idx;
+    }();
+    const __m512i halves = _mm512_load_si512(low_halves.data());
+#else
+    HWY_ALIGN std::uint16_t tile[hn::MaxLanes(DF()) * hn::MaxLanes(DF())] = {};  // rows past R are gathered, not stored
+    const hn::RebindToSigned<DF> ds;
+    const auto tile_index = hn::Mul(hn::Iota(ds, 0), hn::Set(ds, std::int32_t(N / 2)));
+    const auto rows = hn::FirstN(du, R);
+#endif
+    std::size_t j = 0;
+    for (; j + N <= m; j += N) {
+      for (std::size_t r = 0; r < R; r += 2) {
+        const float* a = w + (i + r) * m + j;
+        const auto lo = operand_bits(d, hn::LoadU(d, a)), hi = operand_bits(d, hn::LoadU(d, a + m));
+        hn::StoreU(hn::Or(lo, hn::ShiftLeft<16>(hi)), du, fwd + ((j / NR) * k2f + (i + r) / 2) * NR + j % NR);
+#if HWY_TARGET <= HWY_AVX3
+        q[r / 2] = _mm512_permutex2var_epi16(lo.raw, halves, hi.raw);
+#else
+        hn::Store(hn::DemoteTo(d16, hn::BitCast(di, lo)), d16, tile + r * N);
+        hn::Store(hn::DemoteTo(d16, hn::BitCast(di, hi)), d16, tile + (r + 1) * N);
+#endif
+      }
+      std::uint32_t* t32 = trans + ((i / NR) * k2t + j / 2) * NR + i % NR;
+#if HWY_TARGET <= HWY_AVX3
+      for (std::size_t r = R; r < N; r += 2) q[r / 2] = _mm512_setzero_si512();
+      transpose_pair_words(q);
+      for (std::size_t t = 0; t < N / 2; ++t) _mm512_mask_storeu_epi32(t32 + t * NR, __mmask16((1u << R) - 1), q[t]);
+#else
+      // pair row t of the block: word r is row r's pair t, the u32 at r·N/2 + t of the tile
+      const std::uint32_t* tile32 = reinterpret_cast<const std::uint32_t*>(tile);
+      for (std::size_t t = 0; t < N / 2; ++t) hn::BlendedStore(hn::GatherIndex(du, tile32 + t, tile_index), rows, du, t32 + t * NR);
+#endif
+    }
+    for (; j < m; ++j)
+      for (std::size_t r = 0; r < R; ++r) one(i + r, j);
+  };
+#endif
   for (std::size_t e = e0; e < e1;) {
     const std::size_t i = e / m, end = std::min(e1 - i * m, m);
     std::size_t j = e - i * m;
+#if HWY_TARGET != HWY_SCALAR
+    if (j == 0) {
+      std::size_t R = N;
+      while (R > 1 && (i % R != 0 || e1 < (i + R) * m)) R /= 2;
+      if (R > 1) {
+        row_block(i, R);
+        e = (i + R) * m;
+        continue;
+      }
+    }
+#endif
     // N-element runs from a multiple of N lie in one panel of the forward form and hold whole pairs of the transposed one
     for (; j < end && j % N != 0; ++j) one(i, j);
     for (; j + N <= end; j += N) {
