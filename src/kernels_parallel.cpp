@@ -333,6 +333,18 @@ class ParallelKernels final : public Kernels<float> {
 
   void bind_weight_copy(const WeightCopy* copy) override { copy_ = copy; }
 
+  // [row form: rows × pairs(cols) | pair form: pairs(rows) × round_up(cols, NR)], each 64-byte aligned. AMX reads its A
+  // in blocks past the rows it is given and only ever in the row form, so it packs its operands itself.
+  std::size_t bf16_shadow_words(std::size_t rows, std::size_t cols) const override {
+    if (!bf16_ || ops_.bf16_m_block > 1 || ops_.bf16_k_block > 1) return 0;
+    return round_up(rows * pairs(cols), kWordsPerLine) + round_up(pairs(rows) * round_up(cols, ops_.nr), kWordsPerLine);
+  }
+
+  void bind_bf16_shadows(std::span<const Bf16Shadow<float>> shadows) override {
+    if (!shadows.empty() && bf16_shadow_words(1, 1) == 0) throw std::logic_error("bf16 shadows bound to kernels that keep none");
+    shadows_.assign(shadows.begin(), shadows.end());
+  }
+
  private:
   struct Workspace {
     std::span<float> a_pack;     // the first layer's image input in MR-row panels: [round_up(rows, MR) × K]
@@ -581,8 +593,48 @@ class ParallelKernels final : public Kernels<float> {
     return nullptr;
   }
 
+  // Where p (a matrix of row stride ld) falls in a bound bf16 shadow: the shadow, and p's row and column in it.
+  struct ShadowAt {
+    const Bf16Shadow<float>* s = nullptr;
+    std::size_t row = 0, col = 0;
+  };
+  ShadowAt shadow_at(const void* p, std::size_t ld) const {
+    for (const Bf16Shadow<float>& s : shadows_) {
+      const float* x = static_cast<const float*>(p);
+      if (ld == s.cols && x >= s.x && x < s.x + s.rows * s.cols) return {&s, std::size_t(x - s.x) / s.cols, std::size_t(x - s.x) % s.cols};
+    }
+    return {};
+  }
+  std::uint32_t* pair_form(const Bf16Shadow<float>& s) const { return s.words + round_up(s.rows * pairs(s.cols), kWordsPerLine); }
+  // An activation's pair form is A = xᵀ in the column form (pair (q, i) at q·cols + i); a gradient's is B = x in panels.
+  std::size_t pair_w(const Bf16Shadow<float>& s) const { return s.use == Bf16Shadow<float>::Use::activation ? s.cols : ops_.nr; }
+  std::size_t pair_s(const Bf16Shadow<float>& s) const { return s.use == Bf16Shadow<float>::Use::activation ? 0 : pairs(s.rows) * ops_.nr; }
+
+  // A product that reads the first K < s.rows rows of s's pair form, K odd: the half past row K − 1 of the last pair
+  // holds a row of an earlier, larger batch. Zero it, columns [c0, c1).
+  void zero_pair_tail(const Bf16Shadow<float>& s, std::size_t K, std::size_t c0, std::size_t c1) const {
+    if (K % 2 == 0 || K >= s.rows) return;
+    std::uint16_t* high = reinterpret_cast<std::uint16_t*>(pair_form(s)) + 1;
+    const std::size_t w = pair_w(s), st = pair_s(s);
+    for (std::size_t c = c0; c < c1; ++c) high[2 * ((c / w) * st + (K / 2) * w + c % w)] = 0;
+  }
+
+  // C's shadow, if C is a whole shadowed tensor's rows: the epilogue writes both of its forms.
+  void shadow_out(const Gemm& g, simd::GemmBlock& out) const {
+    if (g.epi == simd::Epilogue::none) return;
+    const ShadowAt cs = shadow_at(g.c, g.ldc);
+    if (!cs.s || cs.col != 0 || g.N != cs.s->cols || cs.row + g.M > cs.s->rows) return;
+    const std::size_t k2 = pairs(cs.s->cols);
+    out.c16_rows = reinterpret_cast<std::uint16_t*>(cs.s->words + cs.row * k2);
+    out.c16_ld = 2 * k2;
+    out.c16_pairs = pair_form(*cs.s);
+    out.c16_row0 = cs.row;
+    out.pair_w = pair_w(*cs.s);
+    out.pair_s = pair_s(*cs.s);
+  }
+
   // The bf16 product: both operands rounded into their pair forms in one parallel pass (A whole: rows of pairs for
-  // A = X or dY, pairs of rows for A = Xᵀ; B as panels, unless the weight copy holds them), then the blocks.
+  // A = X or dY, pairs of rows for A = Xᵀ; B as panels), unless the weight copy or a shadow holds them, then the blocks.
   void run_bf16(const Gemm& g) const {
     const std::size_t nr = ops_.nr, k2 = pairs(g.K), n_panels = (g.N + nr - 1) / nr;
     const bool image = g.a_source == Gemm::ASource::image || g.a_source == Gemm::ASource::image_trans;
@@ -594,30 +646,56 @@ class ParallelKernels final : public Kernels<float> {
     if (k2 * m_rows > ws_.a16.size() || k2 * n_panels * nr > ws_.b16.size())
       throw std::logic_error("bf16 kernel workspace too small for a " + std::to_string(g.M) + "x" + std::to_string(g.K) + "x" +
                              std::to_string(g.N) + " product");
-    std::uint32_t* a16 = ws_.a16.data();
-    const std::uint32_t* copied = copied_panels(g);
-    const std::uint32_t* b16 = copied ? copied : ws_.b16.data();
-    const std::size_t a_units = a_rows ? m_rows : k2, a_pieces = (a_units + kPackRows - 1) / kPackRows;
-    pool_.run(a_pieces + (copied ? 0 : n_panels), 1, [&](std::size_t first, std::size_t last) {
+    // A and B as their shadows hold them, where they have one (an activation or gradient an epilogue wrote)
+    const std::uint32_t* a16 = ws_.a16.data();
+    std::size_t lda16 = a_rows ? k2 : g.M;
+    bool a_ready = false;
+    if (const ShadowAt as = image ? ShadowAt{} : shadow_at(g.a, g.lda); as.s) {
+      if (a_given_rows && as.col == 0 && g.K == as.s->cols && as.row + g.M <= as.s->rows) {
+        a16 = as.s->words + as.row * k2;
+        a_ready = true;
+      } else if (!a_rows && as.s->use == Bf16Shadow<float>::Use::activation && as.row == 0 && g.K <= as.s->rows && as.col + g.M <= as.s->cols) {
+        zero_pair_tail(*as.s, g.K, as.col, as.col + g.M);
+        a16 = pair_form(*as.s) + as.col;
+        lda16 = as.s->cols;
+        a_ready = true;
+      }
+    }
+    const std::uint32_t* b16 = copied_panels(g);
+    std::size_t b_stride = 0;
+    if (const ShadowAt bs = g.b_trans || b16 ? ShadowAt{} : shadow_at(g.b, g.ldb);
+        bs.s && bs.s->use == Bf16Shadow<float>::Use::gradient && bs.row == 0 && bs.col == 0 && g.N == bs.s->cols && g.K <= bs.s->rows) {
+      zero_pair_tail(*bs.s, g.K, 0, g.N);
+      b16 = pair_form(*bs.s);
+      b_stride = pairs(bs.s->rows) * nr;
+    }
+    const bool pack_b = !b16;
+    if (pack_b) b16 = ws_.b16.data();
+    const std::size_t a_units = a_rows ? m_rows : k2, a_pieces = a_ready ? 0 : (a_units + kPackRows - 1) / kPackRows;
+    const std::size_t pieces = a_pieces + (pack_b ? n_panels : 0);
+    if (pieces) pool_.run(pieces, 1, [&](std::size_t first, std::size_t last) {
       for (std::size_t t = first; t < last; ++t) {
         if (t >= a_pieces) {
           pack_b_panel(g.b, g.ldb, g.b_trans, g.K, g.N, t - a_pieces, ws_.b16.data());
           continue;
         }
         const auto u0 = t * kPackRows, u1 = std::min(a_units, u0 + kPackRows);
-        if (a_given_rows) ops_.bf16_rows(a, u0, u1, k2, a16, k2);
-        else if (a_rows) ops_.bf16_pairs_rows(a, u0, u1, k2, a16, k2);
-        else ops_.bf16_pairs(a, u0, u1, 0, g.M, g.M, a16, g.M);
+        std::uint32_t* packed = ws_.a16.data();
+        if (a_given_rows) ops_.bf16_rows(a, u0, u1, k2, packed, k2);
+        else if (a_rows) ops_.bf16_pairs_rows(a, u0, u1, k2, packed, k2);
+        else ops_.bf16_pairs(a, u0, u1, 0, g.M, g.M, packed, g.M);
       }
     }, true);
     run_blocks(g, [&](std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1) {
       simd::GemmBf16Block gb;
       gb.a = a16;
-      gb.lda = a_rows ? k2 : g.M;
+      gb.lda = lda16;
       gb.a_rows = a_rows;
       gb.b = b16;
       gb.k2 = k2;
+      gb.b_stride = b_stride;
       gb.out = block_out(g, i0, i1, j0, j1);
+      shadow_out(g, gb.out);
       ops_.gemm_bf16_block(gb);
     });
   }
@@ -639,11 +717,13 @@ class ParallelKernels final : public Kernels<float> {
   std::size_t max_rows_ = 0, panel_floats_ = 0;
   Workspace ws_;
   static constexpr std::size_t kFlagStride = 64;  // a cache line per thread's flag
+  static constexpr std::size_t kWordsPerLine = 16;  // u32 words in 64 bytes
   static constexpr std::size_t kMaxStack = 16, kMaxStackParts = 32;  // one_row_stack: layers, and tasks (bits of a claim word)
   mutable std::array<std::atomic<std::uint32_t>, kMaxStack> stack_claimed_{}, stack_done_{};
   ProgressHook hook_ = nullptr;
   void* hook_context_ = nullptr;
   const WeightCopy* copy_ = nullptr;  // bf16: the weights the optimizer keeps in panel form (bind_weight_copy)
+  std::vector<Bf16Shadow<float>> shadows_;  // bf16: the tensors whose epilogues write their bf16 forms (bind_bf16_shadows)
   std::thread::id caller_ = std::this_thread::get_id();  // the thread that made the kernels: the trainer's
 };
 

@@ -108,7 +108,8 @@ template void init_parameters<float>(const ParamLayout&, std::uint64_t, std::spa
 template void init_parameters<double>(const ParamLayout&, std::uint64_t, std::span<double>);
 
 template <class T>
-Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena, const RowShare& share)
+Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena, const RowShare& share,
+                    const Kernels<T>* bf16_for)
     : arch_(arch), max_batch_(max_batch), rank_(share.rank), ranks_(share.ranks) {
   const std::size_t B = max_batch, L = std::size_t(arch.latent), classes = arch.conditional ? std::size_t(arch.classes) : 0;
   Arena& node = share.arena ? *share.arena : arena;
@@ -148,6 +149,36 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
     const std::size_t grad_cols = network_input ? (first_dec ? L : 0) : layers[l - 1].out;
     stages_.push_back({&layers[l], in, ld, in_act, hidden_[l].data(), prev, grad_cols, widened});
   }
+  if (bf16_for) {
+    // a shadow, in the node's arena, of `all` (every rank's rows, `width` wide)
+    auto shadow = [&](const T* all, std::size_t width, typename Bf16Shadow<T>::Use use) {
+      const std::size_t words = bf16_for->bf16_shadow_words(ranks_ * B, width);
+      if (!words) return;
+      const std::span<std::uint32_t> w = node.take<std::uint32_t>(words);
+      // a node's shared memory comes zeroed (NodeSegments); the rank's own is zeroed here
+      if (!share.arena && w.data()) std::fill(w.begin(), w.end(), 0u);
+      shadows_.push_back({all, ranks_ * B, width, use, w.data()});
+    };
+    // a layer's output that the next layer reads as it is (not widened): its forward A and its weight gradient's Aᵀ
+    for (std::size_t l = 1; l < stages_.size(); ++l)
+      if (l != layout.encoder_layers() && !stages_[l].widened) {
+        const std::size_t width = layers[l].in;
+        shadow(hidden_[l - 1].data() ? hidden_[l - 1].data() - rank_ * B * width : nullptr, width, Bf16Shadow<T>::Use::activation);
+      }
+    // an inner input gradient, where chain_backward writes it (ping-pong buffer pp, from the top of each chain): the
+    // next input gradient's A and the next weight gradient's B
+    std::vector<std::pair<int, std::size_t>> made;
+    const std::size_t enc_end = layout.encoder_layers();
+    for (const auto& [first, last] : {std::pair{enc_end, stages_.size()}, std::pair{std::size_t(0), enc_end}}) {
+      int pp = 0;
+      for (std::size_t l = last; l-- > first + 1; pp ^= 1) {
+        const std::size_t width = stages_[l].grad_cols;
+        if (std::find(made.begin(), made.end(), std::pair{pp, width}) != made.end()) continue;
+        made.push_back({pp, width});
+        shadow(dpp_[pp].data(), width, Bf16Shadow<T>::Use::gradient);
+      }
+    }
+  }
   const bool widened = std::any_of(stages_.begin(), stages_.end(), [](const Stage& s) { return s.widened; });
   if (!widened)
     for (std::size_t l = layout.encoder_layers(); l < stages_.size(); ++l) {
@@ -157,17 +188,17 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
 }
 
 template <class T>
-std::size_t Network<T>::workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch) {
+std::size_t Network<T>::workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, const Kernels<T>* bf16_for) {
   Arena probe = Arena::measure();
-  Network<T> n(arch, layout, max_batch, probe);
+  Network<T> n(arch, layout, max_batch, probe, {}, bf16_for);
   return probe.used();
 }
 
 template <class T>
 std::pair<std::size_t, std::size_t> Network<T>::arena_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch,
-                                                            std::size_t ranks) {
+                                                            std::size_t ranks, const Kernels<T>* bf16_for) {
   Arena own = Arena::measure(), node = Arena::measure();
-  Network<T> n(arch, layout, max_batch, own, {&node, 0, ranks});
+  Network<T> n(arch, layout, max_batch, own, {&node, 0, ranks}, bf16_for);
   return {own.used(), node.used()};
 }
 

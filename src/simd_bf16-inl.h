@@ -1,6 +1,34 @@
 // The bf16 micro-kernel and block loop, included by simd_ops.cpp once per pair-dot form (emulated; native AVX512_BF16).
 // The including namespace defines dot2(d, acc, a, b): acc plus the two products of each lane's bf16 pair, high half first.
 
+// C's bf16 forms (GemmBlock's c16 fields) of a whole-panel tile from the values it stored, still in registers (rows
+// calls f(r, c0, c1) on each row's): each row's bf16 in the row form, each pair of rows as whole words of the pair form.
+// A partial panel, rows starting on an odd row of the shadow, and an odd tile's last row are read back from C.
+template <std::size_t R, class Rows>
+HWY_INLINE void shadow_tile(DF d, const GemmBlock& g, std::size_t i, std::size_t j, std::size_t cols, Rows&& rows) {
+  const std::size_t N = hn::Lanes(d);
+  if (cols != 2 * N || (g.c16_row0 + i) % 2 != 0) return bf16_shadow_tile(g, i, R, j, cols);
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  auto p0 = hn::Zero(du), p1 = p0;  // the previous row's operand bits
+  std::uint32_t* pairs = g.c16_pairs + (g.c16_row0 + i) / 2 * g.pair_w + (j / g.pair_w) * g.pair_s + j % g.pair_w;
+  rows([&](std::size_t r, VF& c0, VF& c1) VAE_ALWAYS_INLINE {
+    const auto b0 = operand_bits(d, c0), b1 = operand_bits(d, c1);
+    std::uint16_t* row = g.c16_rows + (i + r) * g.c16_ld + j;
+    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b0)), d16, row);
+    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b1)), d16, row + N);
+    if (r % 2 == 1) {
+      std::uint32_t* w = pairs + (r / 2) * g.pair_w;
+      hn::StoreU(hn::Or(p0, hn::ShiftLeft<16>(b0)), du, w);
+      hn::StoreU(hn::Or(p1, hn::ShiftLeft<16>(b1)), du, w + N);
+    }
+    p0 = b0;
+    p1 = b1;
+  });
+  if (R % 2 == 1) bf16_shadow_tile(g, i + R - 1, 1, j, cols);
+}
+
 // `tiles` C tiles [R × NR] down from (i, j): C(i + r, j …) = Σ_q pair(A(i + r, q)) · pair(B(q, j …)), B a packed panel
 // [k2 × NR]. A's pair (i + r, q) is one broadcast: RowsA: a[r·lda + q]; otherwise a[q·lda + r]. The next tile's A starts
 // a_step further on.
@@ -31,9 +59,10 @@ HWY_NOINLINE void bf16_tiles(const std::uint32_t* HWY_RESTRICT a, std::size_t ld
     }
     if (g.nonfinite) rows([&](std::size_t, VF& c0, VF& c1) VAE_ALWAYS_INLINE { check = hn::Add(check, hn::Add(hn::Sub(c0, c0), hn::Sub(c1, c1))); });
     rows([&](std::size_t r, VF& c0, VF& c1) VAE_ALWAYS_INLINE {
-      finish(d, c0, g, i + r, j, n0);
-      if (n1) finish(d, c1, g, i + r, j + N, n1);
+      c0 = finish(d, c0, g, i + r, j, n0);
+      if (n1) c1 = finish(d, c1, g, i + r, j + N, n1);
     });
+    if (g.c16_rows) shadow_tile<R>(d, g, i, j, cols, rows);
   }
   if (g.nonfinite && !hn::AllTrue(d, hn::Eq(check, hn::Zero(d)))) *g.nonfinite = true;
 }
@@ -53,7 +82,7 @@ void gemm_bf16(const GemmBf16Block& g) {
   const std::size_t NR = nr();
   for (std::size_t j = o.j0; j < o.j1; j += NR) {
     const std::size_t cols = std::min(NR, o.j1 - j);
-    const std::uint32_t* b = g.b + (j / NR) * g.k2 * NR;
+    const std::uint32_t* b = g.b + (j / NR) * (g.b_stride ? g.b_stride : g.k2 * NR);
     for (std::size_t i = o.i0; i < o.i1;) {
       const std::size_t rows = std::min(kMR, o.i1 - i);
       const std::size_t tiles = rows == kMR ? (o.i1 - i) / kMR : 1;

@@ -44,12 +44,14 @@ HWY_INLINE VF expm1_nonpositive(DF d, VF x) {
   return hn::MulSub(p, scale, hn::Set(d, 1.0f));
 }
 
+// A NaN input stays NaN (activate's rule): lanes are tested v ≤ 0, false for NaN, which then passes through as it is.
 HWY_INLINE VF activate_v(DF d, VF v, Activation act) {
+  const auto nonpositive = hn::Le(v, hn::Zero(d));
   switch (act) {
     case Activation::identity: return v;
-    case Activation::elu: return hn::IfThenElse(hn::Gt(v, hn::Zero(d)), v, expm1_nonpositive(d, v));
-    case Activation::relu: return hn::Max(v, hn::Zero(d));
-    case Activation::leaky_relu: return hn::IfThenElse(hn::Gt(v, hn::Zero(d)), v, hn::Mul(v, hn::Set(d, float(kLeakySlope))));
+    case Activation::elu: return hn::IfThenElse(nonpositive, expm1_nonpositive(d, v), v);
+    case Activation::relu: return hn::IfThenZeroElse(nonpositive, v);
+    case Activation::leaky_relu: return hn::IfThenElse(nonpositive, hn::Mul(v, hn::Set(d, float(kLeakySlope))), v);
     case Activation::tanh: return hn::Tanh(d, v);
   }
   return v;
@@ -84,8 +86,8 @@ HWY_INLINE void store_partial(DF d, VF v, float* p, std::size_t count) {
   std::memcpy(p, tmp, count * sizeof(float));
 }
 
-// Applies the epilogue to one accumulator vector of C(i, j … j + count) and stores it.
-HWY_INLINE void finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::size_t j, std::size_t count) {
+// Applies the epilogue to one accumulator vector of C(i, j … j + count), stores it, and returns what it stored.
+HWY_INLINE VF finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::size_t j, std::size_t count) {
   if (g.epi == Epilogue::bias_act) acc = activate_v(d, hn::Add(acc, load_partial(d, g.bias + j, count)), g.act);
   else if (g.epi == Epilogue::slope) acc = hn::Mul(acc, slope_v(d, load_partial(d, g.y + i * g.ldy + j, count), g.act));
   float* c = g.c + i * g.ldc + j;
@@ -95,6 +97,7 @@ HWY_INLINE void finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::siz
     hn::Stream(acc, d, c);
   else
     store_partial(d, acc, c, count);
+  return acc;
 }
 
 #ifndef VAE_ALWAYS_INLINE

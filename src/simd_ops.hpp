@@ -51,6 +51,13 @@ struct GemmBlock {
   const float* y = nullptr;  // slope: y(i, j) = y[i·ldy + j]
   std::size_t ldy = 0;
   bool* nonfinite = nullptr;  // if set (Epilogue::none): becomes true when a NaN or ±Inf is written (never reset)
+  // bf16 products whose C has a shadow (Bf16Shadow): after C, its elements rounded as operands, (i, j) at
+  // c16_rows[i·c16_ld + j] and as half (c16_row0 + i) % 2 of pair word (j / pair_w)·pair_s + ((c16_row0 + i) / 2)·pair_w +
+  // j % pair_w of c16_pairs (the rows of this block lie from row c16_row0 of the shadow on).
+  std::uint16_t* c16_rows = nullptr;
+  std::size_t c16_ld = 0;
+  std::uint32_t* c16_pairs = nullptr;
+  std::size_t c16_row0 = 0, pair_w = 0, pair_s = 0;
 };
 
 // A matrix S [rows × cols] read as floats for packing into bf16: fp32 (s(r, c) = x[r·ld + c]) or, with image set, the
@@ -72,6 +79,7 @@ struct GemmBf16Block {
   bool a_rows = true;
   const std::uint32_t* b = nullptr;
   std::size_t k2 = 0;  // pairs along K: ⌈K/2⌉, the odd K's last pair padded with a zero
+  std::size_t b_stride = 0;  // words from one B panel to the next (0: k2·NR)
   GemmBlock out;
 };
 

@@ -280,6 +280,40 @@ void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t 
   }
 }
 
+// Rows [i, i + R) × columns [j, j + cols) of g's C, just written (still in L1), into C's bf16 forms (GemmBlock's c16
+// fields): the row form a row at a time, the pair form two rows at a time where a pair of C's rows lies in the block
+// (whole words), else a half word each. cols ≤ NR and j a multiple of NR, so each row's N-column runs lie in one panel.
+void bf16_shadow_tile(const GemmBlock& g, std::size_t i, std::size_t R, std::size_t j, std::size_t cols) {
+  const DF d;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const std::size_t N = hn::Lanes(d);
+  HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF())];
+  auto bits = [&](std::size_t r, std::size_t c, std::size_t n) { return operand_bits(d, load_partial(d, g.c + (i + r) * g.ldc + c, n)); };
+  auto pair_word = [&](std::size_t row, std::size_t c) { return (c / g.pair_w) * g.pair_s + (row / 2) * g.pair_w + c % g.pair_w; };
+  for (std::size_t r = 0; r < R; ++r)
+    for (std::size_t c = j; c < j + cols; c += N) {
+      const std::size_t n = std::min(N, j + cols - c);
+      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, bits(r, c, n))), d16, h);
+      std::copy_n(h, n, g.c16_rows + (i + r) * g.c16_ld + c);
+    }
+  for (std::size_t r = 0; r < R;) {
+    const std::size_t row = g.c16_row0 + i + r;
+    if (row % 2 == 0 && r + 1 < R) {
+      for (std::size_t c = j; c < j + cols; c += N) {
+        const std::size_t n = std::min(N, j + cols - c);
+        const auto words = hn::Or(bits(r, c, n), hn::ShiftLeft<16>(bits(r + 1, c, n)));
+        store_partial(d, hn::BitCast(d, words), reinterpret_cast<float*>(g.c16_pairs + pair_word(row, c)), n);
+      }
+      r += 2;
+      continue;
+    }
+    std::uint16_t* half = reinterpret_cast<std::uint16_t*>(g.c16_pairs) + row % 2;
+    for (std::size_t c = j; c < j + cols; ++c) half[2 * pair_word(row, c)] = bf16_operand(g.c[(i + r) * g.ldc + c]);
+    ++r;
+  }
+}
+
 // A result the dot-product instruction flushes: below the smallest normal float, a zero of its sign.
 HWY_INLINE VF flush_small(DF d, VF x) {
   return hn::IfThenElse(hn::Lt(hn::Abs(x), hn::Set(d, std::numeric_limits<float>::min())), hn::And(x, hn::Set(d, -0.0f)), x);
@@ -342,7 +376,7 @@ void gemm_bf16(const GemmBf16Block& g) {
   VF check = hn::Zero(d);
   for (std::size_t j = o.j0; j < o.j1; j += NR) {
     const std::size_t cols = std::min(NR, o.j1 - j);
-    const std::uint32_t* b = g.b + (j / NR) * g.k2 * NR;
+    const std::uint32_t* b = g.b + (j / NR) * (g.b_stride ? g.b_stride : g.k2 * NR);
     for (std::size_t i = o.i0; i < o.i1; i += 32) {
       _tile_zero(0);
       _tile_zero(1);

@@ -438,6 +438,7 @@ void Trainer::initialize() {
     std::fill(adam_v_.begin(), adam_v_.end(), 0.0f);
   }
   kernels_->bind_weight_copy(copy_.layers.empty() ? nullptr : &copy_);
+  kernels_->bind_bf16_shadows(sync_->network().bf16_shadows());
   step_ = resume_ ? resume_->state.step : 0;
   updates_ = resume_ ? resume_->state.updates : 0;
   skipped_ = resume_ ? resume_->state.skipped : 0;

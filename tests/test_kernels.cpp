@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -587,6 +588,94 @@ TEST(Bf16WeightCopy, AdamKeepsItFreshAndProductsReadIt) {
     fast->dense_forward(x.data(), s.in, p.data() + s.w_offset, p.data() + s.b_offset, y.data(), n, s.in, s.out, Activation::identity);
     fast.kernels->bind_weight_copy(nullptr);
     EXPECT_EQ(std::vector<float>(y.begin(), y.begin() + std::ptrdiff_t(s.out)), std::vector<float>(p.begin() + std::ptrdiff_t(s.b_offset), p.begin() + std::ptrdiff_t(s.b_offset + s.out)));
+  }, Precision::bf16);
+}
+
+// A NaN reaching a layer stays NaN through every activation, in the reference and every optimized path: a diverged
+// layer must not turn into finite numbers (x86's min and max return the other operand of a NaN). Row 0 of x holds a NaN,
+// row 1 a −Inf (a column of W picks it: ELU's −1, ReLU's 0), row 2 plain numbers.
+TEST(KernelsNan, EveryActivationPassesNanOn) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const float x[9] = {1, nan, 2, -inf, 0, 0, -1, 0.5f, 3};
+  const float w[6] = {1, 0, 1, 0, 0, 1};  // y(r, ·) = [x(r, 0) + x(r, 1), x(r, 2)]
+  const float b[2] = {0, 0};
+  for (const Activation act : {Activation::identity, Activation::elu, Activation::relu, Activation::leaky_relu, Activation::tanh}) {
+    SCOPED_TRACE(activation_name(act));
+    float want[6];
+    ReferenceKernels<float>().dense_forward(x, 3, w, b, want, 3, 3, 2, act);
+    EXPECT_TRUE(std::isnan(want[0]));
+    EXPECT_FALSE(std::isnan(want[2]));
+    for (const Precision p : {Precision::fp32, Precision::bf16})
+      for_each_fast(3, 3, [&](const Fast& fast) {
+        float y[6];
+        fast->dense_forward(x, 3, w, b, y, 3, 3, 2, act);
+        for (int i = 0; i < 6; ++i) EXPECT_EQ(std::isnan(y[i]), std::isnan(want[i])) << "element " << i;
+        EXPECT_EQ(y[2], want[2]);
+      }, p);
+  }
+}
+
+// bf16 shadows: a two-layer chain, forward and backward, on an activation Y1 and a gradient D1 that have shadows gives
+// the bits of the same chain packing its operands, on every bf16 path: Y1 read as the next forward's A and as the Aᵀ of
+// its weight gradient, D1 as the B of a weight gradient and the A of an input gradient. Widths 13, 33, 70 (partial panels,
+// odd K); 9 rows of shadow used by 9, then by 7 (an odd batch below the shadow's rows, after a larger one whose row 7 is
+// NaN: a row past the batch must read as zero, not as what an earlier batch left), then 4 rows. A corrupted shadow then
+// changes the results: the products do read it.
+TEST(Bf16Shadows, EpiloguesWriteThemAndProductsReadThem) {
+  const std::size_t rows = 9, k = 13, h = 33, m = 70;
+  std::vector<float> x = random_floats(rows * k, 61);
+  x[7 * k + 3] = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> w1 = random_floats(k * h, 62), b1 = random_floats(h, 63),
+                           w2 = random_floats(h * m, 64), b2 = random_floats(m, 65), dy2 = random_floats(rows * m, 66);
+  struct Out {
+    std::vector<float> y1, y2, dw2, db2, d1, dw1, db1, dx;
+    // bit for bit, NaN included
+    std::vector<std::uint32_t> bits() const {
+      std::vector<std::uint32_t> b;
+      for (const std::vector<float>* v : {&y1, &y2, &dw2, &db2, &d1, &dw1, &db1, &dx})
+        for (float f : *v) b.push_back(std::bit_cast<std::uint32_t>(f));
+      return b;
+    }
+  };
+  auto chain = [&](const Kernels<float>& f, std::size_t n, float* y1, float* d1) {
+    Out o{{}, std::vector<float>(n * m), std::vector<float>(h * m), std::vector<float>(m), {}, std::vector<float>(k * h),
+          std::vector<float>(h), std::vector<float>(n * k)};
+    f.dense_forward(x.data(), k, w1.data(), b1.data(), y1, n, k, h, Activation::elu);
+    f.dense_forward(y1, h, w2.data(), b2.data(), o.y2.data(), n, h, m, Activation::identity);
+    f.dense_weight_grad(y1, h, dy2.data(), o.dw2.data(), o.db2.data(), n, h, m);
+    f.dense_input_grad(dy2.data(), w2.data(), d1, h, n, h, m, Activation::elu, y1);
+    f.dense_weight_grad(x.data(), k, d1, o.dw1.data(), o.db1.data(), n, k, h);
+    f.dense_input_grad(d1, w1.data(), o.dx.data(), k, n, k, h, Activation::identity, nullptr);
+    o.y1.assign(y1, y1 + n * h);
+    o.d1.assign(d1, d1 + n * h);
+    return o;
+  };
+  for_each_fast(rows, m, [&](const Fast& fast) {
+    const std::size_t words = fast->bf16_shadow_words(rows, h);
+    ASSERT_GT(words, 0u);
+    std::vector<float> y1(rows * h), d1(rows * h);
+    std::vector<std::uint32_t> y1_words(words, 0u), d1_words(words, 0u);
+    const Bf16Shadow<float> shadows[] = {{y1.data(), rows, h, Bf16Shadow<float>::Use::activation, y1_words.data()},
+                                         {d1.data(), rows, h, Bf16Shadow<float>::Use::gradient, d1_words.data()}};
+    for (const std::size_t n : {rows, std::size_t(7), std::size_t(4)}) {
+      SCOPED_TRACE(n);
+      fast.kernels->bind_bf16_shadows({});
+      const Out packed = chain(*fast, n, y1.data(), d1.data());
+      fast.kernels->bind_bf16_shadows(shadows);
+      const Out shadowed = chain(*fast, n, y1.data(), d1.data());
+      EXPECT_EQ(shadowed.bits(), packed.bits());
+      if (n < 8) {
+        EXPECT_TRUE(std::all_of(shadowed.dw2.begin(), shadowed.dw2.end(), [](float v) { return std::isfinite(v); }));
+      }
+    }
+    // a shadow of zeros in place of D1's: dW1 = Xᵀ·D1 becomes 0 (over the 7 rows before X's NaN)
+    std::vector<std::uint32_t> zeros(words, 0u);
+    const Bf16Shadow<float> zeroed[] = {{d1.data(), rows, h, Bf16Shadow<float>::Use::gradient, zeros.data()}};
+    fast.kernels->bind_bf16_shadows(zeroed);
+    std::vector<float> dw1(k * h, 1.0f), db1(h);
+    fast->dense_weight_grad(x.data(), k, d1.data(), dw1.data(), db1.data(), 7, k, h);
+    EXPECT_EQ(dw1, std::vector<float>(k * h, 0.0f));
+    fast.kernels->bind_bf16_shadows({});
   }, Precision::bf16);
 }
 

@@ -82,6 +82,21 @@ struct WeightCopy {
   std::size_t size = 0;       // words
 };
 
+// bf16 products: an fp32 tensor x [rows × cols] (row stride cols) that products both write (as C) and read, kept with
+// its bf16 forms beside it in `words` (bf16_shadow_words of them, zero before the first use). The epilogue that writes x
+// writes them too, and the products that read x take them instead of rounding x afresh. An activation is read as the A of
+// the next layer's forward product and transposed as the A of its weight gradient; a gradient as the A of the next input
+// gradient and as the B of a weight gradient. x holds every row of the pass (every rank's rows when ranks share one); a
+// product finds its rows by where its pointer falls.
+template <class T>
+struct Bf16Shadow {
+  enum class Use { activation, gradient };
+  const T* x = nullptr;
+  std::size_t rows = 0, cols = 0;
+  Use use = Use::activation;
+  std::uint32_t* words = nullptr;
+};
+
 // One layer of dense_forward_stack: y = act(x · w + b).            x [n × k] (row stride ldx), w [k × m], b [m], y [n × m]
 template <class T>
 struct DenseCall {
@@ -148,6 +163,10 @@ class Kernels {
   virtual std::size_t bf16_panel_words(std::size_t /*k*/, std::size_t /*m*/) const { return 0; }
   virtual void refresh_weight_copy(const WeightCopy& /*copy*/) const {}
   virtual void bind_weight_copy(const WeightCopy* /*copy*/) {}
+  // The bf16 shadows (Bf16Shadow): words of one for a tensor [rows × cols] (0: these kernels keep none), and the
+  // tensors products write and read through theirs from now on (empty: none).
+  virtual std::size_t bf16_shadow_words(std::size_t /*rows*/, std::size_t /*cols*/) const { return 0; }
+  virtual void bind_bf16_shadows(std::span<const Bf16Shadow<T>> /*shadows*/) {}
 
   // INT8 inference. quantize_int8: xq [n × int8_row_bytes(k)] (row stride ldq bytes) = clamp(round(x·inv_scale +
   // zero_point), 0, 255), zero past k. int8_dense_forward: out = act(scale[j]·(Σ_p xq[r, p]·wq[p, j] − zero_term[j]) +
@@ -170,13 +189,14 @@ class Kernels {
   virtual void set_progress_hook(ProgressHook /*hook*/, void* /*context*/) {}
 };
 
+// A NaN stays NaN, as in PyTorch: a diverged layer must not look finite to the layers and checks after it.
 template <class T>
 inline T activate(T x, Activation a) {
   switch (a) {
     case Activation::identity: return x;
-    case Activation::elu: return x > T(0) ? x : std::expm1(x);
-    case Activation::relu: return x > T(0) ? x : T(0);
-    case Activation::leaky_relu: return x > T(0) ? x : T(kLeakySlope) * x;
+    case Activation::elu: return x <= T(0) ? std::expm1(x) : x;
+    case Activation::relu: return x <= T(0) ? T(0) : x;
+    case Activation::leaky_relu: return x <= T(0) ? T(kLeakySlope) * x : x;
     case Activation::tanh: return std::tanh(x);
   }
   return x;

@@ -97,13 +97,16 @@ class Network {
     double kl = 0;     // Σ KL(q(z|x,y) ‖ N(0, I)) over the batch, nats
   };
 
-  Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena, const RowShare& share = {});
+  // With bf16_for (kernels with bf16 products), the tensors that products both write and read get bf16 shadows
+  // (Bf16Shadow), beside them in the same arena; bf16_shadows() lists them for the kernels to bind.
+  Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena, const RowShare& share = {},
+          const Kernels<T>* bf16_for = nullptr);
 
   // Bytes of arena this network takes for max_batch rows (the exact figure, as the arena rounds each buffer to 64 bytes).
-  static std::size_t workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch);
+  static std::size_t workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, const Kernels<T>* bf16_for = nullptr);
   // For `ranks` networks of max_batch rows sharing a pass: the bytes each takes of its own arena, and of the shared one.
   static std::pair<std::size_t, std::size_t> arena_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch,
-                                                         std::size_t ranks);
+                                                         std::size_t ranks, const Kernels<T>* bf16_for = nullptr);
   // The rows [first, last) of layer l's weight gradient that rank r of `ranks` computes: the input units split evenly
   // (the first layer's pixels split, its label units with the last rank, so each share is one image column range).
   static std::pair<std::size_t, std::size_t> weight_rows(const Arch& arch, const DenseSpec& layer, std::size_t l, std::size_t r,
@@ -135,6 +138,7 @@ class Network {
   void decode(const Kernels<T>& k, const T* params, std::size_t n);
   // Layer l's output (layers in forward order), [max_batch × out]: what INT8 calibration measures.
   std::span<const T> layer_output(std::size_t l) const { return hidden_[l]; }
+  std::span<const Bf16Shadow<T>> bf16_shadows() const { return shadows_; }
 
  private:
   struct Stage {
@@ -171,6 +175,7 @@ class Network {
   std::span<T> dz_;            // [B × L], the gradient of z only (the label columns of the decoder input need none)
   std::span<T> dpp_[2];        // ping-pong gradients of hidden layers, [ranks·B × max_hidden]; this rank's rows start at
                                // rank·B·width for a layer `width` wide
+  std::vector<Bf16Shadow<T>> shadows_;  // every layer output a product reads, and every inner input gradient
   double kl_ = 0;
 };
 
