@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs every benchmark interleaved and prints the tables of docs/benchmarks.md (medians, ratios measured side by side).
 
-Usage: python3 bench/run.py [--repetitions N] [--skip-build] [--sections step,torch,precision,decode,memory,gemm] [--markdown FILE]
+Usage: python3 bench/run.py [--repetitions N] [--skip-build] [--sections step,torch,precision,bf16,decode,memory,gemm] [--markdown FILE]
 Run it on an otherwise idle machine: a concurrent build or test halves every figure.
 """
 import argparse
@@ -65,12 +65,6 @@ def machine():
 def gemm_table(reps):
     runs = gbench("bench_kernels", "gemm/", reps, 0.05)
     rows, worst = [], {1: 9.9, 2: 9.9}
-    ops = {"forward": 0, "weight_grad": 1, "input_grad": 2}
-
-    def step_order(key):  # model, batch, then the layers as the step runs them: encoder before decoder
-        _, preset, batch, layer, op = key.split("/")
-        return preset, int(batch[1:]), layer.startswith("dec"), layer.replace("head", "9").replace("out", "9"), ops[op]
-
     keys = sorted({n.rsplit("/", 2)[0] for n in runs}, key=step_order)
     for key in keys:
         _, preset, batch, layer, op = key.split("/")
@@ -165,6 +159,32 @@ def precision_table(reps):
             "torch threads (OPENBLAS_NUM_THREADS=2)."]
 
 
+def bf16_table(reps):
+    """Each v3 batch-256 bf16 product on 2 threads, as the step runs it, against the bf16 ceiling measured in the same run."""
+    runs = gbench("bench_kernels", "peak/bf16/t2|gemm/v3/b256/.*/ours_bf16(_step)?/t2", reps, 0.2)
+    if "peak/bf16/t2" not in runs:
+        return ["No native bf16 product on this CPU: no ceiling to compare with."]
+    peak = median(runs["peak/bf16/t2"], "FLOPS") / 1e9
+    rows = []
+    for key in sorted({n.rsplit("/", 2)[0] for n in runs if n.startswith("gemm/")}, key=step_order):
+        step = median(runs[f"{key}/ours_bf16_step/t2"], "FLOPS") / 1e9
+        packed = median(runs[f"{key}/ours_bf16/t2"], "FLOPS") / 1e9
+        _, _, _, layer, op = key.split("/")
+        rows.append(f"| {layer} | {op} | {step:.0f} | {100 * step / peak:.0f}% | {packed:.0f} | {100 * packed / peak:.0f}% |")
+    return ["| layer | product | as in the step, GFLOP/s | of the ceiling | packing its operands, GFLOP/s | of the ceiling |",
+            "|---|---|---|---|---|---|"] + rows + [
+        "", f"v3, batch 256, 2 threads; the `vdpbf16ps` ceiling ({peak:.0f} GFLOP/s, `peak/bf16/t2`) measured in the same "
+            f"interleaved run; medians of {reps} repetitions. \"As in the step\": W from the optimizer's weight copy, X and dY "
+            "from their bf16 shadows, Y or dX written with theirs (`bench_ours_step`)."]
+
+
+def step_order(key):
+    """Sorts gemm/<model>/b<batch>/<layer>/<op>/… names as the step runs them: encoder before decoder, forward first."""
+    ops = {"forward": 0, "weight_grad": 1, "input_grad": 2}
+    _, preset, batch, layer, op = key.split("/")[:5]
+    return preset, int(batch[1:]), layer.startswith("dec"), layer.replace("head", "9").replace("out", "9"), ops[op]
+
+
 def decode_table(reps):
     runs = gbench("bench_decode", "generate|latency", reps, 0.5)
     g = {p: {t: median(runs[f"generate/v3/b1024/{p}/t{t}"], "items_per_second") for t in (1, 2)} for p in ("fp32", "int8")}
@@ -199,8 +219,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repetitions", type=int, default=5)
     ap.add_argument("--skip-build", action="store_true")
-    ap.add_argument("--sections", default="step,torch,precision,decode,memory,gemm",
-                    help="comma-separated subset of step,torch,precision,decode,memory,gemm")
+    ap.add_argument("--sections", default="step,torch,precision,bf16,decode,memory,gemm",
+                    help="comma-separated subset of step,torch,precision,bf16,decode,memory,gemm")
     ap.add_argument("--markdown", help="also write the tables to this file")
     a = ap.parse_args()
     if not a.skip_build:
@@ -208,6 +228,7 @@ def main():
     every = {"step": ("Whole training step", lambda: step_table(a.repetitions)),
              "torch": ("Against PyTorch", lambda: torch_table(a.repetitions)),
              "precision": ("Precision: fp32, bf16 and PyTorch", lambda: precision_table(a.repetitions)),
+             "bf16": ("bf16 products against the bf16 ceiling", lambda: bf16_table(a.repetitions)),
              "decode": ("Generation and one-sample latency, fp32 and INT8", lambda: decode_table(a.repetitions)),
              "memory": ("Memory per rank (v3, batch 64)", memory_table),
              "gemm": ("GEMMs", lambda: gemm_table(a.repetitions))}

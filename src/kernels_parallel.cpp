@@ -322,7 +322,7 @@ class ParallelKernels final : public Kernels<float> {
     const std::size_t nr = ops_.nr;
     for (const WeightCopy::Layer& l : copy.layers) {
       const float* w = copy.params + l.w_offset;
-      const std::size_t fwd_panels = (l.m + nr - 1) / nr, trans_panels = (l.k + nr - 1) / nr;
+      const std::size_t fwd_panels = (l.m + nr - 1) / nr, trans_panels = l.transposed ? (l.k + nr - 1) / nr : 0;
       pool_.run(fwd_panels + trans_panels, 1, [&](std::size_t first, std::size_t last) {
         for (std::size_t t = first; t < last; ++t)
           if (t < fwd_panels) pack_b_panel(w, l.m, false, l.k, l.m, t, copy.words + l.fwd);
@@ -578,7 +578,7 @@ class ParallelKernels final : public Kernels<float> {
       const std::size_t lo = std::max(e0, l.w_offset), hi = std::min(e1, l.w_offset + l.k * l.m);
       if (lo < hi)
         ops_.bf16_copy_range(copy.params + l.w_offset, l.m, lo - l.w_offset, hi - l.w_offset, pairs(l.k), pairs(l.m), copy.words + l.fwd,
-                             copy.words + l.trans);
+                             l.transposed ? copy.words + l.trans : nullptr);
     }
   }
 
@@ -588,7 +588,7 @@ class ParallelKernels final : public Kernels<float> {
     for (const WeightCopy::Layer& l : copy_->layers) {
       if (g.b != copy_->params + l.w_offset) continue;
       if (!g.b_trans && g.K == l.k && g.N == l.m && g.ldb == l.m) return copy_->words + l.fwd;
-      if (g.b_trans && g.K == l.m && g.N == l.k && g.ldb == l.m) return copy_->words + l.trans;
+      if (g.b_trans && l.transposed && g.K == l.m && g.N == l.k && g.ldb == l.m) return copy_->words + l.trans;
     }
     return nullptr;
   }

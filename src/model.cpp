@@ -80,10 +80,10 @@ WeightCopy make_weight_copy(const ParamLayout& layout, const Kernels<float>& k, 
   constexpr std::size_t words_per_line = kAlign / sizeof(std::uint32_t);
   WeightCopy copy{params, words, {}, 0};
   for (const DenseSpec& s : layout.layers()) {
-    WeightCopy::Layer l{s.w_offset, s.in, s.out, copy.size, 0};
+    WeightCopy::Layer l{s.w_offset, s.in, s.out, copy.size, 0, !copy.layers.empty()};
     copy.size += round_up(k.bf16_panel_words(s.in, s.out), words_per_line);
     l.trans = copy.size;
-    copy.size += round_up(k.bf16_panel_words(s.out, s.in), words_per_line);
+    if (l.transposed) copy.size += round_up(k.bf16_panel_words(s.out, s.in), words_per_line);
     copy.layers.push_back(l);
   }
   if (copy.size == 0) copy.layers.clear();

@@ -157,8 +157,8 @@ struct Ops {
   void (*bf16_trans_panel)(const Bf16Source& s, std::size_t j0, std::size_t k2, std::uint32_t* dst) = nullptr;
   // Elements [e0, e1) of a weight matrix w [k × m] (row-major, flat index i·m + j), rounded as operands, into the two
   // panel forms of the weight copy: the forward one (B = w, as bf16_pairs packs its panels: panel t at fwd + t·k2f·NR)
-  // and the transposed one (B = wᵀ, as bf16_trans_panel packs them: panel t at trans + t·k2t·NR). Each element is its
-  // own u16 in each form, so ranges written side by side never share a byte.
+  // and the transposed one (B = wᵀ, as bf16_trans_panel packs them: panel t at trans + t·k2t·NR; none if trans is null).
+  // Each element is its own u16 in each form, so ranges written side by side never share a byte.
   void (*bf16_copy_range)(const float* w, std::size_t m, std::size_t e0, std::size_t e1, std::size_t k2f, std::size_t k2t,
                           std::uint32_t* fwd, std::uint32_t* trans) = nullptr;
   void (*gemm_bf16_block)(const GemmBf16Block&) = nullptr;

@@ -183,7 +183,7 @@ void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t 
   auto one = [&](std::size_t i, std::size_t j) {
     const std::uint16_t h = bf16_operand(w[i * m + j]);
     f16[fwd_at(i, j)] = h;
-    t16[trans_at(i, j)] = h;
+    if (trans) t16[trans_at(i, j)] = h;
   };
 #if HWY_TARGET <= HWY_AVX3
   // the forward form's u16 lanes of one row's elements: every other lane, a masked store (which writes no other byte)
@@ -223,6 +223,7 @@ void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t 
         const float* a = w + (i + r) * m + j;
         const auto lo = operand_bits(d, hn::LoadU(d, a)), hi = operand_bits(d, hn::LoadU(d, a + m));
         hn::StoreU(hn::Or(lo, hn::ShiftLeft<16>(hi)), du, fwd + ((j / NR) * k2f + (i + r) / 2) * NR + j % NR);
+        if (!trans) continue;
 #if HWY_TARGET <= HWY_AVX3
         q[r / 2] = _mm512_permutex2var_epi16(lo.raw, halves, hi.raw);
 #else
@@ -230,6 +231,7 @@ void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t 
         hn::Store(hn::DemoteTo(d16, hn::BitCast(di, hi)), d16, tile + (r + 1) * N);
 #endif
       }
+      if (!trans) continue;
       std::uint32_t* t32 = trans + ((i / NR) * k2t + j / 2) * NR + i % NR;
 #if HWY_TARGET <= HWY_AVX3
       for (std::size_t r = R; r < N; r += 2) q[r / 2] = _mm512_setzero_si512();
@@ -272,6 +274,7 @@ void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t 
       std::uint16_t* f = f16 + fwd_at(i, j);
       for (std::size_t t = 0; t < N; ++t) f[2 * t] = h[t];
 #endif
+      if (!trans) continue;
       std::uint32_t* t32 = trans + ((i / NR) * k2t + j / 2) * NR + i % NR;
       for (std::size_t t = 0; t < N / 2; ++t) t32[t * NR] = std::uint32_t(h[2 * t]) | std::uint32_t(h[2 * t + 1]) << 16;
     }

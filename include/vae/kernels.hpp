@@ -71,10 +71,12 @@ inline std::size_t int8_row_bytes(std::size_t k) { return 4 * ((k + 3) / 4); }
 // The bf16 products' own form of every layer's weights, kept current by the optimizer pass as it updates the fp32 master
 // weights, so that no product packs a weight. Layer W [k × m] at params + w_offset has its forward panels (B = W) at
 // words + fwd and its transposed panels (B = Wᵀ, for the input gradient) at words + trans, in the kernels' layout
-// (make_weight_copy in vae/model.hpp lays it out).
+// (make_weight_copy in vae/model.hpp lays it out). The first layer has no transposed panels: its input, the image, needs
+// no gradient.
 struct WeightCopy {
   struct Layer {
     std::size_t w_offset = 0, k = 0, m = 0, fwd = 0, trans = 0;
+    bool transposed = true;
   };
   const float* params = nullptr;
   std::uint32_t* words = nullptr;
