@@ -7,37 +7,12 @@
 #include <thread>
 #include <vector>
 
+#include "gradient_check.hpp"
 #include "vae/kernels.hpp"
 #include "vae/model.hpp"
 
 namespace vae {
 namespace {
-
-constexpr double kStep = 1e-6;
-constexpr double kTol = 1e-6;  // |analytic − numeric| ≤ kTol·max(1, |numeric|)
-
-std::vector<double> random_vector(std::size_t n, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> d(0.0, scale);
-  std::vector<double> v(n);
-  for (auto& x : v) x = d(gen);
-  return v;
-}
-
-// Compares grad against central differences of f with respect to every element of x.
-void expect_gradient(std::vector<double>& x, const std::vector<double>& grad, const std::function<double()>& f, const char* what) {
-  ASSERT_EQ(x.size(), grad.size());
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double keep = x[i];
-    x[i] = keep + kStep;
-    const double up = f();
-    x[i] = keep - kStep;
-    const double down = f();
-    x[i] = keep;
-    const double numeric = (up - down) / (2 * kStep);
-    ASSERT_NEAR(grad[i], numeric, kTol * std::max(1.0, std::abs(numeric))) << what << " element " << i;
-  }
-}
 
 class LayerGradient : public ::testing::TestWithParam<Activation> {};
 
