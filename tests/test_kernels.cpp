@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "env_cap.hpp"
 #include "vae/aligned.hpp"
 #include "vae/bf16.hpp"
 #include "vae/kernels.hpp"
@@ -88,10 +89,7 @@ std::vector<std::string> tested_isas() {
   return chosen;
 }
 
-std::size_t test_rows(std::size_t n) {
-  const char* cap = std::getenv("VAE_TEST_MAX_ROWS");
-  return cap && *cap ? std::min(n, std::size_t(std::stoul(cap))) : n;
-}
+std::size_t test_rows(std::size_t n) { return test::env_cap("VAE_TEST_MAX_ROWS", n); }
 
 // Every instruction set this CPU runs (or VAE_TEST_ISAS names), on 1 and 2 threads. AVX3_BF16 differs from AVX3 only
 // in its bf16 products, so the fp32 checks leave it out.

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "env_cap.hpp"
 #include "vae/communicator.hpp"
 #include "vae/config.hpp"
 #include "vae/idx.hpp"
@@ -80,10 +81,7 @@ inline void write_synthetic_mnist(const std::filesystem::path& dir, std::size_t 
 // A small CVAE that trains in well under a second on synthetic data in `data`: for tests of the training loop.
 // Under a sanitizer or an emulator the v3 training tests run at most VAE_TEST_MAX_STEPS of their `n` steps: the same
 // shapes, threads and comparisons, fewer repetitions of them.
-inline long test_steps(long n) {
-  const char* cap = std::getenv("VAE_TEST_MAX_STEPS");
-  return cap && *cap ? std::min(n, std::stol(cap)) : n;
-}
+inline long test_steps(long n) { return long(env_cap("VAE_TEST_MAX_STEPS", std::size_t(n))); }
 
 inline Config small_config(const std::filesystem::path& data) {
   Config cfg;
