@@ -70,7 +70,8 @@ PBS_JOBID=3.emulated WALLTIME=01:00:00 REQUEUE=none VAE_DIST=$bin VAE_ARGS="--da
   setsid bash "$root/launch/pbs.sh" "$root/configs/smoke.ini" --epochs "$epochs" >"$tmp/third.log" 2>&1 &
 job=$!
 for _ in $(seq 600); do
-  [[ -f "$tmp/work/runs/vae_dist-3.emulated/checkpoints/ckpt-e0001.h5" ]] && break
+  # any whole-epoch checkpoint: the run keeps only the newest three, and a fast host writes several between two looks
+  compgen -G "$tmp/work/runs/vae_dist-3.emulated/checkpoints/ckpt-e[0-9][0-9][0-9][0-9].h5" >/dev/null && break
   sleep 0.1
 done
 kill -TERM -- "-$job"
