@@ -599,8 +599,8 @@ class ParallelKernels final : public Kernels<float> {
     std::size_t row = 0, col = 0;
   };
   ShadowAt shadow_at(const void* p, std::size_t ld) const {
+    const float* x = static_cast<const float*>(p);
     for (const Bf16Shadow<float>& s : shadows_) {
-      const float* x = static_cast<const float*>(p);
       if (ld == s.cols && x >= s.x && x < s.x + s.rows * s.cols) return {&s, std::size_t(x - s.x) / s.cols, std::size_t(x - s.x) % s.cols};
     }
     return {};
@@ -619,11 +619,14 @@ class ParallelKernels final : public Kernels<float> {
     for (std::size_t c = c0; c < c1; ++c) high[2 * ((c / w) * st + (K / 2) * w + c % w)] = 0;
   }
 
-  // C's shadow, if C is a whole shadowed tensor's rows: the epilogue writes both of its forms.
-  void shadow_out(const Gemm& g, simd::GemmBlock& out) const {
-    if (g.epi == simd::Epilogue::none) return;
+  // C's shadow, if C is a whole shadowed tensor's rows (found once per product): the epilogue writes both of its forms.
+  ShadowAt c_shadow(const Gemm& g) const {
+    if (g.epi == simd::Epilogue::none) return {};
     const ShadowAt cs = shadow_at(g.c, g.ldc);
-    if (!cs.s || cs.col != 0 || g.N != cs.s->cols || cs.row + g.M > cs.s->rows) return;
+    return cs.s && cs.col == 0 && g.N == cs.s->cols && cs.row + g.M <= cs.s->rows ? cs : ShadowAt{};
+  }
+  void shadow_out(const ShadowAt& cs, simd::GemmBlock& out) const {
+    if (!cs.s) return;
     const std::size_t k2 = pairs(cs.s->cols);
     out.c16_rows = reinterpret_cast<std::uint16_t*>(cs.s->words + cs.row * k2);
     out.c16_ld = 2 * k2;
@@ -686,6 +689,7 @@ class ParallelKernels final : public Kernels<float> {
         else ops_.bf16_pairs(a, u0, u1, 0, g.M, g.M, packed, g.M);
       }
     }, true);
+    const ShadowAt cs = c_shadow(g);
     run_blocks(g, [&](std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1) {
       simd::GemmBf16Block gb;
       gb.a = a16;
@@ -695,7 +699,7 @@ class ParallelKernels final : public Kernels<float> {
       gb.k2 = k2;
       gb.b_stride = b_stride;
       gb.out = block_out(g, i0, i1, j0, j1);
-      shadow_out(g, gb.out);
+      shadow_out(cs, gb.out);
       ops_.gemm_bf16_block(gb);
     });
   }
