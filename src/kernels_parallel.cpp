@@ -12,6 +12,7 @@
 #include <thread>
 #include <utility>
 
+#include "conv_patches.hpp"
 #include "simd_ops.hpp"
 #include "vae/aligned.hpp"
 #include "vae/kernels.hpp"
@@ -88,6 +89,7 @@ constexpr std::size_t kSerialElements = 1u << 15;  // below this many elements a
 constexpr std::size_t kAdamChunk = 1u << 14;    // floats per Adam task
 constexpr std::size_t kMaxGaussianCols = 256;   // normals made per call of the SIMD transform (even)
 constexpr std::size_t kPackRows = 16;           // rows (or row pairs) of a bf16 operand packed per task
+constexpr std::size_t kConvGroup = 4;           // images whose weight-gradient products one task adds up in one partial sum
 
 // C[M × N] = A[M × K] · B[K × N] followed by an epilogue, with A and B given in any of the layouts the model needs.
 struct Gemm {
@@ -130,17 +132,18 @@ class ParallelKernels final : public Kernels<float> {
 
   std::string name() const override { return std::string("simd ") + ops_.target + (bf16_ ? ", bf16 products" : ""); }
 
-  std::size_t workspace_bytes(std::size_t max_rows, std::size_t max_dim) const override {
+  std::size_t workspace_bytes(std::size_t max_rows, std::size_t max_dim, const ConvSizes& conv) const override {
     Arena probe = Arena::measure();
-    carve(probe, max_rows, max_dim);
+    carve(probe, max_rows, max_dim, conv);
     return probe.used();
   }
 
-  void bind_workspace(std::span<std::byte> memory, std::size_t max_rows, std::size_t max_dim) override {
+  void bind_workspace(std::span<std::byte> memory, std::size_t max_rows, std::size_t max_dim, const ConvSizes& conv) override {
     Arena arena = Arena::over(memory);
-    ws_ = carve(arena, max_rows, max_dim);
+    ws_ = carve(arena, max_rows, max_dim, conv);
     max_rows_ = max_rows;
-    panel_floats_ = panel_floats(max_rows, max_dim);
+    panel_floats_ = panel_floats(max_rows, max_dim, conv);
+    conv_ = conv;
   }
 
   void set_progress_hook(ProgressHook hook, void* context) override {
@@ -262,6 +265,43 @@ class ParallelKernels final : public Kernels<float> {
     one_row_stack(layers);
   }
 
+  // A convolution runs as one image's products per task (ConvShape::as_convolution: a transpose is the adjoint of a
+  // convolution with its W), so no result depends on how images fall on threads.
+  void conv_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, std::size_t n,
+                    Activation act) const override {
+    ConvEpilogue e{simd::Epilogue::row_bias_act, b, act, nullptr};
+    if (s.transposed) scatter_product(s.as_convolution(), x, w, y, n, e);
+    else gather_product(s, x, w, y, n, e);
+  }
+
+  void conv_input_grad(const ConvShape& s, const float* dy, const float* w, float* dx, std::size_t n, Activation prev_act,
+                       const float* y_prev) const override {
+    ConvEpilogue e{y_prev ? simd::Epilogue::slope : simd::Epilogue::none, nullptr, prev_act, y_prev};
+    if (s.transposed) gather_product(s.as_convolution(), dy, w, dx, n, e);
+    else scatter_product(s, dy, w, dx, n, e);
+  }
+
+  bool conv_weight_grad(const ConvShape& s, const float* x, const float* dy, float* dw, float* db, std::size_t n, std::size_t r0,
+                        std::size_t r1) const override {
+    // the convolution's output side (dy of a convolution, x of a transpose) times its input side's patches
+    const ConvShape c = s.as_convolution();
+    weight_product(c, s.transposed ? x : dy, s.transposed ? dy : x, dw, n, r0, r1);
+    bool finite = r1 == r0 || ops_.all_finite(dw, 0, (r1 - r0) * c.in_c * c.k * c.k);
+    if (db) {
+      const std::size_t plane = s.out_h() * s.out_w(), out = s.out_size();
+      pool_.run(s.out_c, 1, [&](std::size_t c0, std::size_t c1) {
+        for (std::size_t ch = c0; ch < c1; ++ch) {
+          float sum = 0;
+          for (std::size_t r = 0; r < n; ++r)
+            for (std::size_t p = 0; p < plane; ++p) sum += dy[r * out + ch * plane + p];
+          db[ch] = sum;
+        }
+      });
+      finite = finite && ops_.all_finite(db, 0, s.out_c);
+    }
+    return finite;
+  }
+
   double bernoulli_nll(const float* logits, const ImageBatch& x, float* dlogits, std::size_t n, float scale) const override {
     check_rows(n);
     for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.bernoulli_rows(logits, x, dlogits, r0, r1, scale, ws_.row_sums.data()); },
@@ -353,14 +393,20 @@ class ParallelKernels final : public Kernels<float> {
     std::span<bool> nonfinite;   // one flag per thread, a cache line apart: [threads × kFlagStride]
     std::span<std::uint32_t> a16;  // bf16 products: A in pairs
     std::span<std::uint32_t> b16;  // bf16 products: B in NR-column panels of pairs
+    std::span<float> patches;      // convolutions, per thread: one image's patch matrix [conv.patch]
+    std::span<float> partials;     // convolutions: the weight gradient's partial sums past the first group's
   };
 
   // Sized for the largest product of the model: A is at most max_rows × max_dim, or its transpose.
-  Workspace carve(Arena& arena, std::size_t max_rows, std::size_t max_dim) const {
+  Workspace carve(Arena& arena, std::size_t max_rows, std::size_t max_dim, const ConvSizes& conv) const {
     const std::size_t mr = ops_.mr;
     Workspace w;
     w.a_pack = arena.take<float>(std::max(round_up(max_rows, mr) * max_dim, round_up(max_dim, mr) * max_rows));
-    w.b_pack = arena.take<float>(threads_ * panel_floats(max_rows, max_dim));
+    w.b_pack = arena.take<float>(threads_ * panel_floats(max_rows, max_dim, conv));
+    if (conv.patch) {
+      w.patches = arena.take<float>(threads_ * round_up(conv.patch, kAlign / sizeof(float)));
+      w.partials = arena.take<float>(conv_groups(max_rows) * conv.weights);
+    }
     w.row_sums = arena.take<double>(max_rows);
     w.nonfinite = arena.take<bool>(threads_ * kFlagStride);
     if (bf16_) {
@@ -372,8 +418,149 @@ class ParallelKernels final : public Kernels<float> {
     return w;
   }
 
-  // A packed B panel is K × NR with K a layer width (forward, input gradient) or the batch (weight gradient).
-  std::size_t panel_floats(std::size_t max_rows, std::size_t max_dim) const { return std::max(max_rows, max_dim) * ops_.nr; }
+  // A packed B panel is K × NR with K a layer width (forward, input gradient), the batch (weight gradient) or a
+  // convolution's depth.
+  std::size_t panel_floats(std::size_t max_rows, std::size_t max_dim, const ConvSizes& conv) const {
+    return std::max({max_rows, max_dim, conv.depth}) * ops_.nr;
+  }
+  static std::size_t conv_groups(std::size_t n) { return (n + kConvGroup - 1) / kConvGroup; }
+
+  // How a convolution's product ends: the epilogue, with a bias per output channel or the previous layer's output.
+  struct ConvEpilogue {
+    simd::Epilogue epi = simd::Epilogue::none;
+    const float* bias = nullptr;
+    Activation act = Activation::identity;
+    const float* y_prev = nullptr;
+  };
+
+  void check_conv(const ConvShape& c, std::size_t n) const {
+    if (bf16_) throw std::logic_error("the convolution kernels have no bf16 products");
+    if (c.patch_floats() > conv_.patch || c.weight_count() > conv_.weights || n > max_rows_)
+      throw std::logic_error("kernel workspace is not bound for " + c.describe() + " on " + std::to_string(n) + " images");
+  }
+  float* slot_patches() const { return ws_.patches.data() + pool_.slot() * round_up(conv_.patch, kAlign / sizeof(float)); }
+  void progress() const {
+    if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
+  }
+  // Tasks per image: one when there are images enough for every thread, else the image's rows split across threads.
+  std::size_t conv_parts(std::size_t n, std::size_t rows) const { return n >= threads_ ? 1 : std::min(threads_, rows); }
+
+  // Rows [i0, i1) of one image's output, [channels × cols] from images + offset, and the epilogue.
+  static simd::GemmBlock conv_out(const ConvEpilogue& e, float* images, std::size_t offset, std::size_t cols, std::size_t i0, std::size_t i1) {
+    return {.c = images + offset, .ldc = cols, .i0 = i0, .i1 = i1, .j1 = cols, .epi = e.epi, .bias = e.bias, .act = e.act,
+            .y = e.y_prev ? e.y_prev + offset : nullptr, .ldy = cols};
+  }
+
+  // small = W · patches(big), per image: a convolution's forward (big = x) or a transpose's input gradient (big = dy).
+  //                       c a convolution; big [n × c.in_size()], w [c.out_c × K], small [n × c.out_size()]
+  void gather_product(const ConvShape& c, const float* big, const float* w, float* small, std::size_t n, const ConvEpilogue& e) const {
+    check_conv(c, n);
+    const std::size_t K = c.in_c * c.k * c.k, P = c.out_h() * c.out_w(), tiles = (c.out_c + ops_.mr - 1) / ops_.mr;
+    const std::size_t parts = conv_parts(n, tiles);
+    pool_.run(n * parts, 1, [&](std::size_t first, std::size_t last) {
+      for (std::size_t t = first; t < last; ++t) {
+        progress();
+        const std::size_t r = t / parts;
+        const auto [q0, q1] = split(tiles, parts, t % parts);
+        float* patches = slot_patches();
+        im2col(c, big + r * c.in_size(), patches);
+        simd::GemmBlock g = conv_out(e, small, r * c.out_size(), P, q0 * ops_.mr, std::min(c.out_c, q1 * ops_.mr));
+        g.a = w;
+        g.lda = K;
+        g.b = patches;
+        g.ldb = P;
+        g.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
+        g.k = K;
+        if (g.i1 > g.i0) ops_.gemm_block(g);
+      }
+    }, true);
+  }
+
+  // big = the patches Wᵀ · small added back into the image (col2im), then the epilogue, per image: a convolution's input
+  // gradient (small = dy) or a transpose's forward (small = x). An image split across threads is split by input
+  // channel, whose patch rows add into that channel's plane alone.
+  //                       c a convolution; small [n × c.out_size()], w [c.out_c × K], big [n × c.in_size()]
+  void scatter_product(const ConvShape& c, const float* small, const float* w, float* big, std::size_t n, const ConvEpilogue& e) const {
+    check_conv(c, n);
+    const std::size_t kk = c.k * c.k, K = c.in_c * kk, P = c.out_h() * c.out_w(), plane = c.in_h * c.in_w;
+    const std::size_t parts = conv_parts(n, c.in_c);
+    pool_.run(n * parts, 1, [&](std::size_t first, std::size_t last) {
+      for (std::size_t t = first; t < last; ++t) {
+        progress();
+        const std::size_t r = t / parts;
+        const auto [ch0, ch1] = split(c.in_c, parts, t % parts);
+        if (ch1 == ch0) continue;
+        float* patches = slot_patches();
+        simd::GemmBlock g;
+        g.a = w;  // A(q, o) = W(o, q): W read down its columns
+        g.lda = K;
+        g.layout = simd::ALayout::cols;
+        g.b = small + r * c.out_size();
+        g.ldb = P;
+        g.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
+        g.c = patches;
+        g.ldc = P;
+        g.k = c.out_c;
+        g.i0 = ch0 * kk;
+        g.i1 = ch1 * kk;
+        g.j1 = P;
+        ops_.gemm_block(g);
+        float* img = big + r * c.in_size();
+        col2im(c, patches, img, ch0, ch1);
+        if (e.epi != simd::Epilogue::none) ops_.apply_epilogue(conv_out(e, big, r * c.in_size(), plane, ch0, ch1));
+      }
+    }, true);
+  }
+
+  // dw rows [r0, r1) = Σ_images small[r0:r1] · rows(big), rows = im2row, the images in groups of kConvGroup: each group
+  // summed in image order by one task (the first group straight into dw, the others into partial sums), then the
+  // partial sums added to dw in group order. A group split across threads is split by columns of dw.
+  //                       c a convolution; small [n × c.out_size()], big [n × c.in_size()], dw [(r1 − r0) × K]
+  void weight_product(const ConvShape& c, const float* small, const float* big, float* dw, std::size_t n, std::size_t r0,
+                      std::size_t r1) const {
+    check_conv(c, n);
+    const std::size_t K = c.in_c * c.k * c.k, P = c.out_h() * c.out_w(), M = r1 - r0, size = M * K;
+    if (M == 0) return;
+    if (n == 0) {
+      std::fill_n(dw, size, 0.0f);
+      return;
+    }
+    const std::size_t groups = conv_groups(n), panels = (K + ops_.nr - 1) / ops_.nr;
+    const std::size_t parts = groups >= threads_ ? 1 : std::min(panels, (threads_ + groups - 1) / groups);
+    pool_.run(groups * parts, 1, [&](std::size_t first, std::size_t last) {
+      for (std::size_t t = first; t < last; ++t) {
+        const std::size_t grp = t / parts;
+        const auto [p0, p1] = split(panels, parts, t % parts);
+        if (p1 == p0) continue;
+        float* rows = slot_patches();
+        simd::GemmBlock g;
+        g.lda = P;
+        g.b = rows;
+        g.ldb = K;
+        g.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
+        g.c = grp == 0 ? dw : ws_.partials.data() + (grp - 1) * size;
+        g.ldc = K;
+        g.k = P;
+        g.i1 = M;
+        g.j0 = p0 * ops_.nr;
+        g.j1 = std::min(K, p1 * ops_.nr);
+        for (std::size_t r = grp * kConvGroup; r < std::min(n, (grp + 1) * kConvGroup); ++r) {
+          progress();
+          im2row(c, big + r * c.in_size(), rows);
+          g.a = small + r * c.out_size() + r0 * P;
+          g.epi = r == grp * kConvGroup ? simd::Epilogue::none : simd::Epilogue::accumulate;
+          ops_.gemm_block(g);
+        }
+      }
+    }, true);
+    if (groups == 1) return;
+    pool_.run(size, kAdamChunk, [&](std::size_t e0, std::size_t e1) {
+      for (std::size_t grp = 1; grp < groups; ++grp) {
+        const float* part = ws_.partials.data() + (grp - 1) * size;
+        for (std::size_t e = e0; e < e1; ++e) dw[e] += part[e];
+      }
+    });
+  }
 
   void check_rows(std::size_t n) const {
     if (n > max_rows_) throw std::logic_error("kernel workspace is bound for " + std::to_string(max_rows_) + " rows, asked for " + std::to_string(n));
@@ -557,7 +744,10 @@ class ParallelKernels final : public Kernels<float> {
     gb.act = g.act;
     gb.y = g.y;
     gb.ldy = g.ldy;
-    if (g.check_finite) gb.nonfinite = &ws_.nonfinite[pool_.slot() * kFlagStride];
+    if (g.check_finite) {
+      gb.nonfinite = &ws_.nonfinite[pool_.slot() * kFlagStride];
+      gb.stream = true;
+    }
     return gb;
   }
 
@@ -719,6 +909,7 @@ class ParallelKernels final : public Kernels<float> {
   const simd::Ops& ops_;
   bool bf16_;
   std::size_t max_rows_ = 0, panel_floats_ = 0;
+  ConvSizes conv_;
   Workspace ws_;
   static constexpr std::size_t kFlagStride = 64;  // a cache line per thread's flag
   static constexpr std::size_t kWordsPerLine = 16;  // u32 words in 64 bytes

@@ -206,6 +206,16 @@ void pack_a(const PackA& s) {
   }
 }
 
+void apply_epilogue(const GemmBlock& g) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  for (std::size_t i = g.i0; i < g.i1; ++i)
+    for (std::size_t j = g.j0; j < g.j1; j += N) {
+      const std::size_t cnt = std::min(N, g.j1 - j);
+      finish(d, load_partial(d, g.c + i * g.ldc + j, cnt), g, i, j, cnt);
+    }
+}
+
 void col_sums(const float* y, std::size_t ldy, std::size_t rows, std::size_t j0, std::size_t j1, float* out) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
@@ -432,6 +442,7 @@ const Ops* get_ops() {
     o.pack_a = &pack_a;
     o.gemm_block = &gemm_block;
     o.col_sums = &col_sums;
+    o.apply_epilogue = &apply_epilogue;
     o.bernoulli_rows = &bernoulli_rows;
     o.reparam_forward = &reparam_forward;
     o.reparam_backward = &reparam_backward;

@@ -30,6 +30,8 @@ enum class Epilogue {
   none,      // C = A·B
   bias_act,  // C = act(A·B + bias)
   slope,     // C = (A·B) ⊙ act'(y), act' taken from the activation's output y
+  row_bias_act,  // C = act(A·B + bias[i]): a convolution's output channels are C's rows
+  accumulate,    // C = C + A·B: a weight gradient summed over images one product at a time
 };
 
 // C[i0:i1, j0:j1] = A[i0:i1, :k] · B[:k, j0:j1] and the epilogue.
@@ -51,6 +53,7 @@ struct GemmBlock {
   const float* y = nullptr;  // slope: y(i, j) = y[i·ldy + j]
   std::size_t ldy = 0;
   bool* nonfinite = nullptr;  // if set (Epilogue::none): becomes true when a NaN or ±Inf is written (never reset)
+  bool stream = false;        // Epilogue::none: C is not read again soon (a weight gradient), so full vectors bypass the cache
   // bf16 products whose C has a shadow (Bf16Shadow): after C, its elements rounded as operands, (i, j) at
   // c16_rows[i·c16_ld + j] and as half (c16_row0 + i) % 2 of pair word (j / pair_w)·pair_s + ((c16_row0 + i) / 2)·pair_w +
   // j % pair_w of c16_pairs (the rows of this block lie from row c16_row0 of the shadow on).
@@ -122,6 +125,9 @@ struct Ops {
                           std::size_t latent, double* row_kl) = nullptr;
   void (*reparam_backward)(const float* head, const float* eps, const float* dz, std::size_t ldz, float* dhead, std::size_t r0,
                            std::size_t r1, std::size_t latent, float scale, float beta) = nullptr;
+  // C[i0:i1, j0:j1] = epilogue(C) in place (row_bias_act or slope; g's a, b and k are unused): a convolution's output
+  // after its patches are added back into the image (col2im)
+  void (*apply_epilogue)(const GemmBlock& g) = nullptr;
   // true when x[begin:end) has no NaN or ±Inf
   bool (*all_finite)(const float* x, std::size_t begin, std::size_t end) = nullptr;
   // Box-Muller: out[2i] = √(−2 ln u[2i])·cos 2πu[2i+1], out[2i+1] = … sin …, for pairs i < n/2 (n even)

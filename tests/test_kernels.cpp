@@ -59,9 +59,10 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
 
 // Optimized kernels for one instruction set and thread count, with their workspace bound as the trainer binds it.
 struct Fast {
-  Fast(const std::string& isa, int threads, std::size_t max_rows, std::size_t max_dim, Precision precision = Precision::fp32)
-      : kernels(make_parallel_kernels(threads, isa, precision)), workspace(kernels->workspace_bytes(max_rows, max_dim)) {
-    kernels->bind_workspace(workspace.span(), max_rows, max_dim);
+  Fast(const std::string& isa, int threads, std::size_t max_rows, std::size_t max_dim, Precision precision = Precision::fp32,
+       const ConvSizes& conv = {})
+      : kernels(make_parallel_kernels(threads, isa, precision)), workspace(kernels->workspace_bytes(max_rows, max_dim, conv)) {
+    kernels->bind_workspace(workspace.span(), max_rows, max_dim, conv);
     label = isa + " x" + std::to_string(threads) + (precision == Precision::bf16 ? " bf16" : "");
   }
   const Kernels<float>* operator->() const { return kernels.get(); }
@@ -781,6 +782,153 @@ INSTANTIATE_TEST_SUITE_P(ModelShapes, Int8Shapes,
                          ::testing::Values(std::make_tuple(1, 138, 320), std::make_tuple(1, 320, 640), std::make_tuple(1, 640, 784),
                                            std::make_tuple(100, 138, 320), std::make_tuple(100, 320, 640), std::make_tuple(100, 640, 784),
                                            std::make_tuple(256, 74, 256), std::make_tuple(256, 512, 784)));
+
+// Convolutions: the optimized products (patches and micro-kernels, vae/conv.hpp's layouts) against the reference loops,
+// on every instruction set, and bit for bit alike on 1 and 2 threads (each image's products run on one task, and the
+// weight gradient adds its images in an order set by n alone).
+struct ConvRun {
+  std::vector<float> y, dx, dx_plain, dw, db, dw_part;
+  bool finite = false;
+};
+
+ConvRun run_conv(const Kernels<float>& k, const ConvShape& s, std::size_t n, const std::vector<float>& x, const std::vector<float>& w,
+                 const std::vector<float>& b, const std::vector<float>& dy, const std::vector<float>& y_prev, std::size_t r0, std::size_t r1) {
+  ConvRun o;
+  o.y.assign(n * s.out_size(), -7.0f);
+  o.dx.assign(n * s.in_size(), -7.0f);
+  o.dx_plain.assign(n * s.in_size(), -7.0f);
+  o.dw.assign(s.weight_count(), -7.0f);
+  o.db.assign(s.out_c, -7.0f);
+  o.dw_part.assign((r1 - r0) * s.weight_row_size(), -7.0f);
+  k.conv_forward(s, x.data(), w.data(), b.data(), o.y.data(), n, Activation::elu);
+  k.conv_input_grad(s, dy.data(), w.data(), o.dx.data(), n, Activation::elu, y_prev.data());
+  k.conv_input_grad(s, dy.data(), w.data(), o.dx_plain.data(), n, Activation::identity, nullptr);
+  o.finite = k.conv_weight_grad(s, x.data(), dy.data(), o.dw.data(), o.db.data(), n, 0, s.weight_rows());
+  o.finite = k.conv_weight_grad(s, x.data(), dy.data(), o.dw_part.data(), nullptr, n, r0, r1) && o.finite;
+  return o;
+}
+
+void check_conv(const ConvShape& s, std::size_t n) {
+  SCOPED_TRACE(s.describe() + ", " + std::to_string(n) + " images");
+  s.check();
+  const unsigned seed = unsigned(s.in_size() * 31 + s.out_size() + n);
+  const std::vector<float> x = random_floats(n * s.in_size(), seed), w = random_floats(s.weight_count(), seed + 1);
+  const std::vector<float> b = random_floats(s.out_c, seed + 2), dy = random_floats(n * s.out_size(), seed + 3);
+  // an ELU output: > −1
+  std::vector<float> y_prev = random_floats(n * s.in_size(), seed + 4);
+  const std::size_t r0 = s.weight_rows() / 3, r1 = std::max(r0 + 1, 2 * s.weight_rows() / 3);
+  const ReferenceKernels<float> reference;
+  const ConvRun want = run_conv(reference, s, n, x, w, b, dy, y_prev, r0, r1);
+  ASSERT_TRUE(want.finite);
+  // |x|·|w| sums: the rounding a float sum of those products may carry
+  ConvRun bound;
+  {
+    const std::vector<float> ax = absolute(x), aw = absolute(w), ab = absolute(b), ady = absolute(dy);
+    bound.y.resize(want.y.size());
+    conv_forward_reference(s, ax.data(), aw.data(), ab.data(), bound.y.data(), n, Activation::identity);
+    bound.dx.resize(want.dx.size());
+    conv_input_grad_reference(s, ady.data(), aw.data(), bound.dx.data(), n, Activation::identity, static_cast<const float*>(nullptr));
+    bound.dw.resize(want.dw.size());
+    bound.db.resize(want.db.size());
+    conv_weight_grad_reference(s, ax.data(), ady.data(), bound.dw.data(), bound.db.data(), n);
+  }
+  const std::vector<float> part_bound(bound.dw.begin() + std::ptrdiff_t(r0 * s.weight_row_size()),
+                                      bound.dw.begin() + std::ptrdiff_t(r1 * s.weight_row_size()));
+  ConvSizes sizes;
+  sizes.add(s);
+  for (const std::string& isa : tested_isas()) {
+    if (isa.ends_with("_BF16")) continue;
+    std::vector<ConvRun> runs;
+    for (int threads : {1, 2}) {
+      Fast fast(isa, threads, n, 1, Precision::fp32, sizes);
+      SCOPED_TRACE(fast.label);
+      runs.push_back(run_conv(*fast, s, n, x, w, b, dy, y_prev, r0, r1));
+      const ConvRun& got = runs.back();
+      EXPECT_TRUE(got.finite);
+      expect_within(got.y, want.y, bound.y, "forward");
+      expect_within(got.dx, want.dx, bound.dx, "input gradient");
+      expect_within(got.dx_plain, want.dx_plain, bound.dx, "input gradient without a slope");
+      expect_within(got.dw, want.dw, bound.dw, "weight gradient");
+      expect_within(got.db, want.db, bound.db, "bias gradient");
+      expect_within(got.dw_part, want.dw_part, part_bound, "weight gradient rows " + std::to_string(r0) + " to " + std::to_string(r1));
+    }
+    SCOPED_TRACE(isa + ": 1 against 2 threads");
+    EXPECT_EQ(runs[0].y, runs[1].y);
+    EXPECT_EQ(runs[0].dx, runs[1].dx);
+    EXPECT_EQ(runs[0].dw, runs[1].dw);
+    EXPECT_EQ(runs[0].db, runs[1].db);
+    EXPECT_EQ(runs[0].dw_part, runs[1].dw_part);
+  }
+}
+
+// 3 × 3 input, 2 × 2 kernel [1 0; 0 −1], bias 10: every output is x(y, x) − x(y + 1, x + 1) + 10 = 6 (test_conv.cpp
+// works the strided case by hand); and the transposed stamp [1 2] ⊗ [1 2; 3 4].
+TEST(ConvKernels, ByHand) {
+  const ConvShape plain{1, 3, 3, 1, 2, 1, 0, false}, stamp{1, 1, 2, 1, 2, 2, 0, true};
+  ConvSizes sizes;
+  sizes.add(plain).add(stamp);
+  for (const std::string& isa : tested_isas()) {
+    Fast fast(isa, 2, 1, 1, Precision::fp32, sizes);
+    SCOPED_TRACE(fast.label);
+    const std::vector<float> x{1, 2, 3, 4, 5, 6, 7, 8, 9}, w{1, 0, 0, -1}, b{10};
+    std::vector<float> y(4);
+    fast->conv_forward(plain, x.data(), w.data(), b.data(), y.data(), 1, Activation::identity);
+    EXPECT_EQ(y, (std::vector<float>{6, 6, 6, 6}));
+    const std::vector<float> sx{1, 2}, sw{1, 2, 3, 4}, zero{0};
+    std::vector<float> sy(8);
+    fast->conv_forward(stamp, sx.data(), sw.data(), zero.data(), sy.data(), 1, Activation::identity);
+    EXPECT_EQ(sy, (std::vector<float>{1, 2, 2, 4, 3, 4, 6, 8}));
+  }
+}
+
+// 1 × 1 kernels, stride 1 and 2, odd and non-square sizes, padding 0, 1 and 2, convolutions and transposes, batches
+// across the weight gradient's groups of four images.
+TEST(ConvKernels, AwkwardShapesMatchReference) {
+  const ConvShape shapes[] = {
+      {3, 5, 7, 4, 1, 1, 0, false}, {2, 7, 5, 3, 3, 2, 1, false}, {3, 9, 6, 5, 4, 2, 0, false}, {1, 6, 6, 2, 5, 1, 2, false},
+      {5, 4, 3, 3, 2, 1, 0, false}, {3, 5, 5, 2, 1, 1, 0, true},  {2, 3, 4, 3, 3, 2, 1, true},  {4, 4, 3, 2, 4, 2, 1, true},
+      {1, 5, 2, 3, 3, 1, 0, true},  {3, 2, 2, 17, 2, 2, 0, true}, {17, 5, 5, 9, 3, 1, 1, false},
+  };
+  for (const ConvShape& s : shapes)
+    for (std::size_t n : {std::size_t(1), std::size_t(5)}) check_conv(s, n);
+}
+
+// The conv preset's layers (issue 13) on a batch of nine: two full groups of four and one image more.
+TEST(ConvKernels, ThePresetsShapesMatchReference) {
+  const std::size_t n = test_rows(9);
+  for (const ConvShape& s : {ConvShape{1, 28, 28, 32, 4, 2, 1, false}, ConvShape{32, 14, 14, 64, 4, 2, 1, false},
+                             ConvShape{64, 7, 7, 32, 4, 2, 1, true}, ConvShape{32, 14, 14, 1, 4, 2, 1, true}})
+    check_conv(s, n);
+}
+
+TEST(ConvKernels, WeightGradientReportsNonFinite) {
+  const ConvShape s{2, 5, 5, 3, 3, 2, 1, false};
+  ConvSizes sizes;
+  sizes.add(s);
+  const std::size_t n = 6;
+  std::vector<float> x = random_floats(n * s.in_size(), 1), dy = random_floats(n * s.out_size(), 2);
+  std::vector<float> dw(s.weight_count()), db(s.out_c);
+  for (const std::string& isa : tested_isas()) {
+    Fast fast(isa, 2, n, 1, Precision::fp32, sizes);
+    SCOPED_TRACE(fast.label);
+    EXPECT_TRUE(fast->conv_weight_grad(s, x.data(), dy.data(), dw.data(), db.data(), n, 0, s.weight_rows()));
+    x[5 * s.in_size() + 7] = std::numeric_limits<float>::quiet_NaN();  // in the last group
+    EXPECT_FALSE(fast->conv_weight_grad(s, x.data(), dy.data(), dw.data(), nullptr, n, 0, s.weight_rows()));
+    x[5 * s.in_size() + 7] = 0.5f;
+    dy[2] = std::numeric_limits<float>::infinity();
+    EXPECT_FALSE(fast->conv_weight_grad(s, x.data(), dy.data(), dw.data(), db.data(), n, 0, s.weight_rows()));
+    dy[2] = 0.5f;
+  }
+}
+
+TEST(ConvKernels, Bf16IsRefused) {
+  const ConvShape s{1, 4, 4, 1, 3, 1, 1, false};
+  ConvSizes sizes;
+  sizes.add(s);
+  Fast fast(available_isas().front(), 1, 1, 1, Precision::bf16, sizes);
+  std::vector<float> x(16), w(9), b(1), y(16);
+  EXPECT_THROW(fast->conv_forward(s, x.data(), w.data(), b.data(), y.data(), 1, Activation::identity), std::logic_error);
+}
 
 }  // namespace
 }  // namespace vae

@@ -1,11 +1,12 @@
 // The convolution layers of the conv CVAE: their shapes, and the plain reference kernels the optimized ones are tested against.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
 
-#include "vae/kernels.hpp"
+#include "vae/activation.hpp"
 
 namespace vae {
 
@@ -23,6 +24,21 @@ struct ConvShape {
   std::size_t in_size() const { return in_c * in_h * in_w; }      // floats of one input image
   std::size_t out_size() const { return out_c * out_h() * out_w(); }  // floats of one output image
   std::size_t weight_count() const { return out_c * in_c * k * k; }
+  // W's first dimension (a convolution's output channels, a transpose's input channels): how ranks split its gradient.
+  std::size_t weight_rows() const { return transposed ? in_c : out_c; }
+  std::size_t weight_row_size() const { return weight_count() / weight_rows(); }
+
+  // The convolution whose products this layer runs as: itself, or for a transpose the convolution from its output back to
+  // its input, which has the same W ([in_c × out_c × k × k] read as a convolution's [out × in × k × k]): the transpose's
+  // forward is that convolution's input gradient and its input gradient that convolution's forward.
+  ConvShape as_convolution() const {
+    return transposed ? ConvShape{out_c, out_h(), out_w(), in_c, k, stride, pad, false} : *this;
+  }
+  // Floats of one image's patch matrix (im2col) in the products: [in_c·k² × out_h·out_w] of as_convolution().
+  std::size_t patch_floats() const {
+    const ConvShape c = as_convolution();
+    return c.in_c * c.k * c.k * c.out_h() * c.out_w();
+  }
 
   // Throws if the kernel does not fit the padded input (a convolution) or the output would be empty (a transpose).
   void check() const {
@@ -39,6 +55,21 @@ struct ConvShape {
 
  private:
   std::size_t extent(std::size_t in) const { return transposed ? (in - 1) * stride + k - 2 * pad : (in + 2 * pad - k) / stride + 1; }
+};
+
+// What the optimized convolutions' scratch must hold: the largest patch matrix (ConvShape::patch_floats) and weight tensor
+// of a model's convolution layers.
+struct ConvSizes {
+  std::size_t patch = 0, weights = 0;
+  std::size_t depth = 0;  // the longest sum of a product (K): patch rows, positions or channels
+
+  ConvSizes& add(const ConvShape& s) {
+    const ConvShape c = s.as_convolution();
+    patch = std::max(patch, s.patch_floats());
+    weights = std::max(weights, s.weight_count());
+    depth = std::max({depth, c.in_c * c.k * c.k, c.out_h() * c.out_w(), c.out_c});
+    return *this;
+  }
 };
 
 // Calls f(in, out, w) for every tap of one image: input element `in`, output element `out` and weight `w` (flat indices
@@ -96,16 +127,27 @@ void conv_input_grad_reference(const ConvShape& s, const T* dy, const T* w, T* d
   }
 }
 
-// dw = ∂/∂w and db = ∂/∂b of Σ dy ⊙ conv(x, w) over the batch    x [n × in_size], dy [n × out_size], dw, db
+// dw = ∂/∂w and db = ∂/∂b of Σ dy ⊙ conv(x, w) over the batch, for rows [r0, r1) of W's first dimension (dw points at
+// row r0); db (all of it) unless nullptr.                 x [n × in_size], dy [n × out_size], dw [(r1 − r0) × weight_row_size], db
+template <class T>
+void conv_weight_grad_reference(const ConvShape& s, const T* x, const T* dy, T* dw, T* db, std::size_t n, std::size_t r0, std::size_t r1) {
+  const std::size_t in = s.in_size(), out = s.out_size(), plane = s.out_h() * s.out_w();
+  const std::size_t lo = r0 * s.weight_row_size(), hi = r1 * s.weight_row_size();
+  for (std::size_t k = lo; k < hi; ++k) dw[k - lo] = 0;
+  if (db)
+    for (std::size_t c = 0; c < s.out_c; ++c) db[c] = 0;
+  for (std::size_t r = 0; r < n; ++r) {
+    for_each_tap(s, [&](std::size_t i, std::size_t o, std::size_t k) {
+      if (k >= lo && k < hi) dw[k - lo] += x[r * in + i] * dy[r * out + o];
+    });
+    if (db)
+      for (std::size_t o = 0; o < out; ++o) db[o / plane] += dy[r * out + o];
+  }
+}
+
 template <class T>
 void conv_weight_grad_reference(const ConvShape& s, const T* x, const T* dy, T* dw, T* db, std::size_t n) {
-  const std::size_t in = s.in_size(), out = s.out_size(), plane = s.out_h() * s.out_w();
-  for (std::size_t k = 0; k < s.weight_count(); ++k) dw[k] = 0;
-  for (std::size_t c = 0; c < s.out_c; ++c) db[c] = 0;
-  for (std::size_t r = 0; r < n; ++r) {
-    for_each_tap(s, [&](std::size_t i, std::size_t o, std::size_t k) { dw[k] += x[r * in + i] * dy[r * out + o]; });
-    for (std::size_t o = 0; o < out; ++o) db[o / plane] += dy[r * out + o];
-  }
+  conv_weight_grad_reference(s, x, dy, dw, db, n, 0, s.weight_rows());
 }
 
 }  // namespace vae

@@ -8,23 +8,22 @@
 #include <memory>
 #include <numbers>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "vae/activation.hpp"
 #include "vae/bf16.hpp"
+#include "vae/conv.hpp"
 #include "vae/rng.hpp"
 
 namespace vae {
-
-enum class Activation { identity, elu, relu, leaky_relu, tanh };
 
 // What the products of the dense layers multiply: fp32, or bf16 operands (vae/bf16.hpp's bf16_operand) accumulated in
 // fp32 (--precision). Everything else is fp32 either way.
 enum class Precision { fp32, bf16 };
 
 inline const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
-
-inline constexpr double kLeakySlope = 0.01;
 
 // A batch of uint8 images and their labels, read directly by the first layer and the loss (the floats are made on the fly,
 // inside the first layer's packing). Element (r, c) is pixels[r·ld + c]/255 for c < width, then the one-hot of labels[r]
@@ -140,6 +139,18 @@ class Kernels {
   virtual void dense_input_grad(const T* dy, const T* w, T* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
                                 Activation prev_act, const T* y_prev) const = 0;
 
+  // The convolution layers (vae/conv.hpp: images [channels × height × width], weights in PyTorch's layouts), fp32 only.
+  // y = act(conv(x, w) + b)                  x [n × s.in_size()], w [s.weight_count()], b [s.out_c], y [n × s.out_size()]
+  virtual void conv_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, std::size_t n, Activation act) const = 0;
+  // dx = (∂/∂x of Σ dy ⊙ conv(x, w)) ⊙ act'(y_prev), y_prev the previous layer's output (nullptr: no slope)
+  //                                                          dy [n × s.out_size()], dx and y_prev [n × s.in_size()]
+  virtual void conv_input_grad(const ConvShape& s, const T* dy, const T* w, T* dx, std::size_t n, Activation prev_act,
+                               const T* y_prev) const = 0;
+  // dw for rows [r0, r1) of W's first dimension (ConvShape::weight_rows; dw points at row r0) and db (all of it, unless
+  // nullptr), summed over the batch in an order that depends on n alone; returns whether both are finite.
+  virtual bool conv_weight_grad(const ConvShape& s, const T* x, const T* dy, T* dw, T* db, std::size_t n, std::size_t r0,
+                                std::size_t r1) const = 0;
+
   // Σ Bernoulli NLL with logits against the images' pixels, and dlogits = scale·(σ(l) − x).   logits, dlogits [n × x.width]
   virtual double bernoulli_nll(const T* logits, const ImageBatch& x, T* dlogits, std::size_t n, T scale) const = 0;
   // Each row's Bernoulli NLL into out[r] (x.ld = 0 scores every row against one image).   logits [n × x.width], out [n]
@@ -180,42 +191,18 @@ class Kernels {
   virtual std::size_t int8_packed_words(std::size_t /*k*/, std::size_t /*m*/) const { return 0; }
   virtual void pack_int8_weights(const std::int8_t* /*w*/, std::size_t /*k*/, std::size_t /*m*/, std::uint32_t* /*packed*/) const {}
 
-  // Scratch (packing buffers, per-row sums) for batches of up to max_rows and layer widths up to max_dim; the caller carves
-  // it from its memory pool and binds it before the first call, so no kernel ever allocates.
-  virtual std::size_t workspace_bytes(std::size_t /*max_rows*/, std::size_t /*max_dim*/) const { return 0; }
-  virtual void bind_workspace(std::span<std::byte> /*memory*/, std::size_t /*max_rows*/, std::size_t /*max_dim*/) {}
+  // Scratch (packing buffers, per-row sums, patch matrices) for batches of up to max_rows, layer widths up to max_dim
+  // and convolutions up to `conv`; the caller carves it from its memory pool and binds it before the first call, so no
+  // kernel ever allocates.
+  virtual std::size_t workspace_bytes(std::size_t /*max_rows*/, std::size_t /*max_dim*/, const ConvSizes& /*conv*/ = {}) const { return 0; }
+  virtual void bind_workspace(std::span<std::byte> /*memory*/, std::size_t /*max_rows*/, std::size_t /*max_dim*/,
+                              const ConvSizes& /*conv*/ = {}) {}
 
   // Called now and then from the thread that called the kernel (the one MPI may be called from), between pieces of
   // work: the trainer uses it to drive non-blocking allreduces while the kernels compute. Null to stop.
   using ProgressHook = void (*)(void* context);
   virtual void set_progress_hook(ProgressHook /*hook*/, void* /*context*/) {}
 };
-
-// A NaN stays NaN, as in PyTorch: a diverged layer must not look finite to the layers and checks after it.
-template <class T>
-inline T activate(T x, Activation a) {
-  switch (a) {
-    case Activation::identity: return x;
-    case Activation::elu: return x <= T(0) ? std::expm1(x) : x;
-    case Activation::relu: return x <= T(0) ? T(0) : x;
-    case Activation::leaky_relu: return x <= T(0) ? T(kLeakySlope) * x : x;
-    case Activation::tanh: return std::tanh(x);
-  }
-  return x;
-}
-
-// Every supported activation's derivative is a function of its output y = f(x).
-template <class T>
-inline T activation_slope(T y, Activation a) {
-  switch (a) {
-    case Activation::identity: return T(1);
-    case Activation::elu: return y > T(0) ? T(1) : y + T(1);
-    case Activation::relu: return y > T(0) ? T(1) : T(0);
-    case Activation::leaky_relu: return y > T(0) ? T(1) : T(kLeakySlope);
-    case Activation::tanh: return T(1) - y * y;
-  }
-  return T(1);
-}
 
 // log(1 + e^{-|l|}) + max(l, 0) − l·x: never overflows, exact for large |l|.
 template <class T>
@@ -288,6 +275,22 @@ class ReferenceKernels final : public Kernels<T> {
         for (std::size_t j = 0; j < m; ++j) s += op(dy[r * m + j]) * op(w[i * m + j]);
         dx[r * ldx + i] = y_prev ? s * activation_slope(y_prev[r * ldx + i], prev_act) : s;
       }
+  }
+
+  void conv_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, std::size_t n, Activation act) const override {
+    fp32_only();
+    conv_forward_reference(s, x, w, b, y, n, act);
+  }
+
+  void conv_input_grad(const ConvShape& s, const T* dy, const T* w, T* dx, std::size_t n, Activation prev_act, const T* y_prev) const override {
+    fp32_only();
+    conv_input_grad_reference(s, dy, w, dx, n, prev_act, y_prev);
+  }
+
+  bool conv_weight_grad(const ConvShape& s, const T* x, const T* dy, T* dw, T* db, std::size_t n, std::size_t r0, std::size_t r1) const override {
+    fp32_only();
+    conv_weight_grad_reference(s, x, dy, dw, db, n, r0, r1);
+    return all_finite(dw, (r1 - r0) * s.weight_row_size()) && (!db || all_finite(db, s.out_c));
   }
 
   double bernoulli_nll(const T* logits, const ImageBatch& x, T* dlogits, std::size_t n, T scale) const override {
@@ -373,6 +376,9 @@ class ReferenceKernels final : public Kernels<T> {
 
  private:
   T op(T x) const { return bf16_ ? T(bf16_widen(bf16_operand(float(x)))) : x; }
+  void fp32_only() const {
+    if (bf16_) throw std::logic_error("the convolution kernels have no bf16 products");
+  }
 
   static std::uint8_t quantize_u8(float x, float inv_scale, float zero_point) {
     const float q = std::nearbyint(x * inv_scale + zero_point);
