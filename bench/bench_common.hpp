@@ -38,9 +38,9 @@ inline std::vector<Product> step_products(const Arch& arch, std::size_t batch) {
   const ParamLayout layout(arch);
   const auto& layers = layout.layers();
   std::vector<Product> all;
-  for (const DenseSpec& s : layers) all.push_back({s.name, Op::forward, batch, s.in, s.out, s.out, s.act});
+  for (const LayerSpec& s : layers) all.push_back({s.name, Op::forward, batch, s.in, s.out, s.out, s.act});
   for (std::size_t l = layers.size(); l-- > 0;) {
-    const DenseSpec& s = layers[l];
+    const LayerSpec& s = layers[l];
     all.push_back({s.name, Op::weight_grad, batch, s.in, s.out, s.out, s.act});
     if (l == 0) continue;
     const bool first_dec = l == layout.encoder_layers();

@@ -87,6 +87,23 @@ T get_attr(const Where& w, hid_t obj, const char* name, hid_t type) {
 }
 long long get_int(const Where& w, hid_t obj, const char* name) { return get_attr<long long>(w, obj, name, H5T_NATIVE_LLONG); }
 double get_double(const Where& w, hid_t obj, const char* name) { return get_attr<double>(w, obj, name, H5T_NATIVE_DOUBLE); }
+// A list of layer widths (attribute model/<name>): 1 to 64 values, each in 1-65536.
+std::vector<int> read_widths(const Where& w, hid_t model, const char* name) {
+  const std::string where = std::string("attribute model/") + name;
+  H5Id attr(w.id(H5Aopen(model, name, H5P_DEFAULT), "cannot open " + where), H5Aclose);
+  H5Id space(H5Aget_space(attr), H5Sclose);
+  const hssize_t n = H5Sget_simple_extent_npoints(space);
+  if (n <= 0 || n > 64) w.fail(where + " has " + std::to_string(n) + " values");
+  std::vector<long long> values(static_cast<std::size_t>(n));
+  w.check(H5Aread(attr, H5T_NATIVE_LLONG, values.data()), ("cannot read " + where).c_str());
+  std::vector<int> widths;
+  for (long long v : values) {
+    if (v <= 0 || v > 65536) w.fail(where + " holds an impossible width " + std::to_string(v));
+    widths.push_back(int(v));
+  }
+  return widths;
+}
+
 std::string get_string(const Where& w, hid_t obj, const char* name) {
   if (H5Aexists(obj, name) <= 0) w.fail(std::string("missing attribute ") + name);
   hsize_t dims = 0;
@@ -138,13 +155,16 @@ void read_array(const Where& w, hid_t group, const std::string& where, const cha
   }
 }
 
-// One group per layer under `root`, each with a weight [in × out] and a bias [out], from a flat buffer.
+// One group per layer under `root`, each with a weight (a dense layer's [in × out], a convolution's [W0 × W1 × k × k] as
+// PyTorch keeps it) and a bias [out], from a flat buffer.
+std::vector<hsize_t> dims_of(const std::vector<std::size_t>& dims) { return {dims.begin(), dims.end()}; }
+
 void write_layers(const Where& w, hid_t file, const char* root, const ParamLayout& layout, std::span<const float> flat) {
   H5Id top(w.id(H5Gcreate2(file, root, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), std::string("cannot create group ") + root), H5Gclose);
-  for (const DenseSpec& s : layout.layers()) {
+  for (const LayerSpec& s : layout.layers()) {
     H5Id g(w.id(H5Gcreate2(top, s.name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group " + s.name), H5Gclose);
-    write_floats(w, g, "weight", flat.data() + s.w_offset, {s.in, s.out});
-    write_floats(w, g, "bias", flat.data() + s.b_offset, {s.out});
+    write_floats(w, g, "weight", flat.data() + s.w_offset, dims_of(s.weight_dims()));
+    write_floats(w, g, "bias", flat.data() + s.b_offset, {s.bias_count()});
   }
 }
 
@@ -152,11 +172,11 @@ void read_layers(const Where& w, hid_t file, const std::string& root, const Para
   flat.assign(layout.padded_size(), 0.0f);
   if (H5Lexists(file, root.c_str(), H5P_DEFAULT) <= 0) w.fail("missing group " + root);
   H5Id top(w.id(H5Gopen2(file, root.c_str(), H5P_DEFAULT), "cannot open group " + root), H5Gclose);
-  for (const DenseSpec& s : layout.layers()) {
+  for (const LayerSpec& s : layout.layers()) {
     if (H5Lexists(top, s.name.c_str(), H5P_DEFAULT) <= 0) w.fail("missing group " + root + "/" + s.name);
     H5Id g(w.id(H5Gopen2(top, s.name.c_str(), H5P_DEFAULT), "cannot open group " + root + "/" + s.name), H5Gclose);
-    read_array(w, g, root + "/" + s.name, "weight", flat.data() + s.w_offset, {s.in, s.out});
-    read_array(w, g, root + "/" + s.name, "bias", flat.data() + s.b_offset, {s.out});
+    read_array(w, g, root + "/" + s.name, "weight", flat.data() + s.w_offset, dims_of(s.weight_dims()));
+    read_array(w, g, root + "/" + s.name, "bias", flat.data() + s.b_offset, {s.bias_count()});
   }
 }
 
@@ -263,6 +283,9 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
       H5Id model(w.id(H5Gopen2(file, "model", H5P_DEFAULT), "cannot open group model"), H5Gclose);
       std::vector<long long> hidden(arch.hidden.begin(), arch.hidden.end());
       set_attr(w, model, "hidden", H5T_NATIVE_LLONG, hidden.data(), hidden.size());
+      // only a convolutional model has the attribute, so an MLP's file reads as before
+      std::vector<long long> conv(arch.conv_channels.begin(), arch.conv_channels.end());
+      if (!conv.empty()) set_attr(w, model, "conv_channels", H5T_NATIVE_LLONG, conv.data(), conv.size());
       set_attr(w, model, "latent", (long long)arch.latent);
       set_attr(w, model, "classes", (long long)arch.classes);
       set_attr(w, model, "image", (long long)arch.image);
@@ -506,16 +529,8 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
   {
     H5Id model(w.id(H5Gopen2(file, "model", H5P_DEFAULT), "cannot open group model"), H5Gclose);
     if (H5Aexists(model, "hidden") <= 0) w.fail("missing attribute hidden");
-    H5Id attr(H5Aopen(model, "hidden", H5P_DEFAULT), H5Aclose);
-    H5Id space(H5Aget_space(attr), H5Sclose);
-    const hssize_t n = H5Sget_simple_extent_npoints(space);
-    if (n <= 0 || n > 64) w.fail("attribute model/hidden has " + std::to_string(n) + " values");
-    std::vector<long long> hidden(static_cast<std::size_t>(n));
-    w.check(H5Aread(attr, H5T_NATIVE_LLONG, hidden.data()), "cannot read attribute model/hidden");
-    for (long long h : hidden) {
-      if (h <= 0 || h > 65536) w.fail("attribute model/hidden holds an impossible width " + std::to_string(h));
-      c.arch.hidden.push_back(int(h));
-    }
+    c.arch.hidden = read_widths(w, model, "hidden");
+    if (H5Aexists(model, "conv_channels") > 0) c.arch.conv_channels = read_widths(w, model, "conv_channels");
     c.arch.latent = int(get_int(w, model, "latent"));
     c.arch.classes = int(get_int(w, model, "classes"));
     c.arch.image = int(get_int(w, model, "image"));
@@ -531,7 +546,13 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
       w.fail("impossible architecture attributes in group model");
     if (c.arch.conditional && c.arch.classes < 1) w.fail("a conditional model with no classes in group model");
   }
-  const ParamLayout layout(c.arch);
+  const ParamLayout layout = [&] {
+    try {
+      return ParamLayout(c.arch);
+    } catch (const std::invalid_argument& e) {
+      w.fail(std::string("impossible architecture in group model: ") + e.what());
+    }
+  }();
   if (layout.padded_size() > std::size_t(kMaxElements))
     w.fail("the architecture in group model has " + std::to_string(layout.parameter_count()) + " parameters, more than any checkpoint holds");
   read_layers(w, file, "model", layout, c.params);

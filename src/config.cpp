@@ -22,6 +22,7 @@ namespace vae {
 namespace {
 
 struct Preset {
+  std::vector<int> conv_channels;
   std::vector<int> hidden;
   int latent;
   int batch;
@@ -30,15 +31,18 @@ struct Preset {
 };
 
 const Preset* find_preset(const std::string& name) {
-  static const Preset v1{{1024, 512}, 128, 16, 5e-5, "elu"};
-  static const Preset v2{{512, 256}, 64, 64, 1e-3, "elu"};
-  static const Preset v3{{640, 320}, 128, 64, 8e-4, "elu"};
+  static const Preset v1{{}, {1024, 512}, 128, 16, 5e-5, "elu"};
+  static const Preset v2{{}, {512, 256}, 64, 64, 1e-3, "elu"};
+  static const Preset v3{{}, {640, 320}, 128, 64, 8e-4, "elu"};
   // Burda et al. (2015), one stochastic layer: two deterministic layers of 200 tanh units, 50 latent units, batch 20.
-  static const Preset burda{{200, 200}, 50, 20, 1e-3, "tanh"};
+  static const Preset burda{{}, {200, 200}, 50, 20, 1e-3, "tanh"};
+  // The conv CVAE: 1×28×28 → 32×14×14 → 64×7×7 → [3,136 | label] → 512 → 2×32, and its mirror (docs/architecture.md).
+  static const Preset conv{{32, 64}, {512}, 32, 64, 1e-3, "elu"};
   if (name == "v1") return &v1;
   if (name == "v2") return &v2;
   if (name == "v3") return &v3;
   if (name == "burda") return &burda;
+  if (name == "conv") return &conv;
   return nullptr;
 }
 
@@ -99,7 +103,11 @@ po::options_description make_options() {
   po::options_description model("Model");
   model.add_options()
       ("preset", po::value<std::string>()->default_value("v3"),
-       "architecture preset: v1, v2, v3, or burda (Burda et al. 2015: 200-200 tanh, latent 50) (sets hidden, latent, activation, batch, lr)")
+       "architecture preset: v1, v2, v3, burda (Burda et al. 2015: 200-200 tanh, latent 50), or conv (the conv CVAE: "
+       "convolutions 32,64, dense 512, latent 32) (sets conv-channels, hidden, latent, activation, batch, lr)")
+      ("conv-channels", po::value<std::string>(),
+       "channels of the encoder's 4x4 stride-2 convolutions, comma-separated (at most 2), mirrored by the decoder's "
+       "transposed ones; none: an MLP (default: from preset)")
       ("hidden", po::value<std::string>(), "encoder hidden widths, comma-separated, decoder mirrors them (default: from preset)")
       ("latent", po::value<int>(), "latent dimension (default: from preset)")
       ("activation", po::value<std::string>(), "hidden activation: elu, relu, leaky_relu, tanh (default: from preset)")
@@ -204,7 +212,10 @@ Config build(const po::variables_map& vm) {
   if (vm.count("config")) c.config_file = get<std::string>(vm, "config");
   c.preset = get<std::string>(vm, "preset");
   const Preset* p = find_preset(c.preset);
-  if (!p) bad("preset", "unknown preset " + in_quotes(c.preset) + " (expected v1, v2, v3 or burda)");
+  if (!p) bad("preset", "unknown preset " + in_quotes(c.preset) + " (expected v1, v2, v3, burda or conv)");
+  if (!vm.count("conv-channels")) c.arch.conv_channels = p->conv_channels;
+  else if (get<std::string>(vm, "conv-channels") != "none")
+    c.arch.conv_channels = parse_int_list(get<std::string>(vm, "conv-channels"), "conv-channels");
   c.arch.hidden = vm.count("hidden") ? parse_int_list(get<std::string>(vm, "hidden"), "hidden") : p->hidden;
   c.arch.latent = vm.count("latent") ? get<int>(vm, "latent") : p->latent;
   c.arch.act = parse_activation(vm.count("activation") ? get<std::string>(vm, "activation") : std::string(p->activation));
@@ -291,6 +302,12 @@ void validate(const Config& c) {
   if (c.arch.hidden.empty()) bad("hidden", "needs at least one layer");
   for (int h : c.arch.hidden)
     if (h <= 0 || h > 65536) bad("hidden", "width " + std::to_string(h) + " is outside 1-65536");
+  if (c.arch.conv_channels.size() > 2)
+    bad("conv-channels", "takes at most 2 convolutions (a third would halve the 7-pixel side), got " + std::to_string(c.arch.conv_channels.size()));
+  for (int ch : c.arch.conv_channels)
+    if (ch <= 0 || ch > 4096) bad("conv-channels", "channel count " + std::to_string(ch) + " is outside 1-4096");
+  if (c.arch.convolutional() && c.precision != Precision::fp32)
+    bad("precision", "the convolution layers run in fp32 only; use --precision fp32 with --conv-channels");
   if (c.arch.latent <= 0 || c.arch.latent > 4096) bad("latent", "must be in 1-4096, got " + std::to_string(c.arch.latent));
   if (c.arch.classes < 0 || c.arch.classes > kNumClasses)
     bad("classes", "must be in 0-" + std::to_string(kNumClasses) + ", got " + std::to_string(c.arch.classes));
@@ -435,7 +452,8 @@ ParsedArgs parse_args(int argc, const char* const* argv) {
 std::string Config::to_ini() const {
   std::ostringstream os;
   os << std::setprecision(17);
-  os << "preset = " << preset << "\nhidden = " << join(arch.hidden) << "\nlatent = " << arch.latent
+  os << "preset = " << preset << "\nconv-channels = " << (arch.convolutional() ? join(arch.conv_channels) : std::string("none"))
+     << "\nhidden = " << join(arch.hidden) << "\nlatent = " << arch.latent
      << "\nactivation = " << activation_name(arch.act) << "\nconditional = " << (arch.conditional ? "on" : "off")
      << "\nclasses = " << arch.classes << "\nlabel-layers = " << (arch.label_every_layer ? "all" : "first") << "\n";
   os << "data-dir = " << data_dir << "\ntrain-images = " << train_images << "\ntrain-labels = " << train_labels

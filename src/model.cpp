@@ -28,23 +28,59 @@ std::size_t Arch::max_hidden() const {
   return m;
 }
 
+std::vector<ConvShape> Arch::conv_shapes() const {
+  std::vector<ConvShape> shapes;
+  std::size_t c = 1, side = std::size_t(kImageSide);
+  for (int out : conv_channels) {
+    shapes.push_back({c, side, side, std::size_t(out), kConvKernel, kConvStride, kConvPad, false});
+    c = std::size_t(out);
+    side = shapes.back().out_h();
+  }
+  return shapes;
+}
+
+std::size_t Arch::features() const {
+  if (!convolutional()) return std::size_t(image);
+  return conv_shapes().back().out_size();
+}
+
 std::string Arch::describe() const {
   std::ostringstream os;
   const char* label = conditional ? "+10" : "";
-  os << image << label;
+  const std::vector<ConvShape> convs = conv_shapes();
+  if (convs.empty()) os << image;
+  else os << "1x28x28";
+  for (const ConvShape& c : convs) os << " > conv " << c.out_c << "x" << c.out_h() << "x" << c.out_w();
+  if (!convs.empty()) os << " = " << features();
+  os << label;
   for (int h : hidden) os << " > " << h;
   os << " > 2x" << latent << " | " << latent << label;
   for (auto it = hidden.rbegin(); it != hidden.rend(); ++it) os << " > " << *it;
-  os << " > " << image << ", " << activation_name(act);
+  if (!convs.empty()) os << " > " << features();
+  for (auto it = convs.rbegin(); it != convs.rend(); ++it) os << " > convT " << it->in_c << "x" << it->in_h << "x" << it->in_w;
+  os << (convs.empty() ? " > " : " = ") << image << ", " << activation_name(act);
   if (conditional && label_every_layer) os << ", label into every decoder layer";
   return os.str();
 }
 
+std::vector<std::size_t> LayerSpec::weight_dims() const {
+  if (!conv) return {in, out};
+  return {conv->weight_rows(), conv->transposed ? conv->out_c : conv->in_c, conv->k, conv->k};
+}
+
 ParamLayout::ParamLayout(const Arch& arch) {
-  auto add = [&](std::string name, std::size_t in, std::size_t out, Activation act) {
-    layers_.push_back({std::move(name), in, out, act, 0, 0});
+  auto add = [&](std::string name, std::size_t in, std::size_t out, Activation act, std::optional<ConvShape> conv = {}) {
+    layers_.push_back({std::move(name), in, out, act, 0, 0, conv});
   };
-  std::size_t in = arch.enc_in();
+  const std::vector<ConvShape> convs = arch.conv_shapes();
+  for (std::size_t i = 0; i < convs.size(); ++i) {
+    // an odd side would not come back: the transpose of 7 → 3 gives 6
+    if (convs[i].in_h % 2 != 0)
+      throw std::invalid_argument(std::to_string(convs.size()) + " convolutions halve the 28-pixel side to an odd one before the last");
+    convs[i].check();
+    add("enc.conv" + std::to_string(i), convs[i].in_size(), convs[i].out_size(), arch.act, convs[i]);
+  }
+  std::size_t in = arch.features() + arch.label_width();
   for (std::size_t i = 0; i < arch.hidden.size(); ++i) {
     add("enc." + std::to_string(i), in, std::size_t(arch.hidden[i]), arch.act);
     in = std::size_t(arch.hidden[i]);
@@ -58,28 +94,49 @@ ParamLayout::ParamLayout(const Arch& arch) {
     add("dec." + std::to_string(i), in, out, arch.act);
     in = out + label;
   }
-  add("dec.out", in, std::size_t(arch.image), Activation::identity);
+  if (convs.empty()) {
+    add("dec.out", in, std::size_t(arch.image), Activation::identity);
+  } else {
+    add("dec." + std::to_string(arch.hidden.size()), in, arch.features(), arch.act);
+    for (std::size_t i = convs.size(); i-- > 0;) {
+      // the transpose of encoder convolution i: from its output back to its input
+      const ConvShape& c = convs[i];
+      const ConvShape t{c.out_c, c.out_h(), c.out_w(), c.in_c, c.k, c.stride, c.pad, true};
+      const bool last = i == 0;
+      add(last ? "dec.out" : "dec.convT" + std::to_string(convs.size() - 1 - i), t.in_size(), t.out_size(),
+          last ? Activation::identity : arch.act, t);
+    }
+  }
 
   constexpr std::size_t floats_per_line = kAlign / sizeof(float);
   for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
     it->b_offset = padded_;
-    padded_ += round_up(it->out, floats_per_line);
+    padded_ += round_up(it->bias_count(), floats_per_line);
     it->w_offset = padded_;
-    padded_ += round_up(it->in * it->out, floats_per_line);
-    count_ += it->in * it->out + it->out;
+    padded_ += round_up(it->weight_count(), floats_per_line);
+    count_ += it->weight_count() + it->bias_count();
   }
 }
 
 std::size_t ParamLayout::max_dim() const {
   std::size_t m = 0;
-  for (const DenseSpec& s : layers_) m = std::max({m, s.in, s.out});
+  for (const LayerSpec& s : layers_)
+    if (!s.conv) m = std::max({m, s.in, s.out});
   return m;
+}
+
+ConvSizes ParamLayout::conv_sizes() const {
+  ConvSizes sizes;
+  for (const LayerSpec& s : layers_)
+    if (s.conv) sizes.add(*s.conv);
+  return sizes;
 }
 
 WeightCopy make_weight_copy(const ParamLayout& layout, const Kernels<float>& k, const float* params, std::uint32_t* words) {
   constexpr std::size_t words_per_line = kAlign / sizeof(std::uint32_t);
   WeightCopy copy{params, words, {}, 0};
-  for (const DenseSpec& s : layout.layers()) {
+  for (const LayerSpec& s : layout.layers()) {
+    if (s.conv && k.bf16_panel_words(1, 1) > 0) throw std::logic_error("the convolution layers have no bf16 products");
     WeightCopy::Layer l{s.w_offset, s.in, s.out, copy.size, 0, !copy.layers.empty()};
     copy.size += round_up(k.bf16_panel_words(s.in, s.out), words_per_line);
     l.trans = copy.size;
@@ -96,11 +153,11 @@ template <class T>
 void init_parameters(const ParamLayout& layout, std::uint64_t seed, std::span<T> params) {
   std::fill(params.begin(), params.end(), T(0));
   for (std::size_t l = 0; l < layout.layers().size(); ++l) {
-    const DenseSpec& s = layout.layers()[l];
-    const double bound = 1.0 / std::sqrt(double(s.in));
+    const LayerSpec& s = layout.layers()[l];
+    const double bound = 1.0 / std::sqrt(double(s.fan_in()));
     Rng rng(stream_key(seed, Stream::init, l));
-    for (std::size_t i = 0; i < s.in * s.out; ++i) params[s.w_offset + i] = T((2.0 * rng.uniform() - 1.0) * bound);
-    for (std::size_t i = 0; i < s.out; ++i) params[s.b_offset + i] = T((2.0 * rng.uniform() - 1.0) * bound);
+    for (std::size_t i = 0; i < s.weight_count(); ++i) params[s.w_offset + i] = T((2.0 * rng.uniform() - 1.0) * bound);
+    for (std::size_t i = 0; i < s.bias_count(); ++i) params[s.b_offset + i] = T((2.0 * rng.uniform() - 1.0) * bound);
   }
 }
 
@@ -124,7 +181,8 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
   labels_ = rows(all_labels, 1);
   images_ = {pixels_.data(), std::size_t(arch.image), std::size_t(arch.image), labels_.data(), classes};
   all_images_ = {all_pixels.data(), std::size_t(arch.image), std::size_t(arch.image), all_labels.data(), classes};
-  for (const DenseSpec& s : layout.layers()) hidden_.push_back(shared(s.out));
+  if (arch.convolutional()) x0_ = shared(std::size_t(arch.image));
+  for (const LayerSpec& s : layout.layers()) hidden_.push_back(shared(s.out));
   head_ = hidden_[layout.encoder_layers() - 1];
   logits_ = hidden_.back();
   eps_ = arena.take<T>(B * L);
@@ -132,23 +190,30 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
   dlogits_ = shared(std::size_t(arch.image));
   dhead_ = shared(2 * L);
   dz_ = arena.take<T>(B * L);
-  dpp_[0] = node.take<T>(ranks_ * B * arch.max_hidden());
-  dpp_[1] = node.take<T>(ranks_ * B * arch.max_hidden());
-
   const auto& layers = layout.layers();
+  enc_end_ = layout.encoder_layers();
+  // the widest inner input gradient: the output of every layer but the encoder's head and the decoder's output
+  std::size_t grad_width = 0;
+  for (std::size_t l = 1; l < layers.size(); ++l)
+    if (l != enc_end_) grad_width = std::max(grad_width, layers[l - 1].out);
+  dpp_[0] = node.take<T>(ranks_ * B * grad_width);
+  dpp_[1] = node.take<T>(ranks_ * B * grad_width);
+
   wide_.resize(layers.size());
   for (std::size_t l = 0; l < layers.size(); ++l) {
-    const bool first_enc = l == 0, first_dec = l == layout.encoder_layers();
+    const bool first_enc = l == 0, first_dec = l == enc_end_;
     const bool network_input = first_enc || first_dec;
-    const bool widened = !network_input && l > layout.encoder_layers() && layers[l].in > layers[l - 1].out;
+    // [prev | label]: the first dense layer after the convolutions, or a decoder layer with label_every_layer
+    const bool widened = !network_input && layers[l].in > layers[l - 1].out;
     if (widened) wide_[l] = shared(layers[l].in);
-    T* in = first_enc ? nullptr : first_dec ? z_in_.data() : widened ? wide_[l].data() : hidden_[l - 1].data();
-    const std::size_t ld = first_enc ? arch.enc_in() : first_dec ? arch.dec_in() : layers[l].in;
+    T* in = first_enc ? x0_.data() : first_dec ? z_in_.data() : widened ? wide_[l].data() : hidden_[l - 1].data();
+    const std::size_t ld = first_enc ? (x0_.data() ? std::size_t(arch.image) : arch.enc_in()) : first_dec ? arch.dec_in() : layers[l].in;
     const Activation in_act = network_input ? Activation::identity : layers[l - 1].act;
     const T* prev = network_input ? nullptr : hidden_[l - 1].data();
     const std::size_t grad_cols = network_input ? (first_dec ? L : 0) : layers[l - 1].out;
     stages_.push_back({&layers[l], in, ld, in_act, hidden_[l].data(), prev, grad_cols, widened});
   }
+  if (bf16_for && bf16_for->bf16_shadow_words(1, 1) > 0 && arch.convolutional()) throw std::logic_error("the convolution layers have no bf16 products");
   if (bf16_for) {
     // a shadow, in the node's arena, of `all` (every rank's rows, `width` wide)
     auto shadow = [&](const T* all, std::size_t width, typename Bf16Shadow<T>::Use use) {
@@ -179,8 +244,8 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
       }
     }
   }
-  const bool widened = std::any_of(stages_.begin(), stages_.end(), [](const Stage& s) { return s.widened; });
-  if (!widened)
+  const bool stackable = std::none_of(stages_.begin(), stages_.end(), [](const Stage& s) { return s.widened || s.spec->conv; });
+  if (stackable)
     for (std::size_t l = layout.encoder_layers(); l < stages_.size(); ++l) {
       const Stage& s = stages_[l];
       decoder_calls_.push_back({s.in, s.ld_in, nullptr, nullptr, s.out, s.spec->in, s.spec->out, s.spec->act});
@@ -203,10 +268,11 @@ std::pair<std::size_t, std::size_t> Network<T>::arena_bytes(const Arch& arch, co
 }
 
 template <class T>
-std::pair<std::size_t, std::size_t> Network<T>::weight_rows(const Arch& arch, const DenseSpec& layer, std::size_t l, std::size_t r,
+std::pair<std::size_t, std::size_t> Network<T>::weight_rows(const Arch& arch, const LayerSpec& layer, std::size_t l, std::size_t r,
                                                             std::size_t ranks) {
-  const std::size_t split = l == 0 ? std::size_t(arch.image) : layer.in;
-  return {split * r / ranks, r + 1 == ranks ? layer.in : split * (r + 1) / ranks};
+  // an MLP's first layer splits its pixels; every other layer (a convolution too) W's first dimension
+  const std::size_t rows = layer.weight_rows(), split = l == 0 && !arch.convolutional() ? std::size_t(arch.image) : rows;
+  return {split * r / ranks, r + 1 == ranks ? rows : split * (r + 1) / ranks};
 }
 
 template <class T>
@@ -225,6 +291,11 @@ void Network<T>::chain_forward(const Kernels<T>& k, const T* params, std::size_t
     // out [n × s.out] = act(in [n × s.in] · W [s.in × s.out] + b)
     const T* w = params + s.spec->w_offset;
     const T* b = params + s.spec->b_offset;
+    if (s.spec->conv) {
+      // out [n × out_c × oh × ow] = act(conv(in [n × in_c × ih × iw], W) + b)
+      k.conv_forward(*s.spec->conv, s.in, w, b, s.out, n, s.spec->act);
+      continue;
+    }
     if (s.widened) {
       // in [n × (prev out + classes)] = [prev | the one-hot label columns of the decoder input]
       const std::size_t dec_in = arch_.dec_in(), L = std::size_t(arch_.latent), classes = std::size_t(arch_.classes);
@@ -251,10 +322,13 @@ void Network<T>::chain_backward(const Kernels<T>& k, const T* params, T* grads, 
     if (ranks_ > 1) listener->rows_ready(l);
     const auto [i0, i1] = weight_rows(arch_, *s.spec, l, rank_, ranks_);
     const T* dy_all = dy - mine * s.spec->out;
-    T* dw = grads + s.spec->w_offset + i0 * s.spec->out;
+    T* dw = grads + s.spec->w_offset + i0 * s.spec->row_size();
     T* db = rank_ == 0 ? grads + s.spec->b_offset : nullptr;
     bool finite = true;
-    if (s.in) {
+    if (s.spec->conv) {
+      // dW rows [i0, i1) of W's first dimension, db [out_c], over every rank's rows of in and dy
+      finite = k.conv_weight_grad(*s.spec->conv, s.in - mine * s.ld_in, dy_all, dw, db, rows, i0, i1);
+    } else if (s.in) {
       finite = k.dense_weight_grad(s.in - mine * s.ld_in + i0, s.ld_in, dy_all, dw, db, rows, i1 - i0, s.spec->out);
     } else {
       // the image columns [i0, i1): pixels from i0, and the label columns when the share reaches past the pixels
@@ -271,14 +345,17 @@ void Network<T>::chain_backward(const Kernels<T>& k, const T* params, T* grads, 
     pp ^= 1;
     // dx [n × cols] = (dy · Wᵀ) ⊙ act'(prev), for the input columns that need it: prev's (not a widened input's label
     // columns, whose weights come last in W), or the chain input's first d_cols
-    k.dense_input_grad(dy, params + s.spec->w_offset, dx, cols, n, cols, s.spec->out, s.in_act, inner ? s.prev : nullptr);
+    if (s.spec->conv) k.conv_input_grad(*s.spec->conv, dy, params + s.spec->w_offset, dx, n, s.in_act, s.prev);
+    else k.dense_input_grad(dy, params + s.spec->w_offset, dx, cols, n, cols, s.spec->out, s.in_act, inner ? s.prev : nullptr);
     dy = dx;
   }
 }
 
 template <class T>
 double Network<T>::forward(const Kernels<T>& k, const T* params, std::size_t n) {
-  const std::size_t enc_end = arch_.hidden.size() + 1;
+  const std::size_t enc_end = enc_end_;
+  if (x0_.data())
+    for (std::size_t i = 0; i < n * std::size_t(arch_.image); ++i) x0_[i] = T(pixels_[i]) / T(255);
   chain_forward(k, params, 0, enc_end, n);
   // z [n × L] = μ + ε·σ, written into the first L columns of the decoder input
   kl_ = k.reparam_kl_forward(head_.data(), eps_.data(), z_in_.data(), arch_.dec_in(), n, std::size_t(arch_.latent));
@@ -297,7 +374,7 @@ template <class T>
 void Network<T>::backward(const Kernels<T>& k, const T* params, T* grads, std::size_t n, T scale, T beta, BackwardListener* listener) {
   if (ranks_ > 1 && (n != max_batch_ || !listener))
     throw std::logic_error("a backward pass shared by ranks needs every rank's full batch and a listener to wait on");
-  const std::size_t enc_end = arch_.hidden.size() + 1;
+  const std::size_t enc_end = enc_end_;
   const std::size_t L = std::size_t(arch_.latent);
   chain_backward(k, params, grads, enc_end, stages_.size(), dlogits_.data(), dz_.data(), L, n, listener);
   // dhead [n × 2L] from dz [n × L] and β·∂KL
@@ -317,7 +394,7 @@ bool Network<T>::rows_finite(std::size_t n) const {
 
 template <class T>
 void Network<T>::decode(const Kernels<T>& k, const T* params, std::size_t n) {
-  if (decoder_calls_.empty()) return chain_forward(k, params, arch_.hidden.size() + 1, stages_.size(), n);
+  if (decoder_calls_.empty()) return chain_forward(k, params, enc_end_, stages_.size(), n);
   const std::size_t first = stages_.size() - decoder_calls_.size();
   for (std::size_t l = 0; l < decoder_calls_.size(); ++l) {
     decoder_calls_[l].w = params + stages_[first + l].spec->w_offset;
@@ -328,14 +405,14 @@ void Network<T>::decode(const Kernels<T>& k, const T* params, std::size_t n) {
 
 namespace {
 std::size_t inference_bytes(const Arch& arch, const ParamLayout& layout, const Kernels<float>& k, std::size_t max_batch) {
-  return Network<float>::workspace_bytes(arch, layout, max_batch) + round_up(k.workspace_bytes(max_batch, layout.max_dim()), kAlign);
+  return Network<float>::workspace_bytes(arch, layout, max_batch) + round_up(k.workspace_bytes(max_batch, layout.max_dim(), layout.conv_sizes()), kAlign);
 }
 }  // namespace
 
 InferenceNetwork::InferenceNetwork(const Arch& arch, const ParamLayout& layout, Kernels<float>& k, std::size_t max_batch)
     : arena_(inference_bytes(arch, layout, k, max_batch)), net_(arch, layout, max_batch, arena_) {
-  const std::size_t ws = k.workspace_bytes(max_batch, layout.max_dim());
-  k.bind_workspace(arena_.take<std::byte>(ws), max_batch, layout.max_dim());
+  const std::size_t ws = k.workspace_bytes(max_batch, layout.max_dim(), layout.conv_sizes());
+  k.bind_workspace(arena_.take<std::byte>(ws), max_batch, layout.max_dim(), layout.conv_sizes());
 }
 
 void decode_to_pixels(Network<float>& net, const Kernels<float>& k, const float* params, std::span<const float> inputs, std::size_t n,

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "vae/errors.hpp"
 #include "vae/rng.hpp"
 
 namespace vae {
@@ -24,11 +25,12 @@ Int8Decoder::Range range_of(float lo, float hi) {
 
 Int8Decoder::Int8Decoder(const Arch& arch, const ParamLayout& layout, const float* params, Kernels<float>& k, std::size_t max_batch)
     : Decoder(), arch_(arch), k_(k), max_batch_(max_batch) {
-  std::vector<const DenseSpec*> specs;
+  if (arch.convolutional()) throw UsageError("the INT8 decoder has no convolution layers: a conv model decodes in fp32 (drop --int8)");
+  std::vector<const LayerSpec*> specs;
   for (std::size_t l = layout.encoder_layers(); l < layout.layers().size(); ++l) specs.push_back(&layout.layers()[l]);
   std::size_t widest = 0;
   for (std::size_t l = 0; l < specs.size(); ++l) {
-    const DenseSpec& s = *specs[l];
+    const LayerSpec& s = *specs[l];
     Layer layer;
     layer.k = s.in;
     layer.m = s.out;
@@ -71,7 +73,7 @@ Int8Decoder::Int8Decoder(const Arch& arch, const ParamLayout& layout, const floa
   }
 }
 
-void Int8Decoder::calibrate(const float* params, const ParamLayout& layout, const std::vector<const DenseSpec*>& specs) {
+void Int8Decoder::calibrate(const float* params, const ParamLayout& layout, const std::vector<const LayerSpec*>& specs) {
   const std::size_t L = std::size_t(arch_.latent), dec_in = arch_.dec_in(), classes = std::size_t(arch_.classes);
   // The fp32 pass runs on kernels of its own: an InferenceNetwork binds its kernels' scratch, and k_ may be bound to
   // another network of the caller's (the INT8 products need no scratch).

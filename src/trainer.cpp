@@ -147,6 +147,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     resume_ = read_checkpoint_guarded(resume_path);
     const Arch& got = resume_->arch;
     std::string differs;
+    if (got.conv_channels != cfg_.arch.conv_channels) differs += " conv-channels";
     if (got.hidden != cfg_.arch.hidden) differs += " hidden";
     if (got.latent != cfg_.arch.latent) differs += " latent";
     if (got.act != cfg_.arch.act) differs += " activation";
@@ -174,13 +175,13 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     adam_v_ = a.take<float>(P);
     order_ = a.take<std::uint32_t>(train_.size());
     sync_->carve(a);
-    workspace_ = a.take<std::byte>(kernels_->workspace_bytes(sync_->kernel_rows(), layout_.max_dim()));
+    workspace_ = a.take<std::byte>(kernels_->workspace_bytes(sync_->kernel_rows(), layout_.max_dim(), layout_.conv_sizes()));
   };
   Arena probe = Arena::measure();
   carve(probe);
   pool_ = Arena(probe.used());
   carve(pool_);
-  kernels_->bind_workspace(workspace_, sync_->kernel_rows(), layout_.max_dim());
+  kernels_->bind_workspace(workspace_, sync_->kernel_rows(), layout_.max_dim(), layout_.conv_sizes());
   sync_->set_gradients(grads_);
   if (sync_->needs_progress()) kernels_->set_progress_hook([](void* sync) { static_cast<GradientSync*>(sync)->progress(); }, sync_.get());
 

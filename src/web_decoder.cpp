@@ -55,6 +55,7 @@ std::size_t padding(std::size_t n) { return (4 - n % 4) % 4; }
 
 std::vector<std::uint8_t> encode_web_decoder(const Arch& arch, const ParamLayout& layout, std::span<const float> params,
                                              const std::string& about) {
+  if (arch.convolutional()) throw UsageError("the browser decoder has no convolution layers: only an MLP model exports to the page");
   Writer w;
   w.bytes(kWebDecoderMagic, sizeof kWebDecoderMagic);
   w.u32(kWebDecoderVersion);

@@ -22,17 +22,18 @@ inline std::vector<double> random_vector(std::size_t n, unsigned seed, double sc
   return v;
 }
 
-// Compares grad against central differences of f with respect to every element of x.
-inline void expect_gradient(std::vector<double>& x, const std::vector<double>& grad, const std::function<double()>& f, const char* what) {
+// Compares grad against central differences of f with respect to every element of x, in steps of `step`.
+inline void expect_gradient(std::vector<double>& x, const std::vector<double>& grad, const std::function<double()>& f, const char* what,
+                            double step = kStep) {
   ASSERT_EQ(x.size(), grad.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
     const double keep = x[i];
-    x[i] = keep + kStep;
+    x[i] = keep + step;
     const double up = f();
-    x[i] = keep - kStep;
+    x[i] = keep - step;
     const double down = f();
     x[i] = keep;
-    const double numeric = (up - down) / (2 * kStep);
+    const double numeric = (up - down) / (2 * step);
     ASSERT_NEAR(grad[i], numeric, kTol * std::max(1.0, std::abs(numeric))) << what << " element " << i;
   }
 }

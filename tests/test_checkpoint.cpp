@@ -26,7 +26,7 @@ class CheckpointFile : public ::testing::Test {
     const ParamLayout lay = layout();
     for (auto* buf : {&params, &m, &v}) {
       buf->assign(lay.padded_size(), 0.0f);
-      for (const DenseSpec& s : lay.layers()) {
+      for (const LayerSpec& s : lay.layers()) {
         for (std::size_t i = 0; i < s.in * s.out; ++i) (*buf)[s.w_offset + i] = d(gen);
         for (std::size_t i = 0; i < s.out; ++i) (*buf)[s.b_offset + i] = d(gen);
       }
@@ -117,7 +117,7 @@ TEST_F(CheckpointFile, H5lsListsEveryDataset) {
   std::string text, line;
   while (std::getline(in, line)) text += line.substr(0, line.find(' ')) + "\n";  // the path column
   const ParamLayout l = layout();
-  for (const DenseSpec& s : l.layers())
+  for (const LayerSpec& s : l.layers())
     for (const char* root : {"/model/", "/optimizer/m/", "/optimizer/v/"})
       for (const char* leaf : {"/weight", "/bias"}) EXPECT_NE(text.find(root + s.name + leaf + "\n"), std::string::npos) << root << s.name << leaf;
   for (const char* want : {"/config\n", "/metrics/test_elbo\n", "/samples/grid\n", "/samples/grey\n"})

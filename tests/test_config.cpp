@@ -50,6 +50,21 @@ TEST(ConfigTest, PresetsMatchTheReport) {
   EXPECT_DOUBLE_EQ(v2.lr, 1e-3);
 }
 
+TEST(ConfigTest, ConvPresetIsTheIssuesModel) {
+  const Config c = parse({"--preset", "conv"}).config;
+  EXPECT_EQ(c.arch.conv_channels, (std::vector<int>{32, 64}));
+  EXPECT_EQ(c.arch.hidden, (std::vector<int>{512}));
+  EXPECT_EQ(c.arch.latent, 32);
+  EXPECT_EQ(c.batch, 64);
+  EXPECT_EQ(c.arch.features(), 64u * 7 * 7);
+  EXPECT_TRUE(parse({"--preset", "conv", "--conv-channels", "none"}).config.arch.conv_channels.empty());
+  EXPECT_EQ(parse({"--conv-channels", "8"}).config.arch.conv_channels, (std::vector<int>{8}));
+  // the effective configuration keeps the convolutions through a round trip
+  test::TempDir dir;
+  std::ofstream(dir / "eff.ini") << c.to_ini();
+  EXPECT_EQ(parse({"--config", (dir / "eff.ini").string()}).config.arch.conv_channels, c.arch.conv_channels);
+}
+
 TEST(ConfigTest, CommandLineBeatsFileBeatsPresetAndDefaults) {
   test::TempDir dir;
   std::ofstream(dir / "run.ini") << "# a comment\npreset = v2\nlatent = 32\nbatch = 128\nepochs = 3\n[fast]\nbeta-start = 0.1\n";
@@ -88,8 +103,13 @@ TEST(ConfigErrors, OneLineMessages) {
   EXPECT_EQ(error_of({"--lr", "0"}), "option --lr: must be in (0, 1], got 0.000000");
   EXPECT_EQ(error_of({"--lr", "-1e-3"}), "option --lr: must be in (0, 1], got -0.001000");
   EXPECT_EQ(error_of({"--epochs", "-1"}), "option --epochs: must not be negative, got -1");
-  EXPECT_EQ(error_of({"--preset", "v9"}), "option --preset: unknown preset 'v9' (expected v1, v2, v3 or burda)");
+  EXPECT_EQ(error_of({"--preset", "v9"}), "option --preset: unknown preset 'v9' (expected v1, v2, v3, burda or conv)");
   EXPECT_EQ(error_of({"--digits", ""}), "option --digits: the list is empty");
+  EXPECT_EQ(error_of({"--conv-channels", "8,16,32"}),
+            "option --conv-channels: takes at most 2 convolutions (a third would halve the 7-pixel side), got 3");
+  EXPECT_EQ(error_of({"--conv-channels", "0"}), "option --conv-channels: channel count 0 is outside 1-4096");
+  EXPECT_EQ(error_of({"--preset", "conv", "--precision", "bf16"}),
+            "option --precision: the convolution layers run in fp32 only; use --precision fp32 with --conv-channels");
   EXPECT_EQ(error_of({"--digits", "1,11"}), "option --digits: digit 11 is outside 0-9");
   EXPECT_EQ(error_of({"--hidden", "640,x"}), "option --hidden: '640,x' is not a comma-separated list of integers");
   EXPECT_EQ(error_of({"--activation", "gelu"}), "option --activation: unknown activation 'gelu' (expected elu, relu, leaky_relu or tanh)");
@@ -120,7 +140,7 @@ TEST(Printable, EscapesWhatIsNotTextAndCutsLongValues) {
 }
 
 TEST(ConfigErrors, ValuesInMessagesAreEscaped) {
-  EXPECT_EQ(error_of({"--preset", "v3\x1b[2J"}), "option --preset: unknown preset 'v3\\x1b[2J' (expected v1, v2, v3 or burda)");
+  EXPECT_EQ(error_of({"--preset", "v3\x1b[2J"}), "option --preset: unknown preset 'v3\\x1b[2J' (expected v1, v2, v3, burda or conv)");
   const std::string long_value(500, 'x');
   EXPECT_EQ(error_of({"--wire", long_value.c_str()}),
             "option --wire: unknown value '" + std::string(80, 'x') + "... (500 bytes)' (expected fp32 or bf16)");

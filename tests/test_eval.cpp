@@ -79,7 +79,13 @@ TEST(Binarize, DrawsPixelsWithTheirIntensityAsProbability) {
 // quadrature on a grid: the importance-weighted estimate must converge to it.
 class TinyModel : public ::testing::Test {
  protected:
-  Arch arch{{16}, 2, Activation::tanh, true};
+  Arch arch = [] {
+    Arch a;
+    a.hidden = {16};
+    a.latent = 2;
+    a.act = Activation::tanh;
+    return a;
+  }();
   ParamLayout layout{arch};
   std::vector<float> params = std::vector<float>(layout.padded_size());
   std::unique_ptr<Kernels<float>> k = make_kernels(KernelChoice::parallel, 2);

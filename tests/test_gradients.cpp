@@ -95,19 +95,32 @@ TEST(LossGradient, KlOfStandardNormalIsZero) {
   EXPECT_DOUBLE_EQ(K.reparam_kl_forward(head.data(), eps.data(), z.data(), 4, 1, 4), 0.5);
 }
 
-// Conditioning: 0 unconditional, 1 the label into the decoder's first layer, 2 into every decoder layer.
+// Conditioning: 0 unconditional, 1 the label into the decoder's first layer, 2 into every decoder layer; 3 and 4 the
+// conv model, unconditional and conditional.
 class ModelGradient : public ::testing::TestWithParam<int> {
  protected:
-  // A CVAE small enough to check by finite differences: 10 pixels, 4 classes, 6-5 hidden, latent 3.
+  // A CVAE small enough to check by finite differences: 10 pixels, 4 classes, 6-5 hidden, latent 3; or the conv model's
+  // 28×28 image through convolutions of 2 and 3 channels (1×28×28 → 2×14×14 → 3×7×7), then 6-5 hidden.
   static Arch tiny_arch() {
     Arch arch;
     arch.hidden = {6, 5};
     arch.latent = 3;
     arch.image = 10;
     arch.classes = 4;
-    arch.conditional = GetParam() > 0;
+    arch.conditional = GetParam() % 3 > 0;
     arch.label_every_layer = GetParam() == 2;
+    if (GetParam() >= 3) {
+      arch.conv_channels = {2, 3};
+      arch.image = kImagePixels;
+    }
     return arch;
+  }
+  // Deterministic pixels for rows [0, n) of an image `image` wide, mixed by `a` and `b`.
+  static std::vector<std::uint8_t> pixels(std::size_t n, std::size_t image, std::size_t a, std::size_t b) {
+    std::vector<std::uint8_t> p(n * image);
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t i = 0; i < image; ++i) p[r * image + i] = std::uint8_t((r * a + i * b) % 256);
+    return p;
   }
 };
 
@@ -122,10 +135,9 @@ TEST_P(ModelGradient, EndToEnd) {
 
   std::vector<double> params(layout.padded_size()), grads(layout.padded_size());
   init_parameters<double>(layout, 11, params);
-  std::uint8_t pixels[3][10];
-  for (std::size_t r = 0; r < n; ++r)
-    for (int i = 0; i < 10; ++i) pixels[r][i] = std::uint8_t((r * 37 + std::size_t(i) * 53) % 256);
-  for (std::size_t r = 0; r < n; ++r) net.load_example(r, pixels[r], int(r % 4));
+  const std::size_t image = std::size_t(arch.image);
+  const std::vector<std::uint8_t> px = pixels(n, image, 37, 53);
+  for (std::size_t r = 0; r < n; ++r) net.load_example(r, px.data() + r * image, int(r % 4));
   const std::vector<double> eps = random_vector(n * 3, 12);
   std::copy(eps.begin(), eps.end(), net.eps().begin());
   const double beta = 0.8, scale = 1.0 / 3.0;
@@ -137,15 +149,20 @@ TEST_P(ModelGradient, EndToEnd) {
   };
   loss();
   net.backward(K, params.data(), grads.data(), n, scale, beta);
-  expect_gradient(params, grads, loss, "parameters");
-  const std::size_t label = GetParam() ? 4 : 0, every = GetParam() == 2 ? 4 : 0;
-  EXPECT_EQ(layout.parameter_count(), ((10 + label) * 6 + 6) + (6 * 5 + 5) + (5 * 6 + 6) + ((3 + label) * 5 + 5) + ((5 + every) * 6 + 6) +
+  // The conv model's loss sums 784 pixels (≈ 500 nats): a step of 1e-6 leaves ~1e-6 of rounding in the difference
+  // quotient, 1e-5 a tenth of it, while the truncation error stays far below.
+  expect_gradient(params, grads, loss, "parameters", arch.convolutional() ? 1e-5 : kStep);
+  const std::size_t label = arch.conditional ? 4 : 0, every = GetParam() == 2 ? 4 : 0;
+  if (arch.convolutional())
+    EXPECT_EQ(layout.parameter_count(), (2 * 16 + 2) + (3 * 2 * 16 + 3) + ((147 + label) * 6 + 6) + (6 * 5 + 5) + (5 * 6 + 6) +
+                                            ((3 + label) * 5 + 5) + (5 * 6 + 6) + (6 * 147 + 147) + (3 * 2 * 16 + 2) + (2 * 16 + 1));
+  else EXPECT_EQ(layout.parameter_count(), ((10 + label) * 6 + 6) + (6 * 5 + 5) + (5 * 6 + 6) + ((3 + label) * 5 + 5) + ((5 + every) * 6 + 6) +
                                           ((6 + every) * 10 + 10));
 }
 
-INSTANTIATE_TEST_SUITE_P(Conditioning, ModelGradient, ::testing::Values(0, 1, 2), [](const auto& p) {
-  return std::string(p.param == 0 ? "unconditional" : p.param == 1 ? "conditional" : "label_every_layer");
-});
+constexpr const char* kConditioning[] = {"unconditional", "conditional", "label_every_layer", "conv_unconditional", "conv_conditional"};
+INSTANTIATE_TEST_SUITE_P(Conditioning, ModelGradient, ::testing::Values(0, 1, 2, 3, 4),
+                         [](const auto& p) { return std::string(kConditioning[p.param]); });
 
 // Ranks of one node in a shared pass, played by threads: each announces its rows and waits for the others.
 class ThreadRanks final : public BackwardListener {
@@ -168,13 +185,12 @@ TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
   ReferenceKernels<double> K;
   std::vector<double> params(layout.padded_size());
   init_parameters<double>(layout, 5, params);
-  std::uint8_t pixels[R * n][10];
-  for (std::size_t r = 0; r < R * n; ++r)
-    for (int i = 0; i < 10; ++i) pixels[r][i] = std::uint8_t((r * 41 + std::size_t(i) * 29) % 256);
+  const std::size_t image = std::size_t(arch.image);
+  const std::vector<std::uint8_t> px = pixels(R * n, image, 41, 29);
   const std::vector<double> eps = random_vector(R * n * 3, 13);
   const double beta = 0.7, scale = 1.0 / double(R * n);
   auto load = [&](Network<double>& net, std::size_t first, std::size_t rows) {
-    for (std::size_t r = 0; r < rows; ++r) net.load_example(r, pixels[first + r], int((first + r) % 4));
+    for (std::size_t r = 0; r < rows; ++r) net.load_example(r, px.data() + (first + r) * image, int((first + r) % 4));
     std::copy_n(eps.begin() + std::ptrdiff_t(first * 3), rows * 3, net.eps().begin());
   };
 
@@ -206,9 +222,9 @@ TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
   for (auto& t : ranks) t.join();
   EXPECT_EQ(finite, std::vector<int>(R, 1));
   // Every weight and bias was written by one rank, and holds the single network's value to the last bit.
-  for (const DenseSpec& s : layout.layers()) {
-    for (std::size_t i = 0; i < s.in * s.out; ++i) ASSERT_EQ(got[s.w_offset + i], want[s.w_offset + i]) << s.name << " weight " << i;
-    for (std::size_t j = 0; j < s.out; ++j) ASSERT_EQ(got[s.b_offset + j], want[s.b_offset + j]) << s.name << " bias " << j;
+  for (const LayerSpec& s : layout.layers()) {
+    for (std::size_t i = 0; i < s.weight_count(); ++i) ASSERT_EQ(got[s.w_offset + i], want[s.w_offset + i]) << s.name << " weight " << i;
+    for (std::size_t j = 0; j < s.bias_count(); ++j) ASSERT_EQ(got[s.b_offset + j], want[s.b_offset + j]) << s.name << " bias " << j;
   }
   // The shares of each layer's rows are contiguous, in rank order, and cover the layer.
   for (std::size_t l = 0; l < layout.layers().size(); ++l) {
@@ -219,7 +235,7 @@ TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
       EXPECT_LE(i0, i1);
       next = i1;
     }
-    EXPECT_EQ(next, layout.layers()[l].in);
+    EXPECT_EQ(next, layout.layers()[l].weight_rows());
   }
 }
 
@@ -230,7 +246,7 @@ TEST(ParamLayoutTest, V3CountAndAlignment) {
   const ParamLayout layout(arch);
   // (794·640+640) + (640·320+320) + (320·256+256) + (138·320+320) + (320·640+640) + (640·784+784)
   EXPECT_EQ(layout.parameter_count(), 1548560u);
-  for (const DenseSpec& s : layout.layers()) {
+  for (const LayerSpec& s : layout.layers()) {
     EXPECT_EQ(s.w_offset % 16, 0u) << s.name;
     EXPECT_EQ(s.b_offset % 16, 0u) << s.name;
   }

@@ -568,7 +568,7 @@ TEST(Bf16WeightCopy, AdamKeepsItFreshAndProductsReadIt) {
         EXPECT_EQ(words(l.trans, trans), fresh_of(l.trans, trans)) << "transposed panels of a " << l.k << "x" << l.m << " layer";
       }
     }
-    for (const DenseSpec& s : layout.layers()) {
+    for (const LayerSpec& s : layout.layers()) {
       const float* w = p.data() + s.w_offset;
       const float* bias = p.data() + s.b_offset;
       std::vector<float> y_packed(n * s.out), y_copied(n * s.out), dx_packed(n * s.in), dx_copied(n * s.in);
@@ -584,7 +584,7 @@ TEST(Bf16WeightCopy, AdamKeepsItFreshAndProductsReadIt) {
     }
     // and they do read it: a copy of zero weights gives the bias alone
     std::fill(kept_words.begin(), kept_words.end(), 0u);
-    const DenseSpec& s = layout.layers().front();
+    const LayerSpec& s = layout.layers().front();
     std::vector<float> y(n * s.out);
     fast->dense_forward(x.data(), s.in, p.data() + s.w_offset, p.data() + s.b_offset, y.data(), n, s.in, s.out, Activation::identity);
     fast.kernels->bind_weight_copy(nullptr);

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -14,28 +15,52 @@
 namespace vae {
 
 struct Arch {
-  std::vector<int> hidden;  // encoder widths; the decoder mirrors them
+  std::vector<int> hidden;  // encoder dense widths (after the convolutions, if any); the decoder mirrors them
   int latent = 0;
   Activation act = Activation::elu;
   bool conditional = true;  // one-hot label concatenated to encoder input and latent code
   bool label_every_layer = false;  // conditional only: the one-hot also feeds every later decoder layer, not only the first
   int image = kImagePixels;
   int classes = kNumClasses;
+  // The encoder's convolutions (empty: an MLP), each 4×4, stride 2, padding 1, halving the image's side, then the activation; the
+  // decoder's transposed convolutions mirror them, the last one to a single channel of logits.
+  std::vector<int> conv_channels;
 
-  std::size_t enc_in() const { return std::size_t(image) + (conditional ? std::size_t(classes) : 0); }
-  std::size_t dec_in() const { return std::size_t(latent) + (conditional ? std::size_t(classes) : 0); }
+  static constexpr std::size_t kConvKernel = 4, kConvStride = 2, kConvPad = 1;
+
+  bool convolutional() const { return !conv_channels.empty(); }
+  std::size_t label_width() const { return conditional ? std::size_t(classes) : 0; }
+  // The features the first dense layer reads (besides the label): the image, or the last convolution's output flattened.
+  std::size_t features() const;
+  // The convolutions in forward order: conv_shapes()[i] is encoder convolution i; decoder transposed convolution i
+  // is conv_shapes()[n − 1 − i] transposed, from its output channels back to its input.
+  std::vector<ConvShape> conv_shapes() const;
+  std::size_t enc_in() const { return std::size_t(image) + label_width(); }
+  std::size_t dec_in() const { return std::size_t(latent) + label_width(); }
   std::size_t max_hidden() const;
   std::string describe() const;  // "784+10 → 640 → 320 → 2×128 | 128+10 → 320 → 640 → 784, elu"
 };
 
 std::string activation_name(Activation a);
 
-// One dense layer's place in the flat buffer: W [in × out] row-major, then b [out], each 64-byte aligned.
-struct DenseSpec {
+// One layer's place in the flat buffer, W then b, each 64-byte aligned: a dense layer's W [in × out] row-major and b
+// [out]; a convolution's W in PyTorch's layout (vae/conv.hpp) and b [out_c]. in and out are the floats of one example's
+// input and output either way.
+struct LayerSpec {
   std::string name;
   std::size_t in = 0, out = 0;
   Activation act = Activation::identity;
   std::size_t w_offset = 0, b_offset = 0;
+  std::optional<ConvShape> conv;
+
+  std::size_t weight_count() const { return conv ? conv->weight_count() : in * out; }
+  std::size_t bias_count() const { return conv ? conv->out_c : out; }
+  // W's first dimension (what ranks split a weight gradient by) and the floats of each of its rows
+  std::size_t weight_rows() const { return conv ? conv->weight_rows() : in; }
+  std::size_t row_size() const { return conv ? conv->weight_row_size() : out; }
+  // PyTorch's fan-in of W, which its default initialisation scales by: in, or W's dimension 1 times k²
+  std::size_t fan_in() const { return conv ? conv->weight_row_size() : in; }
+  std::vector<std::size_t> weight_dims() const;  // [in, out], or [W0, W1, k, k]
 };
 
 // Layers in forward order (enc.0 … enc.head, dec.0 … dec.out); offsets are assigned in backward order, so the
@@ -43,14 +68,15 @@ struct DenseSpec {
 class ParamLayout {
  public:
   explicit ParamLayout(const Arch& arch);
-  const std::vector<DenseSpec>& layers() const { return layers_; }
+  const std::vector<LayerSpec>& layers() const { return layers_; }
   std::size_t encoder_layers() const { return encoder_layers_; }  // enc.0 … enc.head
   std::size_t padded_size() const { return padded_; }             // floats in each flat buffer
   std::size_t parameter_count() const { return count_; }          // exact, without padding
-  std::size_t max_dim() const;                                    // widest layer input or output
+  std::size_t max_dim() const;                                    // widest dense layer input or output
+  ConvSizes conv_sizes() const;                                   // what the convolutions' scratch must hold
 
  private:
-  std::vector<DenseSpec> layers_;
+  std::vector<LayerSpec> layers_;
   std::size_t encoder_layers_ = 0;
   std::size_t padded_ = 0;
   std::size_t count_ = 0;
@@ -109,7 +135,7 @@ class Network {
                                                          std::size_t ranks, const Kernels<T>* bf16_for = nullptr);
   // The rows [first, last) of layer l's weight gradient that rank r of `ranks` computes: the input units split evenly
   // (the first layer's pixels split, its label units with the last rank, so each share is one image column range).
-  static std::pair<std::size_t, std::size_t> weight_rows(const Arch& arch, const DenseSpec& layer, std::size_t l, std::size_t r,
+  static std::pair<std::size_t, std::size_t> weight_rows(const Arch& arch, const LayerSpec& layer, std::size_t l, std::size_t r,
                                                          std::size_t ranks);
 
   // Writes one example into row r: its pixels (uint8, converted inside the first layer's packing) and label, and the
@@ -142,8 +168,8 @@ class Network {
 
  private:
   struct Stage {
-    const DenseSpec* spec;
-    T* in;               // nullptr for the first encoder layer, whose input is the image batch
+    const LayerSpec* spec;
+    T* in;               // nullptr for an MLP's first encoder layer, whose input is the uint8 image batch
     std::size_t ld_in;
     Activation in_act;   // activation that produced `prev` (identity for a network input)
     T* out;
@@ -159,11 +185,13 @@ class Network {
   std::size_t max_batch_;
   std::size_t rank_ = 0, ranks_ = 1;
   std::vector<Stage> stages_;  // one per layer, forward order
+  std::size_t enc_end_ = 0;    // stages [0, enc_end_) are the encoder
   std::vector<DenseCall<T>> decoder_calls_;  // the decoder's layers for dense_forward_stack (empty with widened inputs)
   std::span<std::uint8_t> pixels_;  // [B × 784], this rank's rows of the shared [ranks·B × 784]
   std::span<std::uint8_t> labels_;  // [B]
   ImageBatch all_images_;           // every rank's rows, [ranks·B × enc_in]
   ImageBatch images_;               // the encoder input: pixels/255 and one-hot labels, [B × enc_in]
+  std::span<T> x0_;                 // a convolutional encoder's input, pixels/255 as floats [B × 1 × 28 × 28], this rank's rows
   std::vector<std::span<T>> hidden_;  // each layer's output, [B × out]
   std::vector<std::span<T>> wide_;    // with label_every_layer, a decoder layer's input [B × (prev out + classes)]
   std::span<T> head_;          // [B × 2L]

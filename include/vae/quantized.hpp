@@ -47,7 +47,7 @@ class Int8Decoder final : public Decoder {
     bool widened = false;                    // input = [previous output | one-hot label]
   };
   Int8Weights weights(const Layer& layer) const;
-  void calibrate(const float* params, const ParamLayout& layout, const std::vector<const DenseSpec*>& specs);
+  void calibrate(const float* params, const ParamLayout& layout, const std::vector<const LayerSpec*>& specs);
 
   Arch arch_;
   Kernels<float>& k_;

@@ -37,11 +37,11 @@ NodeSharedSync::NodeSharedSync(const SyncSetup& s)
   act_bytes_ = bytes.second;
   const auto& layers = layout().layers();
   for (std::size_t l = layers.size(); l-- > 0;) {
-    const DenseSpec& d = layers[l];
+    const LayerSpec& d = layers[l];
     const auto [i0, i1] = Network<float>::weight_rows(cfg().arch, d, l, std::size_t(node_rank_), std::size_t(node_size_));
     // A layer's bias sits just before its weights, so the first rank's share (the first rows and the bias) is one range.
-    const std::size_t begin = node_rank_ == 0 ? d.b_offset : d.w_offset + i0 * d.out;
-    owned_.push_back({begin, d.w_offset + i1 * d.out - begin});
+    const std::size_t begin = node_rank_ == 0 ? d.b_offset : d.w_offset + i0 * d.row_size();
+    owned_.push_back({begin, d.w_offset + i1 * d.row_size() - begin});
     owned_layer_.push_back(l);
   }
 }
