@@ -25,7 +25,7 @@ Int8Decoder::Range range_of(float lo, float hi) {
 
 Int8Decoder::Int8Decoder(const Arch& arch, const ParamLayout& layout, const float* params, Kernels<float>& k, std::size_t max_batch)
     : Decoder(), arch_(arch), k_(k), max_batch_(max_batch) {
-  if (arch.convolutional()) throw UsageError("the INT8 decoder has no convolution layers: a conv model decodes in fp32 (drop --int8)");
+  if (arch.convolutional()) throw UsageError("the INT8 decoder has no convolution layers: a conv model decodes with --precision fp32");
   std::vector<const LayerSpec*> specs;
   for (std::size_t l = layout.encoder_layers(); l < layout.layers().size(); ++l) specs.push_back(&layout.layers()[l]);
   std::size_t widest = 0;

@@ -118,6 +118,14 @@ TEST(MpiTest, ResumeContinuesBitForBitOnTwoRanks) {
   comm.barrier();
 }
 
+TEST(MpiTest, ConvResumeContinuesBitForBitOnTwoRanks) {
+  const Communicator& comm = world();
+  ASSERT_EQ(comm.size(), 2) << "run with mpiexec -n 2";
+  const SharedData data(comm, 640, 64);
+  test::expect_resume_bit_for_bit(test::small_conv_config(data.dir()), comm, 1, data.dir() / "conv");
+  comm.barrier();
+}
+
 TEST(MpiTest, Bf16ResumeContinuesBitForBitOnTwoRanks) {
   const Communicator& comm = world();
   ASSERT_EQ(comm.size(), 2) << "run with mpiexec -n 2";
@@ -160,13 +168,13 @@ void expect_weight_copy_current(const Trainer& t, const Communicator& c) {
 // The same training at 1, 2 and 4 ranks (global batch fixed): parameters agree to float rounding after `steps`, through
 // the one-node shared pass and through the bucketed allreduce of multi-node jobs; the same rank count twice agrees bit for
 // bit. Run with mpiexec -n 4.
-void expect_rank_count_invariance(Precision precision, long steps, double tolerance) {
+void expect_rank_count_invariance(Precision precision, long steps, double tolerance, bool conv = false) {
   const Communicator& comm = world();
   ASSERT_EQ(comm.size(), 4) << "run with mpiexec -n 4";
   const SharedData data(comm, 2048, 64);
   const std::filesystem::path& dir = data.dir();
 
-  Config cfg = test::small_config(dir);
+  Config cfg = conv ? test::small_conv_config(dir) : test::small_config(dir);
   cfg.precision = precision;
   cfg.epochs = 1;
   cfg.max_steps = steps;
@@ -210,6 +218,9 @@ void expect_rank_count_invariance(Precision precision, long steps, double tolera
 }
 
 TEST(MpiTest, RankCountInvariance) { expect_rank_count_invariance(Precision::fp32, 100, 1e-5); }
+
+// The conv model: the shared pass splits each convolution's weight gradient by W's first dimension.
+TEST(MpiTest, ConvRankCountInvariance) { expect_rank_count_invariance(Precision::fp32, 40, 1e-5, true); }
 
 // With bf16 products the shared pass forms each weight gradient from the same rounded operands at any rank count; across
 // ranks (the allreduce) the partial sums round differently, and a weight one fp32 ulp away rounds to another bf16 value

@@ -114,6 +114,16 @@ class Training : public ::testing::Test {
     return cfg;
   }
 
+  // The conv preset's model at batch 64 on the same images.
+  static Config conv_config() {
+    Config cfg = v3_config();
+    cfg.arch.conv_channels = {32, 64};
+    cfg.arch.hidden = {512};
+    cfg.arch.latent = 32;
+    cfg.lr = 1e-3;
+    return cfg;
+  }
+
   static test::TempDir* dir_;
 };
 test::TempDir* Training::dir_ = nullptr;
@@ -133,6 +143,50 @@ TEST_F(Training, SteadyStateStepAllocatesNothing) {
     g_counting = false;
     EXPECT_EQ(g_allocations.load(), 0) << "heap allocations in steps 2.." << test::test_steps(12) << " with " << threads << " threads, " << precision_name(precision);
   }
+}
+
+TEST_F(Training, ConvSteadyStateStepAllocatesNothing) {
+  for (int threads : {1, 2}) {
+    const Communicator self = Communicator::self();
+    Trainer trainer(conv_config(), self, threads);
+    trainer.initialize();
+    trainer.step(0, 0, 1.0, 1e-3);
+    g_allocations = 0;
+    g_counting = true;
+    for (long s = 1; s < test::test_steps(6); ++s) trainer.step(0, s, 1.0, 1e-3);
+    g_counting = false;
+    EXPECT_EQ(g_allocations.load(), 0) << "heap allocations in conv steps 2.." << test::test_steps(6) << " with " << threads << " threads";
+  }
+}
+
+// The conv model's optimized kernels (im2col products on our GEMM) train like the plain reference convolutions.
+TEST_F(Training, ConvOptimizedKernelsTrainLikeReference) {
+  const Communicator self = Communicator::self();
+  Config cfg = test::small_conv_config(dir_->path());
+  cfg.max_steps = test::test_steps(20);
+  cfg.epochs = 2;
+  cfg.run_dir = (dir_->path() / "conv_reference").string();
+  cfg.kernels = KernelChoice::reference;
+  Trainer reference(cfg, self, 1);
+  reference.run();
+  cfg.run_dir = (dir_->path() / "conv_fast").string();
+  cfg.kernels = KernelChoice::parallel;
+  Trainer fast(cfg, self, 2);
+  fast.run();
+  const std::size_t steps = std::size_t(cfg.max_steps);
+  ASSERT_EQ(reference.step_losses().size(), steps);
+  ASSERT_EQ(fast.step_losses().size(), steps);
+  for (std::size_t s = 0; s < steps; ++s)
+    EXPECT_NEAR(fast.step_losses()[s], reference.step_losses()[s], 1e-4 * std::abs(reference.step_losses()[s])) << "step " << s + 1;
+  EXPECT_LT(fast.step_losses().back(), fast.step_losses().front());
+}
+
+TEST_F(Training, ConvResumeContinuesBitForBit) {
+  const std::filesystem::path resumed =
+      test::expect_resume_bit_for_bit(test::small_conv_config(dir_->path()), Communicator::self(), 2, dir_->path() / "conv");
+  // the checkpoint holds the convolutions in PyTorch's layout and names the channels
+  const Checkpoint c = read_checkpoint(resumed / "checkpoints" / "ckpt-e0004.h5");
+  EXPECT_EQ(c.arch.conv_channels, (std::vector<int>{4, 8}));
 }
 
 TEST_F(Training, CountingAllocatorSeesAllocations) {

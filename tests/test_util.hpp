@@ -95,6 +95,14 @@ inline Config small_config(const std::filesystem::path& data) {
   return cfg;
 }
 
+// small_config's conv counterpart: convolutions of 4 and 8 channels (1×28×28 → 4×14×14 → 8×7×7), then dense 32.
+inline Config small_conv_config(const std::filesystem::path& data) {
+  Config cfg = small_config(data);
+  cfg.arch.conv_channels = {4, 8};
+  cfg.arch.hidden = {32};
+  return cfg;
+}
+
 // Trains cfg 4 epochs straight (DIR/straight), and 2 epochs then --resume auto to 4 (DIR/resumed); the resumed run's two
 // epochs and its final parameters must equal the straight run's bit for bit. Returns the resumed run's directory.
 inline std::filesystem::path expect_resume_bit_for_bit(Config cfg, const Communicator& comm, int threads, const std::filesystem::path& dir) {
