@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The same v3 CVAE training step in PyTorch (Debian python3-torch), timed in steady state: the yardstick of bench/run.py.
+"""The same v3 CVAE (or, with --model conv, the conv CVAE) training step in PyTorch (Debian python3-torch), timed in steady
+state: the yardstick of bench/run.py.
 
 Prints "samples/s N". Best fp32 setting on 2 cores: OPENBLAS_NUM_THREADS=2 with --threads 1 (PRODUCT.md); --bf16 runs the
 step under bf16 autocast (oneDNN), whose best of 1 and 2 threads bench/run.py reports.
@@ -54,8 +55,37 @@ class CVAE(nn.Module):
         return (rec + kl) / x.shape[0]
 
 
+class ConvCVAE(nn.Module):
+    """vae_dist's conv preset: 1x28x28 -> 32x14x14 -> 64x7x7 -> [3136 | y] -> 512 -> 2x32, and its mirror."""
+
+    def __init__(self, channels=(32, 64), hidden=512, latent=32):
+        super().__init__()
+        c1, c2 = channels
+        self.conv1 = nn.Conv2d(1, c1, 4, 2, 1)
+        self.conv2 = nn.Conv2d(c1, c2, 4, 2, 1)
+        self.enc = nn.Linear(c2 * 49 + 10, hidden)
+        self.head = nn.Linear(hidden, 2 * latent)
+        self.dec0 = nn.Linear(latent + 10, hidden)
+        self.dec1 = nn.Linear(hidden, c2 * 49)
+        self.deconv1 = nn.ConvTranspose2d(c2, c1, 4, 2, 1)
+        self.deconv2 = nn.ConvTranspose2d(c1, 1, 4, 2, 1)
+        self.c2 = c2
+
+    def forward(self, x, y):
+        h = F.elu(self.conv2(F.elu(self.conv1(x.view(-1, 1, 28, 28)))))
+        h = F.elu(self.enc(torch.cat([h.flatten(1), y], 1)))
+        mu, logvar = self.head(h).chunk(2, 1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        h = F.elu(self.dec1(F.elu(self.dec0(torch.cat([z, y], 1)))))
+        logits = self.deconv2(F.elu(self.deconv1(h.view(-1, self.c2, 7, 7)))).flatten(1)
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + logvar - mu * mu - logvar.exp())
+        return (rec + kl) / x.shape[0]
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=["v3", "conv"], default="v3")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=400)
@@ -65,8 +95,8 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     images, labels = load_images(a.data_dir, 60000)
-    model = CVAE()
-    opt = torch.optim.Adam(model.parameters(), lr=8e-4)
+    model = CVAE() if a.model == "v3" else ConvCVAE()
+    opt = torch.optim.Adam(model.parameters(), lr=8e-4 if a.model == "v3" else 1e-3)
     perm = torch.randperm(images.shape[0])
 
     def step(s):
