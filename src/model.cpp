@@ -22,12 +22,6 @@ std::string activation_name(Activation a) {
   return "?";
 }
 
-std::size_t Arch::max_hidden() const {
-  std::size_t m = 0;
-  for (int h : hidden) m = std::max(m, std::size_t(h));
-  return m;
-}
-
 std::vector<ConvShape> Arch::conv_shapes() const {
   std::vector<ConvShape> shapes;
   std::size_t c = 1, side = std::size_t(kImageSide);

@@ -37,7 +37,6 @@ struct Arch {
   std::vector<ConvShape> conv_shapes() const;
   std::size_t enc_in() const { return std::size_t(image) + label_width(); }
   std::size_t dec_in() const { return std::size_t(latent) + label_width(); }
-  std::size_t max_hidden() const;
   std::string describe() const;  // "784+10 → 640 → 320 → 2×128 | 128+10 → 320 → 640 → 784, elu"
 };
 
