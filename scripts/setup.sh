@@ -7,7 +7,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-packages=(openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools libtbb-dev libboost-program-options-dev libhwy-dev zlib1g-dev libgtest-dev shellcheck)
+packages=(openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools libtbb-dev libboost-program-options-dev libhwy-dev zlib1g-dev libgtest-dev shellcheck python3-numpy python3-scipy)
 aarch64=0 web=0
 for option in "$@"; do
   case $option in

@@ -8,7 +8,7 @@ namespace vae {
 namespace {
 
 constexpr std::size_t kSide = 28, kHalf = 14, kQuarter = 7, kK = 5, kPad = 2;
-constexpr std::size_t kC1 = 16, kC2 = 32, kHidden = 64, kClasses = 10;
+constexpr std::size_t kC1 = 16, kC2 = 32, kHidden = Classifier::kFeatures, kClasses = 10;
 
 // Rows of 5 × 5 × C patches of a side × side × C image (channels last), zero outside:     out [side² × 25·C], (ky, kx, c)
 void im2col(const float* image, std::size_t side, std::size_t channels, float* out) {
@@ -92,7 +92,11 @@ Classifier::Classifier(const ClassifierWeights& w, int threads, std::size_t max_
   k_->bind_workspace(workspace_.take<std::byte>(k_->workspace_bytes(rows, in)), rows, in);
 }
 
-void Classifier::logits(const std::uint8_t* images, std::size_t n, float* out) {
+void Classifier::logits(const std::uint8_t* images, std::size_t n, float* out) { run(images, n, out, nullptr); }
+
+void Classifier::features(const std::uint8_t* images, std::size_t n, float* out) { run(images, n, nullptr, out); }
+
+void Classifier::run(const std::uint8_t* images, std::size_t n, float* logits, float* features) {
   std::vector<float> image(kSide * kSide);
   const std::size_t in = kQuarter * kQuarter * kC2;
   for (std::size_t first = 0; first < n; first += max_batch_) {
@@ -108,8 +112,9 @@ void Classifier::logits(const std::uint8_t* images, std::size_t n, float* out) {
                         Activation::relu);
       max_pool(conv_.data(), kHalf, kC2, pooled2_.data() + r * in);                        // [49 × 32]
     }
-    k_->dense_forward(pooled2_.data(), in, w3_.data(), b3_.data(), hidden_.data(), rows, in, kHidden, Activation::relu);
-    k_->dense_forward(hidden_.data(), kHidden, w4_.data(), b4_.data(), out + first * kClasses, rows, kHidden, kClasses, Activation::identity);
+    k_->dense_forward(pooled2_.data(), in, w3_.data(), b3_.data(), hidden_.data(), rows, in, kHidden, Activation::relu);  // [rows × 64]
+    if (features) std::copy_n(hidden_.data(), rows * kHidden, features + first * kHidden);
+    if (logits) k_->dense_forward(hidden_.data(), kHidden, w4_.data(), b4_.data(), logits + first * kClasses, rows, kHidden, kClasses, Activation::identity);
   }
 }
 

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
+#include <string>
 
 #include "vae/rng.hpp"
 
@@ -52,18 +54,126 @@ double ssim(const float* a, const float* b, std::size_t side) {
   return sum / double(span * span);
 }
 
-std::array<double, QualitySums::kFields> QualitySums::pack() const {
-  std::array<double, kFields> a{images, recon, kl, iw_nll, mse, bce};
-  std::copy(ssim.begin(), ssim.end(), a.begin() + 6);
-  std::copy(count.begin(), count.end(), a.begin() + 6 + kNumClasses);
+std::vector<double> QualitySums::pack() const {
+  std::vector<double> a{images, recon, kl, iw_nll, mse, bce};
+  a.insert(a.end(), ssim.begin(), ssim.end());
+  a.insert(a.end(), count.begin(), count.end());
+  for (const std::vector<double>* v : {&kl_dim, &mu_sum, &mu_sq}) a.insert(a.end(), v->begin(), v->end());
   return a;
 }
 
-QualitySums QualitySums::unpack(const std::array<double, kFields>& a) {
-  QualitySums s{a[0], a[1], a[2], a[3], a[4], a[5]};
-  std::copy_n(a.begin() + 6, kNumClasses, s.ssim.begin());
-  std::copy_n(a.begin() + 6 + kNumClasses, kNumClasses, s.count.begin());
+QualitySums QualitySums::unpack(std::span<const double> a, std::size_t latent) {
+  constexpr std::size_t C = kNumClasses, scalars = 6 + 2 * C;
+  if (a.size() != scalars + 3 * latent) throw std::logic_error("QualitySums::unpack: the sums do not have the model's latent size");
+  QualitySums s;
+  s.images = a[0], s.recon = a[1], s.kl = a[2], s.iw_nll = a[3], s.mse = a[4], s.bce = a[5];
+  std::copy_n(a.begin() + 6, C, s.ssim.begin());
+  std::copy_n(a.begin() + 6 + C, C, s.count.begin());
+  std::size_t at = scalars;
+  for (std::vector<double>* v : {&s.kl_dim, &s.mu_sum, &s.mu_sq}) {
+    v->assign(a.begin() + std::ptrdiff_t(at), a.begin() + std::ptrdiff_t(at + latent));
+    at += latent;
+  }
   return s;
+}
+
+LatentUsage latent_usage(const QualitySums& sums) {
+  LatentUsage u;
+  const double n = sums.images;
+  for (std::size_t d = 0; d < sums.kl_dim.size(); ++d) {
+    const double mean = sums.mu_sum[d] / n;
+    // the population variance of μ_d over the images (Burda et al.'s Cov_x), never below 0 from rounding
+    u.mean_variance.push_back(std::max(0.0, sums.mu_sq[d] / n - mean * mean));
+    u.kl.push_back(sums.kl_dim[d] / n);
+    u.active += u.mean_variance.back() > LatentUsage::kActiveThreshold;
+  }
+  return u;
+}
+
+namespace {
+
+// The eigenvalues of the symmetric matrix a [n × n] (row-major, overwritten) by cyclic Jacobi rotations, and its
+// eigenvectors as the columns of v: exact to rounding for the few dozen dimensions of a classifier's features.
+void symmetric_eigen(std::vector<double>& a, std::vector<double>& v, std::size_t n) {
+  v.assign(n * n, 0.0);
+  for (std::size_t i = 0; i < n; ++i) v[i * n + i] = 1.0;
+  for (int sweep = 0; sweep < 100; ++sweep) {
+    double off = 0, diag = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < n; ++j) (i == j ? diag : off) += a[i * n + j] * a[i * n + j];
+    if (off <= 1e-30 * diag || off == 0) return;
+    for (std::size_t p = 0; p + 1 < n; ++p)
+      for (std::size_t q = p + 1; q < n; ++q) {
+        const double apq = a[p * n + q];
+        if (apq == 0) continue;
+        // the rotation that zeroes a[p][q]: t = tan θ, the smaller root of t² + 2τt − 1 = 0
+        const double tau = (a[q * n + q] - a[p * n + p]) / (2 * apq);
+        const double t = (tau >= 0 ? 1.0 : -1.0) / (std::abs(tau) + std::sqrt(1 + tau * tau));
+        const double c = 1 / std::sqrt(1 + t * t), s = t * c;
+        for (std::size_t k = 0; k < n; ++k) {
+          const double akp = a[k * n + p], akq = a[k * n + q];
+          a[k * n + p] = c * akp - s * akq;
+          a[k * n + q] = s * akp + c * akq;
+        }
+        for (std::size_t k = 0; k < n; ++k) {
+          const double apk = a[p * n + k], aqk = a[q * n + k];
+          a[p * n + k] = c * apk - s * aqk;
+          a[q * n + k] = s * apk + c * aqk;
+        }
+        for (std::size_t k = 0; k < n; ++k) {
+          const double vkp = v[k * n + p], vkq = v[k * n + q];
+          v[k * n + p] = c * vkp - s * vkq;
+          v[k * n + q] = s * vkp + c * vkq;
+        }
+      }
+  }
+  throw std::runtime_error("the Fréchet distance: the covariance's eigendecomposition did not converge");
+}
+
+// The mean [dim] and unbiased covariance [dim × dim] of rows x [n × dim].
+void moments(std::span<const float> x, std::size_t dim, std::vector<double>& mean, std::vector<double>& cov) {
+  const std::size_t n = x.size() / dim;
+  if (n < 2 || x.size() % dim != 0) throw std::invalid_argument("the Fréchet distance needs at least two feature rows of " + std::to_string(dim));
+  mean.assign(dim, 0.0);
+  cov.assign(dim * dim, 0.0);
+  for (std::size_t r = 0; r < n; ++r)
+    for (std::size_t i = 0; i < dim; ++i) mean[i] += x[r * dim + i];
+  for (double& m : mean) m /= double(n);
+  std::vector<double> centred(dim);
+  for (std::size_t r = 0; r < n; ++r) {
+    for (std::size_t i = 0; i < dim; ++i) centred[i] = x[r * dim + i] - mean[i];
+    for (std::size_t i = 0; i < dim; ++i)
+      for (std::size_t j = 0; j < dim; ++j) cov[i * dim + j] += centred[i] * centred[j];
+  }
+  for (double& c : cov) c /= double(n - 1);
+}
+
+}  // namespace
+
+double frechet_distance(std::span<const float> a, std::span<const float> b, std::size_t dim) {
+  std::vector<double> mean_a, cov_a, mean_b, cov_b, vec;
+  moments(a, dim, mean_a, cov_a);
+  moments(b, dim, mean_b, cov_b);
+  double distance = 0;
+  for (std::size_t i = 0; i < dim; ++i) distance += (mean_a[i] - mean_b[i]) * (mean_a[i] - mean_b[i]) + cov_a[i * dim + i] + cov_b[i * dim + i];
+  // Σa^½ = V diag(√λ) Vᵀ, its eigenvalues clipped at 0 (a covariance is semi-definite; rounding can take one below)
+  std::vector<double> e(cov_a);
+  symmetric_eigen(e, vec, dim);
+  std::vector<double> root(dim * dim, 0.0);
+  for (std::size_t i = 0; i < dim; ++i)
+    for (std::size_t j = 0; j < dim; ++j)
+      for (std::size_t k = 0; k < dim; ++k) root[i * dim + j] += vec[i * dim + k] * std::sqrt(std::max(0.0, e[k * dim + k])) * vec[j * dim + k];
+  // m = Σa^½ Σb Σa^½, symmetric and semi-definite, with the eigenvalues of Σa Σb
+  std::vector<double> t(dim * dim, 0.0), m(dim * dim, 0.0);
+  for (std::size_t i = 0; i < dim; ++i)
+    for (std::size_t k = 0; k < dim; ++k)
+      for (std::size_t j = 0; j < dim; ++j) t[i * dim + j] += root[i * dim + k] * cov_b[k * dim + j];
+  for (std::size_t i = 0; i < dim; ++i)
+    for (std::size_t k = 0; k < dim; ++k)
+      for (std::size_t j = 0; j < dim; ++j) m[i * dim + j] += t[i * dim + k] * root[k * dim + j];
+  symmetric_eigen(m, vec, dim);
+  for (std::size_t i = 0; i < dim; ++i) distance -= 2 * std::sqrt(std::max(0.0, m[i * dim + i]));
+  return distance;
 }
 
 QualityEvaluator::QualityEvaluator(const Arch& arch, const ParamLayout& layout, const float* params, Kernels<float>& k, std::size_t batch)
@@ -94,6 +204,15 @@ void QualityEvaluator::add(const ImageSet& set, std::size_t lo, std::size_t hi, 
     sums.recon += l.recon;
     sums.kl += l.kl;
     std::copy_n(net.head().data(), n * 2 * L, head_.data());
+    if (sums.kl_dim.empty()) sums.kl_dim.assign(L, 0.0), sums.mu_sum.assign(L, 0.0), sums.mu_sq.assign(L, 0.0);
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t d = 0; d < L; ++d) {
+        // head [2L] = [μ | log σ²]: KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − log σ² − 1)
+        const double mu = head_[r * 2 * L + d], log_var = head_[r * 2 * L + L + d];
+        sums.kl_dim[d] += 0.5 * (mu * mu + std::exp(log_var) - log_var - 1);
+        sums.mu_sum[d] += mu;
+        sums.mu_sq[d] += mu * mu;
+      }
 
     // Reconstruction: the decoder mean at z = μ (the label columns of the decoder input are still the one-hots).
     const std::span<float> in = net.decoder_input();

@@ -210,6 +210,38 @@ def case_sample():
         assert hot == [3] * 4 + [7] * 4 and sum(values) == 8, values
 
 
+def case_traverse():
+    """vae_sample --traverse: one row per latent dimension, its value swept over the columns while the others stay fixed;
+    a conditional model needs its digit, and a dimension it does not have is a one-line error."""
+    sample = os.path.join(os.path.dirname(BIN), "vae_sample")
+    with tempfile.TemporaryDirectory() as d:
+        code, out, err = run(1, "--config", os.path.join(SOURCE, "configs", "smoke.ini"), "--data-dir", DATA, "--run-dir", d, "--epochs", "1")
+        assert code == 0, err
+        ckpt = os.path.join(d, "checkpoints", "ckpt-e0001.h5")
+        h5 = os.path.join(d, "t.h5")
+        p = subprocess.run([sample, "--checkpoint", ckpt, "--traverse", "0,5", "--digits", "3", "--steps", "7", "--out", os.path.join(d, "t.png"),
+                            "--h5", h5], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert png_size(os.path.join(d, "t.png")) == (7 * 28, 2 * 28), png_size(os.path.join(d, "t.png"))
+        dump = subprocess.run(["h5dump", "-w", "0", "-y", "-d", "/samples/images", h5], capture_output=True, text=True, timeout=60).stdout
+        pixels = [int(v) for v in dump.split("DATA {")[1].split("}")[0].replace(",", " ").split()]
+        images = [pixels[i * 784:(i + 1) * 784] for i in range(14)]
+        assert len(pixels) == 14 * 784, len(pixels)
+        # the sweep changes each row's digit, and two dimensions swept from one draw differ
+        for row in range(2):
+            assert images[row * 7] != images[row * 7 + 6], f"row {row}: the sweep left the digit unchanged"
+        assert images[0] != images[7], "dimensions 0 and 5 at -3 decode alike"
+        kind = subprocess.run(["h5dump", "-a", "/kind", h5], capture_output=True, text=True, timeout=60).stdout
+        assert '"traverse"' in kind, kind
+        for args, message in ((["--traverse", "0"], "is a conditional model; name the digit to draw with --digits D"),
+                              (["--traverse", "16", "--digits", "3"], "option --traverse: 16 is not among the model's 16 latent dimensions"),
+                              (["--traverse", "0", "--digits", "3,4"], "option --digits: a traversal draws one digit, got 2"),
+                              (["--traverse", "0", "--grid"], "give exactly one of --grid, --digits, --interpolate or --traverse")):
+            p = subprocess.run([sample, "--checkpoint", ckpt, "--out", os.path.join(d, "x.png")] + args, capture_output=True, text=True, timeout=60)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode == 2 and len(lines) == 1 and message in lines[0], (args, p.returncode, p.stderr)
+
+
 def case_kill_while_writing():
     """A process killed with SIGKILL while it writes a checkpoint leaves the previous one loadable, and --resume auto
     continues from the newest complete checkpoint, never from the half-written file."""
@@ -293,6 +325,13 @@ def case_eval():
         assert 0 <= r["conditional_accuracy"] <= 1 and r["classifier_test_accuracy"] >= 0.985, r
         assert abs(sum(r["conditional_accuracy_per_digit"].values()) / 10 - r["conditional_accuracy"]) < 1e-9, r
         assert "test -ELBO" in out and "IW NLL, k = 64" in out and "conditional accuracy" in out, out
+        # the latent usage: KL per dimension adding up to the test KL, the active units among the 16 dimensions
+        assert len(r["kl_per_dim"]) == 16 and len(r["posterior_mean_variance_per_dim"]) == 16, r
+        assert abs(sum(r["kl_per_dim"]) - r["test_kl"]) <= 1e-4 * r["test_kl"], (sum(r["kl_per_dim"]), r["test_kl"])
+        assert r["active_units"] == sum(v > 0.01 for v in r["posterior_mean_variance_per_dim"]) and 0 < r["active_units"] <= 16, r
+        assert "active units" in out, out
+        # the Fréchet distance of the 200 generated digits from the 10,000 test images' features
+        assert r["frechet_distance"] > 0 and r["frechet_generated"] == 200 and r["frechet_test_images"] == 10000, r
         # every misread sample is counted once, under the digit asked for and the digit read (never the same)
         for digit, accuracy in r["conditional_accuracy_per_digit"].items():
             read_as = r["misread_as"][digit]
@@ -315,6 +354,8 @@ def case_eval_binarized():
         assert code == 0, out + err
         r = json.loads(open(out_json).read())
         assert r["binarized"] and "conditional_accuracy" not in r, r
+        # an unconditional model's samples still have a Fréchet distance: 10 × 1,000 of them, each its own noise
+        assert r["frechet_distance"] > 0 and r["frechet_generated"] == 10000, r
         assert abs(r["test_elbo"] - trained["test_elbo"]) <= 1e-6 * trained["test_elbo"], (r["test_elbo"], trained["test_elbo"])
         code, out, err = run_eval(1, "--checkpoint", os.path.join(d, "checkpoints", "ckpt-e0001.h5"), "--test-limit", "2000", "--binarize", "none",
                                   "--iw-samples", "0", "--json", out_json)

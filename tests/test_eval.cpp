@@ -1,8 +1,10 @@
-// Evaluation: SSIM against scikit-image, the importance-weighted NLL against quadrature, binarisation, the classifier
-// against PyTorch, k-fold splits.
+// Evaluation: SSIM against scikit-image, the importance-weighted NLL against quadrature, binarisation, the latent usage,
+// the classifier against PyTorch, the Fréchet distance against scipy, k-fold splits.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <stdexcept>
 #include <limits>
 #include <numeric>
 #include <set>
@@ -158,9 +160,38 @@ TEST_F(TinyModel, SumsDoNotDependOnHowImagesAreSplit) {
   EXPECT_NEAR(whole.iw_nll, parts.iw_nll, 1e-9 * std::abs(whole.iw_nll));
   EXPECT_NEAR(whole.mse, parts.mse, 1e-12);
   for (std::size_t d = 0; d < 10; ++d) EXPECT_EQ(whole.count[d], parts.count[d]);
-  const QualitySums round = QualitySums::unpack(whole.pack());
+  ASSERT_EQ(whole.kl_dim.size(), std::size_t(arch.latent));
+  double kl = 0;
+  for (std::size_t d = 0; d < whole.kl_dim.size(); ++d) {
+    kl += whole.kl_dim[d];
+    EXPECT_NEAR(whole.kl_dim[d], parts.kl_dim[d], 1e-9 * whole.kl_dim[d] + 1e-12) << "dimension " << d;
+    EXPECT_NEAR(whole.mu_sq[d], parts.mu_sq[d], 1e-9 * whole.mu_sq[d] + 1e-12) << "dimension " << d;
+  }
+  // the ELBO's KL is the per-dimension terms' sum
+  EXPECT_NEAR(kl, whole.kl, 1e-5 * whole.kl);
+  const QualitySums round = QualitySums::unpack(whole.pack(), std::size_t(arch.latent));
   EXPECT_EQ(round.iw_nll, whole.iw_nll);
   EXPECT_EQ(round.ssim, whole.ssim);
+  EXPECT_EQ(round.kl_dim, whole.kl_dim);
+  EXPECT_EQ(round.mu_sum, whole.mu_sum);
+  EXPECT_EQ(round.mu_sq, whole.mu_sq);
+  EXPECT_THROW(QualitySums::unpack(whole.pack(), std::size_t(arch.latent) + 1), std::logic_error);
+}
+
+// Active units by hand: μ_0 takes 0.2 and −0.2 (variance 0.04, active), μ_1 0.05 and 0.15 (variance 0.0025, not), over 4 images.
+TEST(LatentUsage, CountsDimensionsWhosePosteriorMeanVaries) {
+  QualitySums s;
+  s.images = 4;
+  s.kl_dim = {2.0, 0.4};
+  s.mu_sum = {0.0, 0.4};
+  s.mu_sq = {4 * 0.04, 2 * 0.0025 + 2 * 0.0225};
+  const LatentUsage u = latent_usage(s);
+  ASSERT_EQ(u.kl.size(), 2u);
+  EXPECT_DOUBLE_EQ(u.kl[0], 0.5);
+  EXPECT_DOUBLE_EQ(u.kl[1], 0.1);
+  EXPECT_NEAR(u.mean_variance[0], 0.04, 1e-15);
+  EXPECT_NEAR(u.mean_variance[1], 0.0025, 1e-15);
+  EXPECT_EQ(u.active, 1u);
 }
 
 TEST_F(TinyModel, GeneratedDigitsShareNoiseAcrossLabels) {
@@ -193,6 +224,61 @@ TEST(Classifier, ReadsTheMnistTestSet) {
   const double accuracy = double(right) / double(test.count);
   EXPECT_GE(accuracy, 0.985);
   EXPECT_NEAR(accuracy, w.test_accuracy, 0.0005) << "PyTorch measured " << w.test_accuracy;
+}
+
+// Two Gaussians the distance can be read off: diagonal covariances, ‖μa − μb‖² + Σ (σa − σb)².
+TEST(Frechet, ByHandOnDiagonalGaussians) {
+  // a: the four corners (±1, ±2): mean 0, variances 4/3 and 16/3 (n − 1 = 3); b: the same scaled by 3 and moved by (1, 1)
+  const std::vector<float> a{1, 2, 1, -2, -1, 2, -1, -2};
+  std::vector<float> b(a);
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = 3 * b[i] + 1;
+  const double sa[2] = {std::sqrt(4.0 / 3), std::sqrt(16.0 / 3)};
+  const double expected = 2 + (sa[0] - 3 * sa[0]) * (sa[0] - 3 * sa[0]) + (sa[1] - 3 * sa[1]) * (sa[1] - 3 * sa[1]);
+  EXPECT_NEAR(frechet_distance(a, b, 2), expected, 1e-9);
+  EXPECT_NEAR(frechet_distance(a, a, 2), 0, 1e-9);
+  EXPECT_THROW(frechet_distance(std::vector<float>(2), a, 2), std::invalid_argument);
+}
+
+// scipy's Fréchet distance (tests/frechet_reference.py) of features written to a file.
+double scipy_frechet(const std::vector<float>& a, const std::vector<float>& b, std::size_t dim, const std::filesystem::path& dir) {
+  auto put = [&](const char* name, const std::vector<float>& x) {
+    test::write_bytes(dir / name, std::vector<std::uint8_t>(reinterpret_cast<const std::uint8_t*>(x.data()),
+                                                            reinterpret_cast<const std::uint8_t*>(x.data() + x.size())));
+    return (dir / name).string();
+  };
+  const std::string cmd = std::string(VAE_REFERENCE_PYTHON) + " " + (std::filesystem::path(VAE_SOURCE_DIR) / "tests" / "frechet_reference.py").string() + " " + put("a.f32", a) +
+                          " " + put("b.f32", b) + " " + std::to_string(dim) + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) throw std::runtime_error("cannot run " + cmd);
+  std::string out;
+  char buf[256];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  if (pclose(p) != 0) throw std::runtime_error(cmd + " failed: " + out);
+  return std::stod(out);
+}
+
+// Our distance on the classifier's real features against scipy's on the same features: two halves of the test set (a
+// small distance, all in the trace term), and the test set against its images darkened and shifted (a large one).
+TEST(Frechet, MatchesScipyOnTheClassifiersFeatures) {
+  const std::filesystem::path data = std::filesystem::path(VAE_SOURCE_DIR) / "data" / "mnist";
+  const IdxPair test = load_idx_pair(resolve_idx_path(data, "t10k-images-idx3-ubyte"), resolve_idx_path(data, "t10k-labels-idx1-ubyte"));
+  constexpr std::size_t n = 1000, F = Classifier::kFeatures, P = kImagePixels;
+  std::vector<std::uint8_t> changed(test.pixels.begin(), test.pixels.begin() + std::ptrdiff_t(n * P));
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t p = P; p-- > 0;) changed[i * P + p] = p % 28 >= 3 ? std::uint8_t(changed[i * P + p - 3] / 2) : 0;
+  Classifier c(read_classifier(kClassifier), 2);
+  std::vector<float> first(n * F), second(n * F), other(n * F);
+  c.features(test.pixels.data(), n, first.data());
+  c.features(test.pixels.data() + n * P, n, second.data());
+  c.features(changed.data(), n, other.data());
+  test::TempDir dir;
+  for (const auto* b : {&second, &other}) {
+    const double ours = frechet_distance(first, *b, F), theirs = scipy_frechet(first, *b, F, dir.path());
+    EXPECT_GT(ours, 0);
+    EXPECT_NEAR(ours, theirs, 1e-6 * theirs + 1e-9) << (b == &second ? "two halves of the test set" : "darkened and shifted");
+  }
+  // the darkened, shifted digits are much further from the test set than its other half
+  EXPECT_GT(frechet_distance(first, other, F), 10 * frechet_distance(first, second, F));
 }
 
 TEST(Classifier, DamagedFileIsAUsageError) {

@@ -56,7 +56,7 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
 
 // Images generated from a checkpoint (vae_sample), with what produced them.
 struct SampleSet {
-  std::string checkpoint, kind;              // source file; "grid", "digits" or "interpolate"
+  std::string checkpoint, kind;              // source file; "grid", "digits", "interpolate" or "traverse"
   std::uint64_t seed = 0;
   double temperature = 1.0;
   std::size_t count = 0, classes = 0;

@@ -33,8 +33,14 @@ class Classifier {
   void logits(const std::uint8_t* images, std::size_t n, float* out);
   // The most likely digit of each image.
   std::vector<int> predict(const std::uint8_t* images, std::size_t n);
+  // The penultimate layer [n × kFeatures]: dense 1568→64 after its ReLU, what vae_eval's Fréchet distance compares.
+  void features(const std::uint8_t* images, std::size_t n, float* out);
+  static constexpr std::size_t kFeatures = 64;
 
  private:
+  // logits [n × 10] and features [n × 64], each skipped when nullptr
+  void run(const std::uint8_t* images, std::size_t n, float* logits, float* features);
+
   std::unique_ptr<Kernels<float>> k_;
   std::size_t max_batch_;
   // Weights rearranged for row-major products: w [patch × channels], fc1 rows in our (row, column, channel) order.

@@ -36,11 +36,27 @@ struct QualitySums {
   double iw_nll = 0;         // Σ −log p̂_k(x), the importance-weighted estimate with k samples (0 when k = 0)
   double mse = 0, bce = 0;   // Σ over images of the per-pixel mean error of the reconstruction at z = μ
   std::array<double, kNumClasses> ssim{}, count{};  // Σ SSIM of the reconstructions, and images, per digit
+  // Per latent dimension d [L], over images: Σ KL(q(z_d|x) ‖ N(0, 1)), and Σ μ_d and Σ μ_d² of the posterior means, from
+  // which the active units follow (Burda et al. 2016: Cov_x(E[z_d|x]) > 0.01). Sized by the first add().
+  std::vector<double> kl_dim, mu_sum, mu_sq;
 
-  static constexpr std::size_t kFields = 6 + 2 * kNumClasses;
-  std::array<double, kFields> pack() const;
-  static QualitySums unpack(const std::array<double, kFields>& a);
+  // Every field as one array of doubles (the latent ones last) for a sum across ranks, and back.
+  std::vector<double> pack() const;
+  static QualitySums unpack(std::span<const double> a, std::size_t latent);
 };
+
+// What the per-dimension sums say once every rank's are added: KL per dimension and the variance over x of μ_d.
+struct LatentUsage {
+  std::vector<double> kl, mean_variance;
+  std::size_t active = 0;  // dimensions with mean_variance > kActiveThreshold
+  static constexpr double kActiveThreshold = 0.01;
+};
+LatentUsage latent_usage(const QualitySums& sums);
+
+// The Fréchet distance between two Gaussians fitted to feature sets a [na × dim] and b [nb × dim] (row-major), with
+// unbiased (n − 1) covariances: ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½), as the FID computes it (Heusel et al. 2017). The
+// square root's trace comes from symmetric eigendecompositions in double: Tr (Σa Σb)^½ = Σ √λ of Σa^½ Σb Σa^½.
+double frechet_distance(std::span<const float> a, std::span<const float> b, std::size_t dim);
 
 struct QualityOptions {
   int iw_samples = 0;      // k; 0 skips the importance-weighted estimate

@@ -30,8 +30,9 @@ class JsonObject {
     }
     return raw(key, quoted + "\"");
   }
-  // An array of floats, each printed so that it reads back as the same float.
-  JsonObject& numbers(const std::string& key, const float* x, std::size_t n) {
+  // An array of numbers with nine significant digits, so that a float reads back as the same float.
+  template <class T>
+  JsonObject& numbers(const std::string& key, const T* x, std::size_t n) {
     std::string list = "[";
     char buf[32];
     for (std::size_t i = 0; i < n; ++i) {

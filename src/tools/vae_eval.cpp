@@ -1,6 +1,7 @@
 // vae_eval: how good a checkpoint is — test −ELBO, importance-weighted NLL, SSIM, pixel errors, conditional accuracy.
 #include <boost/program_options.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -61,7 +62,7 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
       "binarize", po::value<std::string>()->default_value("auto"),
       "auto (as the model was trained), none, or dynamic (the test set binarised once with the fixed evaluation seed)")(
       "iw-samples", po::value<int>()->default_value(100), "k importance samples per image for the NLL estimate (0: skip; Burda et al. use 5000)")(
-      "samples-per-digit", po::value<int>()->default_value(1000), "generated samples of each digit that the classifier reads (0: skip)")(
+      "samples-per-digit", po::value<int>()->default_value(1000), "generated samples of each class, which the classifier reads and the Fréchet distance compares with the test set (0: skip both)")(
       "temperature", po::value<double>()->default_value(1.0), "scale of the latent noise of the generated samples (1: the prior)")(
       "seed", po::value<std::uint64_t>()->default_value(1), "noise of the importance samples and of the generated digits")(
       "classifier", po::value<std::string>()->default_value(default_classifier()), "the digit classifier (configs/mnist_classifier.h5)")(
@@ -130,7 +131,9 @@ struct Inputs {
   vae::IdxPair test_file;
   vae::Dataset test;
   vae::ClassifierWeights weights;
-  bool binarize = false, classify = false;
+  bool binarize = false;
+  bool classify = false;  // the classifier reads generated digits (conditional models)
+  bool frechet = false;   // the classifier's features of generated digits and test images are compared (every model)
 };
 
 void load(Request& q, Inputs& in) {
@@ -146,8 +149,9 @@ void load(Request& q, Inputs& in) {
   in.test = vae::Dataset::select_digits(in.test_file, q.digits);
   in.test.truncate(std::size_t(q.test_limit));
   if (in.test.size() == 0) throw vae::UsageError(labels.string() + ": no test images with the selected digits");
-  in.classify = in.c.arch.conditional && q.samples_per_digit > 0;
-  if (in.classify) in.weights = vae::read_classifier_guarded(q.classifier);
+  in.frechet = q.samples_per_digit > 0;
+  in.classify = in.c.arch.conditional && in.frechet;
+  if (in.frechet) in.weights = vae::read_classifier_guarded(q.classifier);
 }
 
 // Evaluates this rank's share, and on rank 0 classifies generated digits, prints and writes the results.
@@ -156,7 +160,7 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   const vae::Checkpoint& c = in.c;
   const vae::Dataset& test = in.test;
   const vae::IdxPair& test_file = in.test_file;
-  const bool binarize = in.binarize, classify = in.classify;
+  const bool binarize = in.binarize, classify = in.classify, frechet = in.frechet;
 
   // The evaluated images in one buffer: the selected digits, binarised with the fixed evaluation seed if asked.
   const std::size_t N = test.size(), P = std::size_t(vae::kImagePixels);
@@ -183,9 +187,10 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
     evaluator.add(set, lo, hi, {q.iw_samples, q.seed}, mine, recon,
                   [&](std::size_t done) { line.update(std::min(N, done * std::size_t(comm.size()))); });
   }
-  std::array<double, vae::QualitySums::kFields> packed = mine.pack();
+  std::vector<double> packed = mine.pack();
   comm.allreduce_sum(packed);
-  const vae::QualitySums all = vae::QualitySums::unpack(packed);
+  const vae::QualitySums all = vae::QualitySums::unpack(packed, std::size_t(c.arch.latent));
+  const vae::LatentUsage usage = vae::latent_usage(all);
 
   // Reconstructions: ten originals of each digit above their reconstructions, from the images rank 0 holds.
   if (comm.rank() == 0 && !q.recon_png.empty()) {
@@ -209,52 +214,62 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   // Conditional accuracy: the classifier reads samples_per_digit generated digits of each class.
   std::array<double, vae::kNumClasses> accuracy{};
   accuracy.fill(NAN);
-  double overall = NAN, classifier_accuracy = NAN, int8_ssim = NAN;
+  double overall = NAN, classifier_accuracy = NAN, int8_ssim = NAN, frechet_distance = NAN;
+  std::size_t generated = 0;
   std::array<std::array<std::size_t, vae::kNumClasses>, vae::kNumClasses> read_as{};  // [asked][read], the samples misread
-  if (classify) {
+  if (frechet) {
+    // The Fréchet distance: the classifier's penultimate features of every generated digit against those of the whole
+    // MNIST test set (grey levels, as the decoder's means are).
     vae::Classifier reader(in.weights, threads);
-    const std::vector<int> seen = reader.predict(test_file.pixels.data(), test_file.count);
-    std::size_t right = 0;
-    for (std::size_t i = 0; i < test_file.count; ++i) right += seen[i] == test_file.labels[i];
-    classifier_accuracy = double(right) / double(test_file.count);
-    const std::size_t per = std::size_t(q.samples_per_digit);
+    const std::size_t per = std::size_t(q.samples_per_digit), F = vae::Classifier::kFeatures;
     const std::uint64_t key = vae::stream_key(q.seed, vae::Stream::samples, 2);
     std::unique_ptr<vae::Int8Decoder> int8;
     if (q.int8) int8 = std::make_unique<vae::Int8Decoder>(c.arch, layout, c.params.data(), *kernels, vae::kSampleBatch);
     const std::vector<std::uint8_t> samples = evaluator.generate(per, q.temperature, key, int8.get());
-    if (int8) int8_ssim = vae::mean_ssim(samples.data(), evaluator.generate(per, q.temperature, key).data(), std::size_t(c.arch.classes) * per);
-    const std::vector<int> read = reader.predict(samples.data(), std::size_t(c.arch.classes) * per);
-    std::size_t total = 0, asked = 0;
-    for (int d : q.digits) {
-      std::size_t ok = 0;
-      for (std::size_t i = 0; i < per; ++i) {
-        const int r = read[std::size_t(d) * per + i];
-        ok += r == d;
-        if (r != d) ++read_as[std::size_t(d)][std::size_t(r)];
+    generated = samples.size() / P;
+    std::vector<float> sample_features(generated * F), test_features(test_file.count * F);
+    reader.features(samples.data(), generated, sample_features.data());
+    reader.features(test_file.pixels.data(), test_file.count, test_features.data());
+    frechet_distance = vae::frechet_distance(sample_features, test_features, F);
+    if (int8) int8_ssim = vae::mean_ssim(samples.data(), evaluator.generate(per, q.temperature, key).data(), generated);
+    if (classify) {
+      const std::vector<int> seen = reader.predict(test_file.pixels.data(), test_file.count);
+      std::size_t right = 0;
+      for (std::size_t i = 0; i < test_file.count; ++i) right += seen[i] == test_file.labels[i];
+      classifier_accuracy = double(right) / double(test_file.count);
+      const std::vector<int> read = reader.predict(samples.data(), std::size_t(c.arch.classes) * per);
+      std::size_t total = 0, asked = 0;
+      for (int d : q.digits) {
+        std::size_t ok = 0;
+        for (std::size_t i = 0; i < per; ++i) {
+          const int r = read[std::size_t(d) * per + i];
+          ok += r == d;
+          if (r != d) ++read_as[std::size_t(d)][std::size_t(r)];
+        }
+        accuracy[std::size_t(d)] = double(ok) / double(per);
+        total += ok;
+        asked += per;
       }
-      accuracy[std::size_t(d)] = double(ok) / double(per);
-      total += ok;
-      asked += per;
-    }
-    overall = double(total) / double(asked);
-    if (!q.samples_png.empty()) {
-      std::vector<std::uint8_t> rows;
-      for (int d : q.digits) rows.insert(rows.end(), samples.begin() + std::ptrdiff_t(std::size_t(d) * per * P), samples.begin() + std::ptrdiff_t((std::size_t(d) + 1) * per * P));
-      const std::vector<std::uint8_t> grid = vae::tile_images(rows.data(), rows.size() / P, per);
-      vae::write_png_gray(q.samples_png, per * vae::kImageSide, grid.size() / (per * vae::kImageSide), grid.data());
-    }
-    if (!q.misread_png.empty()) {
-      constexpr std::size_t kColumns = 20;
-      std::vector<std::uint8_t> rows(q.digits.size() * kColumns * P, 0);  // black where a row has fewer misread digits
-      for (std::size_t row = 0; row < q.digits.size(); ++row) {
-        const std::size_t d = std::size_t(q.digits[row]);
-        std::size_t col = 0;
-        for (std::size_t i = 0; i < per && col < kColumns; ++i)
-          if (read[d * per + i] != int(d))
-            std::copy_n(samples.begin() + std::ptrdiff_t((d * per + i) * P), P, rows.begin() + std::ptrdiff_t((row * kColumns + col++) * P));
+      overall = double(total) / double(asked);
+      if (!q.samples_png.empty()) {
+        std::vector<std::uint8_t> rows;
+        for (int d : q.digits) rows.insert(rows.end(), samples.begin() + std::ptrdiff_t(std::size_t(d) * per * P), samples.begin() + std::ptrdiff_t((std::size_t(d) + 1) * per * P));
+        const std::vector<std::uint8_t> grid = vae::tile_images(rows.data(), rows.size() / P, per);
+        vae::write_png_gray(q.samples_png, per * vae::kImageSide, grid.size() / (per * vae::kImageSide), grid.data());
       }
-      const std::vector<std::uint8_t> grid = vae::tile_images(rows.data(), rows.size() / P, kColumns);
-      vae::write_png_gray(q.misread_png, kColumns * vae::kImageSide, grid.size() / (kColumns * vae::kImageSide), grid.data());
+      if (!q.misread_png.empty()) {
+        constexpr std::size_t kColumns = 20;
+        std::vector<std::uint8_t> rows(q.digits.size() * kColumns * P, 0);  // black where a row has fewer misread digits
+        for (std::size_t row = 0; row < q.digits.size(); ++row) {
+          const std::size_t d = std::size_t(q.digits[row]);
+          std::size_t col = 0;
+          for (std::size_t i = 0; i < per && col < kColumns; ++i)
+            if (read[d * per + i] != int(d))
+              std::copy_n(samples.begin() + std::ptrdiff_t((d * per + i) * P), P, rows.begin() + std::ptrdiff_t((row * kColumns + col++) * P));
+        }
+        const std::vector<std::uint8_t> grid = vae::tile_images(rows.data(), rows.size() / P, kColumns);
+        vae::write_png_gray(q.misread_png, kColumns * vae::kImageSide, grid.size() / (kColumns * vae::kImageSide), grid.data());
+      }
     }
   }
 
@@ -282,8 +297,18 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
   if (classify)
     std::printf("  conditional accuracy  %.2f%% of %d samples per digit at temperature %g (the classifier reads %.2f%% of the MNIST test set right)\n",
                 100 * overall, q.samples_per_digit, q.temperature, 100 * classifier_accuracy);
-  if (q.int8 && classify)
+  if (frechet)
+    std::printf("  Frechet distance      %9.3f   (the classifier's %zu penultimate features, %zu generated digits against %zu test images)\n",
+                frechet_distance, vae::Classifier::kFeatures, generated, test_file.count);
+  if (q.int8 && frechet)
     std::printf("  INT8 decoder          generated digits above; SSIM %.4f against the fp32 decoder's for the same noise\n", int8_ssim);
+  std::printf("  active units          %zu of %zu latent dimensions (Cov_x(E[z_d|x]) > %g); KL per dimension, largest first:\n   ",
+              usage.active, usage.kl.size(), vae::LatentUsage::kActiveThreshold);
+  std::vector<std::size_t> by_kl(usage.kl.size());
+  for (std::size_t d = 0; d < by_kl.size(); ++d) by_kl[d] = d;
+  std::stable_sort(by_kl.begin(), by_kl.end(), [&](std::size_t a, std::size_t b) { return usage.kl[a] > usage.kl[b]; });
+  for (std::size_t i = 0; i < by_kl.size(); ++i) std::printf(" z%zu %.3f%s", by_kl[i], usage.kl[by_kl[i]], (i + 1) % 8 == 0 && i + 1 < by_kl.size() ? "\n   " : "");
+  std::printf("\n");
   std::printf("  digit   images    SSIM%s\n", classify ? "   accuracy   misread as" : "");
   for (int d : q.digits) {
     const std::size_t i = std::size_t(d);
@@ -304,6 +329,12 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
     j.number("iw_samples", q.iw_samples).number("iw_nll", q.iw_samples > 0 ? all.iw_nll / n : NAN);
     j.number("mse_per_pixel", all.mse / n).number("bce_per_pixel", all.bce / n).number("ssim", ssim_all).number("ssim_digit_mean", ssim_digit_mean);
     j.raw("ssim_per_digit", per_digit(ssim_digit, q.digits));
+    j.number("active_units", double(usage.active)).numbers("kl_per_dim", usage.kl.data(), usage.kl.size());
+    j.numbers("posterior_mean_variance_per_dim", usage.mean_variance.data(), usage.mean_variance.size());
+    if (frechet) {
+      j.number("frechet_distance", frechet_distance).number("frechet_generated", double(generated)).number("frechet_test_images", double(test_file.count));
+      j.text("frechet_features", "classifier fc1 after ReLU (64)");
+    }
     if (classify) {
       j.number("samples_per_digit", q.samples_per_digit).number("temperature", q.temperature).number("conditional_accuracy", overall);
       j.text("precision", q.int8 ? "int8" : "fp32").number("int8_vs_fp32_ssim", int8_ssim);

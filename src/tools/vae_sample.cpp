@@ -1,4 +1,4 @@
-// vae_sample: generates digits from a checkpoint (chosen digits, a grid of every class, or an interpolation) as PNG and/or HDF5; one process, no MPI.
+// vae_sample: generates digits from a checkpoint (chosen digits, a grid of every class, an interpolation or a latent traversal) as PNG and/or HDF5; one process, no MPI.
 #include <boost/program_options.hpp>
 
 #include <cstdio>
@@ -31,22 +31,44 @@ struct Request {
   int count = 10, steps = 10;
   bool grid = false;
   std::vector<int> interpolate;  // two digits
+  std::vector<int> traverse;     // latent dimensions, one row each
   std::uint64_t seed = 0;
   double temperature = 1.0;
   bool int8 = false;  // --precision int8: the INT8 decoder (vae/quantized.hpp)
 };
 
-// Which sample is which: row i of the output is decoded from label weights labels_of(i) [classes] and noise row noise_of(i).
+// Which sample is which: row i of the output is decoded from label weights labels_of(i) [classes] and noise row noise_of(i),
+// which latent_of(i, z [L]), if given, then changes.
 struct Layout {
   std::size_t n = 0, columns = 0;
   std::function<void(std::size_t i, float* weights)> labels_of;
   std::function<std::size_t(std::size_t i)> noise_of;
+  std::function<void(std::size_t i, float* z)> latent_of;
 };
+
+constexpr double kTraverseRange = 3.0;  // a traversal sweeps its dimension over [−3, 3], three prior standard deviations
 
 // One row per digit of the grid or of --digits, sample c of every row sharing its noise; or four rows along an
 // interpolation, each its own noise, the label going from digit A to digit B across the columns.
 Layout layout_for(const Request& q, const vae::Arch& arch) {
   Layout out;
+  if (!q.traverse.empty()) {
+    // Row r sweeps dimension traverse[r] across the columns; every sample shares one draw of the other dimensions and
+    // the label of --digits.
+    out.columns = std::size_t(q.steps);
+    out.n = q.traverse.size() * out.columns;
+    const std::size_t columns = out.columns;
+    const int digit = q.digits.empty() ? -1 : q.digits[0];
+    out.labels_of = [digit](std::size_t, float* w) {
+      if (digit >= 0) w[digit] = 1.0f;
+    };
+    out.noise_of = [](std::size_t) { return std::size_t(0); };
+    out.latent_of = [columns, dims = q.traverse](std::size_t i, float* z) {
+      const double t = double(i % columns) / double(columns - 1);
+      z[dims[i / columns]] = float(kTraverseRange * (2 * t - 1));
+    };
+    return out;
+  }
   if (q.interpolate.empty()) {
     std::vector<int> digits(q.digits);
     if (q.grid) digits.assign(vae::all_classes(arch).begin(), vae::all_classes(arch).end());
@@ -72,7 +94,7 @@ Layout layout_for(const Request& q, const vae::Arch& arch) {
 
 Request parse(int argc, char** argv, bool& help) {
   po::options_description desc(
-      "vae_sample: digits from a vae_dist checkpoint\n\nUsage: vae_sample --checkpoint FILE [--grid | --digits 3,7 | --interpolate 3,8] "
+      "vae_sample: digits from a vae_dist checkpoint\n\nUsage: vae_sample --checkpoint FILE [--grid | --digits 3,7 | --interpolate 3,8 | --traverse 0,1,2 [--digits D]] "
       "[--out FILE.png] [--h5 FILE.h5]\n");
   desc.add_options()("help,h", "print this help and exit")("checkpoint", po::value<std::string>(), "checkpoint file (ckpt-eNNNN.h5)")(
       "out", po::value<std::string>(), "PNG to write (samples.png when --h5 is not given either)")(
@@ -81,7 +103,9 @@ Request parse(int argc, char** argv, bool& help) {
       "digits", po::value<std::string>()->default_value(""), "digits to draw, one row each, e.g. 3,7")(
       "count", po::value<int>()->default_value(10), "samples per digit (any number with --h5 alone; a PNG shows at most 10,000 samples)")(
       "interpolate", po::value<std::string>()->default_value(""), "two digits A,B: the label goes from A to B across the columns")(
-      "steps", po::value<int>()->default_value(10), "columns of an interpolation")(
+      "traverse", po::value<std::string>()->default_value(""),
+      "latent dimensions D1,D2,…: row r sweeps dimension Dr over -3…3 with the others fixed at one draw (a conditional model's label: --digits D)")(
+      "steps", po::value<int>()->default_value(10), "columns of an interpolation or a traversal")(
       "temperature", po::value<double>()->default_value(1.0), "scale of the latent noise (1: the prior)")(
       "precision", po::value<std::string>()->default_value("fp32"), "decoder arithmetic: fp32, or int8 (quantized at load, docs/kernels.md)")(
       "seed", po::value<std::uint64_t>()->default_value(1), "latent noise seed: the same seed gives the same images");
@@ -103,11 +127,18 @@ Request parse(int argc, char** argv, bool& help) {
   if (precision != "fp32" && precision != "int8")
     throw vae::UsageError("option --precision: unknown value " + vae::in_quotes(precision) + " (expected fp32 or int8)");
   q.int8 = precision == "int8";
-  const std::string digits = vm["digits"].as<std::string>(), interp = vm["interpolate"].as<std::string>();
+  const std::string digits = vm["digits"].as<std::string>(), interp = vm["interpolate"].as<std::string>(), traverse = vm["traverse"].as<std::string>();
   if (!digits.empty()) q.digits = vae::parse_int_list(digits, "digits");
   if (!interp.empty()) q.interpolate = vae::parse_int_list(interp, "interpolate");
-  const int modes = int(q.grid) + int(!q.digits.empty()) + int(!q.interpolate.empty());
-  if (modes != 1) throw vae::UsageError("give exactly one of --grid, --digits or --interpolate");
+  if (!traverse.empty()) q.traverse = vae::parse_int_list(traverse, "traverse");
+  if (!q.traverse.empty() && q.digits.size() > 1)
+    throw vae::UsageError("option --digits: a traversal draws one digit, got " + std::to_string(q.digits.size()));
+  const bool digits_alone = !q.digits.empty() && q.traverse.empty();
+  const int modes = int(q.grid) + int(digits_alone) + int(!q.interpolate.empty()) + int(!q.traverse.empty());
+  if (modes != 1) throw vae::UsageError("give exactly one of --grid, --digits, --interpolate or --traverse");
+  if (q.traverse.size() > 1000) throw vae::UsageError("option --traverse: at most 1000 dimensions");
+  for (int d : q.traverse)
+    if (d < 0) throw vae::UsageError("option --traverse: " + std::to_string(d) + " is not a latent dimension");
   for (int d : q.digits)
     if (d < 0 || d >= vae::kNumClasses) throw vae::UsageError("option --digits: " + std::to_string(d) + " is not a digit");
   if (!q.interpolate.empty() && (q.interpolate.size() != 2 || q.interpolate[0] < 0 || q.interpolate[0] > 9 || q.interpolate[1] < 0 ||
@@ -128,7 +159,12 @@ int main(int argc, char** argv) {
     if (help) return 0;
     const vae::Checkpoint c = vae::read_checkpoint_guarded(q.checkpoint);
     if (!c.arch.conditional && (!q.interpolate.empty() || !q.digits.empty()))
-      throw vae::UsageError(q.checkpoint + ": the model is unconditional, so it cannot be asked for digits (use --grid)");
+      throw vae::UsageError(q.checkpoint + ": the model is unconditional, so it cannot be asked for digits (use --grid or --traverse alone)");
+    if (c.arch.conditional && !q.traverse.empty() && q.digits.empty())
+      throw vae::UsageError("option --traverse: " + q.checkpoint + " is a conditional model; name the digit to draw with --digits D");
+    for (int d : q.traverse)
+      if (d >= c.arch.latent)
+        throw vae::UsageError("option --traverse: " + std::to_string(d) + " is not among the model's " + std::to_string(c.arch.latent) + " latent dimensions");
     const int classes = c.arch.classes;
     for (int d : q.digits)
       if (d >= classes) throw vae::UsageError("option --digits: " + std::to_string(d) + " is not among the model's " + std::to_string(classes) + " classes");
@@ -157,7 +193,9 @@ int main(int argc, char** argv) {
         rows.labels_of(first + i, labels + i * C);
         noise[i] = rows.noise_of(first + i);
       }
-      const std::vector<float> inputs = vae::decoder_inputs(c.arch, *kernels, {labels, count * C}, noise, q.temperature, key);
+      std::vector<float> inputs = vae::decoder_inputs(c.arch, *kernels, {labels, count * C}, noise, q.temperature, key);
+      if (rows.latent_of)
+        for (std::size_t i = 0; i < count; ++i) rows.latent_of(first + i, inputs.data() + i * c.arch.dec_in());
       vae::decode_to_pixels(*decoder, inputs, count, images);
     };
 
@@ -180,7 +218,7 @@ int main(int argc, char** argv) {
       std::printf("wrote %zu samples to %s\n", rows.n, q.png.c_str());
     }
     if (!q.h5.empty()) {
-      const char* kind = q.grid ? "grid" : q.digits.empty() ? "interpolate" : "digits";
+      const char* kind = q.grid ? "grid" : !q.traverse.empty() ? "traverse" : q.digits.empty() ? "interpolate" : "digits";
       const vae::SampleSource from_memory = [&](std::size_t first, std::size_t count, std::uint8_t* out, float* out_labels) {
         std::copy_n(images.data() + first * P, count * P, out);
         std::copy_n(labels.data() + first * C, count * C, out_labels);
