@@ -265,7 +265,7 @@ TEST(Frechet, MatchesScipyOnTheClassifiersFeatures) {
   constexpr std::size_t n = 1000, F = Classifier::kFeatures, P = kImagePixels;
   std::vector<std::uint8_t> changed(test.pixels.begin(), test.pixels.begin() + std::ptrdiff_t(n * P));
   for (std::size_t i = 0; i < n; ++i)
-    for (std::size_t p = P; p-- > 0;) changed[i * P + p] = p % 28 >= 3 ? std::uint8_t(changed[i * P + p - 3] / 2) : 0;
+    for (std::size_t p = P; p-- > 0;) changed[i * P + p] = std::uint8_t(p % 28 >= 3 ? changed[i * P + p - 3] / 2 : 0);
   Classifier c(read_classifier(kClassifier), 2);
   std::vector<float> first(n * F), second(n * F), other(n * F);
   c.features(test.pixels.data(), n, first.data());
