@@ -121,6 +121,11 @@ void Classifier::run(const std::uint8_t* images, std::size_t n, float* logits, f
 std::vector<int> Classifier::predict(const std::uint8_t* images, std::size_t n) {
   std::vector<float> l(n * kClasses);
   logits(images, n, l.data());
+  return most_likely(l.data(), n);
+}
+
+std::vector<int> Classifier::most_likely(const float* logits, std::size_t n) {
+  const std::span<const float> l(logits, n * kClasses);
   std::vector<int> digits(n);
   for (std::size_t i = 0; i < n; ++i) digits[i] = int(std::max_element(l.begin() + std::ptrdiff_t(i * kClasses), l.begin() + std::ptrdiff_t((i + 1) * kClasses)) -
                                                       (l.begin() + std::ptrdiff_t(i * kClasses)));

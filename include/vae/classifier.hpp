@@ -36,10 +36,12 @@ class Classifier {
   // The penultimate layer [n × kFeatures]: dense 1568→64 after its ReLU, what vae_eval's Fréchet distance compares.
   void features(const std::uint8_t* images, std::size_t n, float* out);
   static constexpr std::size_t kFeatures = 64;
+  // logits [n × 10] and features [n × 64] in one pass, each skipped when nullptr
+  void run(const std::uint8_t* images, std::size_t n, float* logits, float* features);
+  // The most likely digit of each of n rows of logits [n × 10].
+  static std::vector<int> most_likely(const float* logits, std::size_t n);
 
  private:
-  // logits [n × 10] and features [n × 64], each skipped when nullptr
-  void run(const std::uint8_t* images, std::size_t n, float* logits, float* features);
 
   std::unique_ptr<Kernels<float>> k_;
   std::size_t max_batch_;

@@ -227,17 +227,19 @@ void evaluate(const Request& q, const Inputs& in, const vae::Communicator& comm)
     if (q.int8) int8 = std::make_unique<vae::Int8Decoder>(c.arch, layout, c.params.data(), *kernels, vae::kSampleBatch);
     const std::vector<std::uint8_t> samples = evaluator.generate(per, q.temperature, key, int8.get());
     generated = samples.size() / P;
-    std::vector<float> sample_features(generated * F), test_features(test_file.count * F);
-    reader.features(samples.data(), generated, sample_features.data());
-    reader.features(test_file.pixels.data(), test_file.count, test_features.data());
+    // one pass of the classifier over each set gives both its features and its reading
+    std::vector<float> sample_features(generated * F), test_features(test_file.count * F), sample_logits(generated * 10),
+        test_logits(test_file.count * 10);
+    reader.run(samples.data(), generated, sample_logits.data(), sample_features.data());
+    reader.run(test_file.pixels.data(), test_file.count, test_logits.data(), test_features.data());
     frechet_distance = vae::frechet_distance(sample_features, test_features, F);
     if (int8) int8_ssim = vae::mean_ssim(samples.data(), evaluator.generate(per, q.temperature, key).data(), generated);
     if (classify) {
-      const std::vector<int> seen = reader.predict(test_file.pixels.data(), test_file.count);
+      const std::vector<int> seen = vae::Classifier::most_likely(test_logits.data(), test_file.count);
       std::size_t right = 0;
       for (std::size_t i = 0; i < test_file.count; ++i) right += seen[i] == test_file.labels[i];
       classifier_accuracy = double(right) / double(test_file.count);
-      const std::vector<int> read = reader.predict(samples.data(), std::size_t(c.arch.classes) * per);
+      const std::vector<int> read = vae::Classifier::most_likely(sample_logits.data(), generated);
       std::size_t total = 0, asked = 0;
       for (int d : q.digits) {
         std::size_t ok = 0;
