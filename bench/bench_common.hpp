@@ -1,4 +1,4 @@
-// Shared by the benchmarks: the dense-layer products of a training step, and OpenBLAS doing the same products.
+// Shared by the benchmarks: the dense-layer and convolution products of a training step, and OpenBLAS doing the dense ones.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -80,6 +80,55 @@ inline void run_openblas(const Product& p, Operands& o) {
     case Op::input_grad:
       return cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, cols, out, 1.0f, o.dy.data(), out, o.w.data(), out, 0.0f,
                          o.dx.data(), cols);
+  }
+}
+
+// One convolution product of the conv model's step: y = act(conv(x, W) + b), dW and db, or dx = conv's adjoint(dy) ⊙ act'.
+struct ConvProduct {
+  std::string layer;
+  Op op;
+  std::size_t batch;
+  ConvShape shape;
+  Activation act;  // forward: the layer's own; input_grad: the previous layer's
+  // 2·k²·in_c·out_c per output position of the equivalent convolution, as cuDNN and PyTorch's profiler count it (taps in
+  // the padding included); the three products of a layer do the same work.
+  double flops() const {
+    const ConvShape c = shape.as_convolution();
+    return 2.0 * double(batch) * double(c.weight_count()) * double(c.out_h() * c.out_w());
+  }
+};
+
+// The convolution products of one step in the order it runs them: forward, then backward dW and (except for the first
+// layer, whose input is the image) dx.
+inline std::vector<ConvProduct> conv_step_products(const Arch& arch, std::size_t batch) {
+  const ParamLayout layout(arch);
+  const auto& layers = layout.layers();
+  std::vector<ConvProduct> all;
+  for (const LayerSpec& s : layers)
+    if (s.conv) all.push_back({s.name, Op::forward, batch, *s.conv, s.act});
+  for (std::size_t l = layers.size(); l-- > 0;) {
+    if (!layers[l].conv) continue;
+    all.push_back({layers[l].name, Op::weight_grad, batch, *layers[l].conv, layers[l].act});
+    if (l > 0) all.push_back({layers[l].name, Op::input_grad, batch, *layers[l].conv, layers[l - 1].act});
+  }
+  return all;
+}
+
+struct ConvOperands {
+  explicit ConvOperands(const ConvProduct& p)
+      : x(p.batch * p.shape.in_size(), 0.01f), w(p.shape.weight_count(), 0.02f), b(p.shape.out_c, 0.1f), y(p.batch * p.shape.out_size()),
+        dy(p.batch * p.shape.out_size(), 0.03f), dw(p.shape.weight_count()), db(p.shape.out_c), dx(p.batch * p.shape.in_size()),
+        y_prev(p.batch * p.shape.in_size(), 0.5f) {}
+  std::vector<float> x, w, b, y, dy, dw, db, dx, y_prev;
+};
+
+inline void run_conv(const Kernels<float>& k, const ConvProduct& p, ConvOperands& o) {
+  switch (p.op) {
+    case Op::forward: return k.conv_forward(p.shape, o.x.data(), o.w.data(), o.b.data(), o.y.data(), p.batch, p.act);
+    case Op::weight_grad:
+      k.conv_weight_grad(p.shape, o.x.data(), o.dy.data(), o.dw.data(), o.db.data(), p.batch, 0, p.shape.weight_rows());
+      return;
+    case Op::input_grad: return k.conv_input_grad(p.shape, o.dy.data(), o.w.data(), o.dx.data(), p.batch, p.act, o.y_prev.data());
   }
 }
 

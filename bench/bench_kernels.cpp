@@ -1,6 +1,6 @@
 // GFLOP/s of every dense-layer product of v1, v2, v3 at batch 64 and 256: our kernels in fp32 and bf16 (packing their
 // operands, and as the step runs them), OpenBLAS and the reference, 1 and 2 threads, and the machine's fp32 and bf16
-// ceilings. The forward product is measured as OpenBLAS
+// ceilings; and of every convolution product of the conv preset, ours and the reference. The forward product is measured as OpenBLAS
 // computes it (no activation), and again with the layer's activation fused.
 #include <benchmark/benchmark.h>
 
@@ -82,6 +82,20 @@ void bench_reference(benchmark::State& state, Product p) {
   state.counters["FLOPS"] = benchmark::Counter(p.flops(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// One convolution product of the conv preset, on our kernels or the reference, its scratch bound as the trainer binds it.
+void bench_conv(benchmark::State& state, ConvProduct p, int threads, bool reference) {
+  std::unique_ptr<Kernels<float>> k = reference ? std::make_unique<ReferenceKernels<float>>() : make_parallel_kernels(threads, "", Precision::fp32);
+  const ConvSizes sizes = ConvSizes{}.add(p.shape);
+  AlignedBuffer<std::byte> ws(std::max<std::size_t>(k->workspace_bytes(p.batch, 1, sizes), 1));
+  k->bind_workspace(ws.span(), p.batch, 1, sizes);
+  ConvOperands o(p);
+  for (auto _ : state) {
+    run_conv(*k, p, o);
+    benchmark::ClobberMemory();
+  }
+  state.counters["FLOPS"] = benchmark::Counter(p.flops(), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // Independent multiply-add chains on every thread at once: what the instruction set can do at most.
 void bench_peak(benchmark::State& state, Precision precision, int threads) {
   // milliseconds of work per thread (about 2 for fp32 and vdpbf16ps, 20 for AMX), so that starting a thread is noise
@@ -119,6 +133,13 @@ void register_all() {
         benchmark::RegisterBenchmark((base + "/reference/t1").c_str(), bench_reference, p)->UseRealTime()->Iterations(2);
       }
   }
+  const Arch conv = preset_config("conv").arch;
+  for (std::size_t batch : {64, 256})
+    for (const ConvProduct& p : conv_step_products(conv, batch)) {
+      const std::string base = "conv/conv/b" + std::to_string(batch) + "/" + p.layer + "/" + op_name(p.op);
+      for (int t : {1, 2}) benchmark::RegisterBenchmark((base + "/ours/t" + std::to_string(t)).c_str(), bench_conv, p, t, false)->UseRealTime();
+      benchmark::RegisterBenchmark((base + "/reference/t1").c_str(), bench_conv, p, 1, true)->UseRealTime()->Iterations(2);
+    }
 }
 
 }  // namespace

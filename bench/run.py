@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runs every benchmark interleaved and prints the tables of docs/benchmarks.md (medians, ratios measured side by side).
 
-Usage: python3 bench/run.py [--repetitions N] [--skip-build] [--sections step,torch,precision,bf16,decode,memory,gemm] [--markdown FILE]
+Usage: python3 bench/run.py [--repetitions N] [--skip-build] [--sections step,torch,precision,bf16,decode,memory,conv_torch,conv,gemm]
+       [--markdown FILE]
 Run it on an otherwise idle machine: a concurrent build or test halves every figure.
 """
 import argparse
@@ -90,8 +91,11 @@ def step_table(reps):
     for key in keys:
         _, preset, batch, t = key.split("/")
         ours = median(runs[key + "/ours"], "items_per_second")
-        blas = median(runs[key + "/openblas_gemms"], "items_per_second")
         pool = runs[key + "/ours"][0].get("pool_bytes", 0)
+        if key + "/openblas_gemms" not in runs:  # the conv model: its convolutions are not GEMMs OpenBLAS could run alone
+            rows.append(f"| {preset} | {batch[1:]} | {t[1:]} | {ours:,.0f} | | | {pool:,.0f} |")
+            continue
+        blas = median(runs[key + "/openblas_gemms"], "items_per_second")
         rows.append(f"| {preset} | {batch[1:]} | {t[1:]} | {ours:,.0f} | {blas:,.0f} | {ours / blas:.2f} | {pool:,.0f} |")
     head = ["| model | batch | threads | whole step, samples/s | OpenBLAS GEMMs only, samples/s | ratio | pool bytes |",
             "|---|---|---|---|---|---|---|"]
@@ -126,11 +130,55 @@ def torch_table(reps):
             f"{', '.join(f'{x:,.0f}' for x in theirs)} |", "", f"Ratio {o / t:.2f}, alternating runs."]
 
 
-def torch_samples(py, batch, threads, bf16):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS=str(threads))
-    cmd = [py, os.path.join(ROOT, "bench", "torch_step.py"), "--threads", str(threads), "--batch", str(batch), "--steps", "200"]
+def torch_samples(py, batch, threads, bf16, model="v3", blas_threads=2):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(blas_threads), OMP_NUM_THREADS=str(threads))
+    cmd = [py, os.path.join(ROOT, "bench", "torch_step.py"), "--model", model, "--threads", str(threads), "--batch", str(batch), "--steps", "200"]
     out = subprocess.run(cmd + (["--bf16"] if bf16 else []), cwd=ROOT, env=env, check=True, text=True, capture_output=True).stdout
     return float(re.search(r"samples/s ([0-9.]+)", out).group(1))
+
+
+# PyTorch's settings for the conv model: (torch threads, OpenBLAS threads); its best is the one compared with.
+CONV_TORCH_SETTINGS = ((1, 1), (1, 2), (2, 1), (2, 2))
+
+
+def conv_torch_table(reps):
+    """The conv CVAE's whole step, ours (1 and 2 threads) against PyTorch's same model at each setting, alternating."""
+    py = torch_python()
+    if not py:
+        return ["PyTorch is not installed (`apt-get install python3-torch`); comparison skipped."]
+    got = {}
+    for _ in range(reps):
+        r = gbench("bench_step", "step/conv/b64/t[12]/ours/", 1, 3.0)
+        for t in (1, 2):
+            got.setdefault(f"ours t{t}", []).append(r[f"step/conv/b64/t{t}/ours"][0]["items_per_second"])
+        for t, blas in CONV_TORCH_SETTINGS:
+            got.setdefault(f"torch t{t} blas{blas}", []).append(torch_samples(py, 64, t, False, "conv", blas))
+    m = {k: statistics.median(v) for k, v in got.items()}
+    ours = max((m[k], k) for k in m if k.startswith("ours"))
+    best = max((m[k], k) for k in m if k.startswith("torch"))
+    rows = [f"| {k} | {m[k]:,.0f} | {', '.join(f'{x:,.0f}' for x in got[k])} |" for k in got]
+    return ["| conv CVAE, batch 64 | samples/s (median) | runs |", "|---|---|---|"] + rows + [
+        "", f"Ours at its best ({ours[1]}) / PyTorch at its best ({best[1]}, torch threads and OPENBLAS_NUM_THREADS): "
+            f"**{ours[0] / best[0]:.2f}**; {reps} alternating rounds, every setting once a round."]
+
+
+def conv_table(reps):
+    """Each conv-preset convolution product on 1 and 2 threads against the fp32 ceiling measured in the same run."""
+    runs = gbench("bench_kernels", "peak/fp32/t[12]|conv/", reps, 0.1)
+    peak = {t: median(runs[f"peak/fp32/t{t}"], "FLOPS") / 1e9 for t in (1, 2)}
+    ops = {"forward": 0, "weight_grad": 1, "input_grad": 2}
+    keys = sorted({n.rsplit("/", 2)[0] for n in runs if n.startswith("conv/")},
+                  key=lambda k: (int(k.split("/")[2][1:]), k.split("/")[3].startswith("dec"), k.split("/")[3], ops[k.split("/")[4]]))
+    rows = []
+    for key in keys:
+        _, _, batch, layer, op = key.split("/")
+        g = {impl: median(runs[f"{key}/{impl}"], "FLOPS") / 1e9 for impl in ("ours/t1", "ours/t2", "reference/t1")}
+        rows.append(f"| {batch[1:]} | {layer} | {op} | {g['ours/t1']:.1f} | {100 * g['ours/t1'] / peak[1]:.0f}% | {g['ours/t2']:.1f} "
+                    f"| {100 * g['ours/t2'] / peak[2]:.0f}% | {g['reference/t1']:.2f} |")
+    return ["| batch | layer | product | ours 1t | of the 1t ceiling | ours 2t | of the 2t ceiling | reference 1t |",
+            "|---|---|---|---|---|---|---|---|"] + rows + [
+        "", f"GFLOP/s (2·k²·in_c·out_c per output position of the equivalent convolution), medians of {reps} interleaved "
+            f"repetitions; the fp32 FMA ceiling measured in the same run: {peak[1]:.0f} GFLOP/s on 1 thread, {peak[2]:.0f} on 2."]
 
 
 def precision_table(reps):
@@ -219,8 +267,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repetitions", type=int, default=5)
     ap.add_argument("--skip-build", action="store_true")
-    ap.add_argument("--sections", default="step,torch,precision,bf16,decode,memory,gemm",
-                    help="comma-separated subset of step,torch,precision,bf16,decode,memory,gemm")
+    ap.add_argument("--sections", default="step,torch,precision,bf16,decode,memory,conv_torch,conv,gemm",
+                    help="comma-separated subset of step,torch,precision,bf16,decode,memory,conv_torch,conv,gemm")
     ap.add_argument("--markdown", help="also write the tables to this file")
     a = ap.parse_args()
     if not a.skip_build:
@@ -231,6 +279,8 @@ def main():
              "bf16": ("bf16 products against the bf16 ceiling", lambda: bf16_table(a.repetitions)),
              "decode": ("Generation and one-sample latency, fp32 and INT8", lambda: decode_table(a.repetitions)),
              "memory": ("Memory per rank (v3, batch 64)", memory_table),
+             "conv_torch": ("The conv CVAE against PyTorch", lambda: conv_torch_table(a.repetitions)),
+             "conv": ("Convolution products against the fp32 ceiling", lambda: conv_table(a.repetitions)),
              "gemm": ("GEMMs", lambda: gemm_table(a.repetitions))}
     sections = [every[name] for name in a.sections.split(",")]
     out = [f"Machine: {machine()}", ""]
