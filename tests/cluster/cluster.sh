@@ -42,15 +42,31 @@ nodes_of() {
   cat "$s/nodes"
 }
 
+# A cluster whose owner (VAE_CLUSTER_OWNER when it was made: a test's process) has died was left by a SIGKILL, which no
+# trap sees; taking it down before making another keeps its namespaces and bridge from piling up. Clusters made by hand
+# have no owner and stay.
+sweep_orphans() {
+  local d owner
+  for d in /run/vae-cluster/*/; do
+    [[ -f "$d/owner" ]] || continue
+    owner=$(cat "$d/owner")
+    if [[ ! "$owner" =~ ^[0-9]+$ ]] || kill -0 "$owner" 2>/dev/null; then continue; fi
+    echo "cluster: taking down '$(basename "$d")', left by process $owner, which has ended" >&2
+    down "$(basename "$d")"
+  done
+}
+
 up() {
   local name=$1 nodes=$2 rate=${3:--} delay=${4:--} k ns veth br s
   check_name "$name"
   [[ "$nodes" =~ ^[0-9]+$ && "$nodes" -ge 1 && "$nodes" -le 16 ]] || die "nodes must be 1-16, got '$nodes'"
   [[ $(id -u) -eq 0 ]] || die "must run as root (it makes network namespaces)"
+  sweep_orphans
   s=$(state_of "$name")
   [[ -e "$s" ]] && die "cluster '$name' exists already ($s); take it down first"
   mkdir -p "$s"
   echo "$nodes" >"$s/nodes"
+  if [[ -n "${VAE_CLUSTER_OWNER:-}" ]]; then echo "$VAE_CLUSTER_OWNER" >"$s/owner"; fi
   br=$(bridge_of "$name")
   ip link add "$br" type bridge
   ip link set "$br" up
@@ -187,7 +203,7 @@ case "$cmd" in
     name=${name:0:6}
     trap 'down "$name"' EXIT
     trap 'exit 130' INT TERM
-    up "$name" "$nodes" "$rate" "$delay"
+    VAE_CLUSTER_OWNER=$$ up "$name" "$nodes" "$rate" "$delay"
     VAE_CLUSTER=$name "$@"
     ;;
   *) die "unknown command '$cmd'" ;;

@@ -26,7 +26,8 @@ class Cluster:
         self.nodes = nodes
 
     def __enter__(self):
-        subprocess.run(["bash", CLUSTER, "up", self.name, str(self.nodes)], check=True)
+        subprocess.run(["bash", CLUSTER, "up", self.name, str(self.nodes)], check=True,
+                       env={**os.environ, "VAE_CLUSTER_OWNER": str(os.getpid())})
         return self
 
     def __exit__(self, *exc):
