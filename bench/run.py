@@ -137,8 +137,8 @@ def torch_samples(py, batch, threads, bf16, model="v3", blas_threads=2):
     return float(re.search(r"samples/s ([0-9.]+)", out).group(1))
 
 
-# PyTorch's settings for the conv model: (torch threads, OpenBLAS threads); its best is the one compared with.
-CONV_TORCH_SETTINGS = ((1, 1), (1, 2), (2, 1), (2, 2))
+# PyTorch's settings for the conv model: (torch threads, OpenBLAS threads, bf16 autocast); its best is the one compared with.
+CONV_TORCH_SETTINGS = ((1, 1, False), (1, 2, False), (2, 1, False), (2, 2, False), (1, 1, True), (2, 1, True))
 
 
 def conv_torch_table(reps):
@@ -151,14 +151,14 @@ def conv_torch_table(reps):
         r = gbench("bench_step", "step/conv/b64/t[12]/ours/", 1, 3.0)
         for t in (1, 2):
             got.setdefault(f"ours t{t}", []).append(r[f"step/conv/b64/t{t}/ours"][0]["items_per_second"])
-        for t, blas in CONV_TORCH_SETTINGS:
-            got.setdefault(f"torch t{t} blas{blas}", []).append(torch_samples(py, 64, t, False, "conv", blas))
+        for t, blas, bf16 in CONV_TORCH_SETTINGS:
+            got.setdefault(f"torch t{t} blas{blas}{' bf16' if bf16 else ''}", []).append(torch_samples(py, 64, t, bf16, "conv", blas))
     m = {k: statistics.median(v) for k, v in got.items()}
     ours = max((m[k], k) for k in m if k.startswith("ours"))
     best = max((m[k], k) for k in m if k.startswith("torch"))
     rows = [f"| {k} | {m[k]:,.0f} | {', '.join(f'{x:,.0f}' for x in got[k])} |" for k in got]
     return ["| conv CVAE, batch 64 | samples/s (median) | runs |", "|---|---|---|"] + rows + [
-        "", f"Ours at its best ({ours[1]}) / PyTorch at its best ({best[1]}, torch threads and OPENBLAS_NUM_THREADS): "
+        "", f"Ours at its best ({ours[1]}) / PyTorch at its best ({best[1]}: torch threads, OPENBLAS_NUM_THREADS, bf16 autocast): "
             f"**{ours[0] / best[0]:.2f}**; {reps} alternating rounds, every setting once a round."]
 
 

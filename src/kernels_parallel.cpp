@@ -393,7 +393,7 @@ class ParallelKernels final : public Kernels<float> {
     std::span<bool> nonfinite;   // one flag per thread, a cache line apart: [threads × kFlagStride]
     std::span<std::uint32_t> a16;  // bf16 products: A in pairs
     std::span<std::uint32_t> b16;  // bf16 products: B in NR-column panels of pairs
-    std::span<float> patches;      // convolutions, per thread: one image's patch matrix [conv.patch]
+    std::span<float> patches;      // convolutions, per thread: a group's patch matrices and output images (slot_floats)
     std::span<float> partials;     // convolutions: the weight gradient's partial sums past the first group's
   };
 
@@ -404,7 +404,7 @@ class ParallelKernels final : public Kernels<float> {
     w.a_pack = arena.take<float>(std::max(round_up(max_rows, mr) * max_dim, round_up(max_dim, mr) * max_rows));
     w.b_pack = arena.take<float>(threads_ * panel_floats(max_rows, max_dim, conv));
     if (conv.patch) {
-      w.patches = arena.take<float>(threads_ * round_up(conv.patch, kAlign / sizeof(float)));
+      w.patches = arena.take<float>(threads_ * slot_floats(conv));
       w.partials = arena.take<float>(conv_groups(max_rows) * conv.weights);
     }
     w.row_sums = arena.take<double>(max_rows);
@@ -418,10 +418,15 @@ class ParallelKernels final : public Kernels<float> {
     return w;
   }
 
-  // A packed B panel is K × NR with K a layer width (forward, input gradient), the batch (weight gradient) or a
-  // convolution's depth.
+  // A packed B panel is K × NR with K a layer width (forward, input gradient), the batch (weight gradient), a
+  // convolution's depth or a group's positions (a convolution's weight gradient).
   std::size_t panel_floats(std::size_t max_rows, std::size_t max_dim, const ConvSizes& conv) const {
-    return std::max({max_rows, max_dim, conv.depth}) * ops_.nr;
+    return std::max({max_rows, max_dim, conv.depth, kConvGroup * conv.positions}) * ops_.nr;
+  }
+  // A thread's convolution scratch: the patch rows of a group of images, then their output sides side by side; or one
+  // image's patch matrix with its rows padded to whole panels (at most K·(NR − 1) floats more).
+  std::size_t slot_floats(const ConvSizes& conv) const {
+    return round_up(std::max(kConvGroup * (conv.patch + conv.image), conv.patch + conv.depth * ops_.nr), kAlign / sizeof(float));
   }
   static std::size_t conv_groups(std::size_t n) { return (n + kConvGroup - 1) / kConvGroup; }
 
@@ -438,7 +443,7 @@ class ParallelKernels final : public Kernels<float> {
     if (c.patch_floats() > conv_.patch || c.weight_count() > conv_.weights || n > max_rows_)
       throw std::logic_error("kernel workspace is not bound for " + c.describe() + " on " + std::to_string(n) + " images");
   }
-  float* slot_patches() const { return ws_.patches.data() + pool_.slot() * round_up(conv_.patch, kAlign / sizeof(float)); }
+  float* slot_patches() const { return ws_.patches.data() + pool_.slot() * slot_floats(conv_); }
   void progress() const {
     if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
   }
@@ -463,12 +468,14 @@ class ParallelKernels final : public Kernels<float> {
         const std::size_t r = t / parts;
         const auto [q0, q1] = split(tiles, parts, t % parts);
         float* patches = slot_patches();
-        im2col(c, big + r * c.in_size(), patches);
+        const std::size_t ld = round_up(P, ops_.nr);  // padded with zeros to whole panels, which the product reads in place
+        im2col(c, big + r * c.in_size(), patches, ld);
         simd::GemmBlock g = conv_out(e, small, r * c.out_size(), P, q0 * ops_.mr, std::min(c.out_c, q1 * ops_.mr));
         g.a = w;
         g.lda = K;
         g.b = patches;
-        g.ldb = P;
+        g.ldb = ld;
+        g.b_padded = true;
         g.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
         g.k = K;
         if (g.i1 > g.i0) ops_.gemm_block(g);
@@ -513,8 +520,10 @@ class ParallelKernels final : public Kernels<float> {
   }
 
   // dw rows [r0, r1) = Σ_images small[r0:r1] · rows(big), rows = im2row, the images in groups of kConvGroup: each group
-  // summed in image order by one task (the first group straight into dw, the others into partial sums), then the
-  // partial sums added to dw in group order. A group split across threads is split by columns of dw.
+  // one product whose sum runs over its images' positions in image order (A = their rows [r0, r1) of small side by side,
+  // B = their patch rows stacked), so C is written once per group rather than once per image; the first group's product
+  // goes straight into dw, the others into partial sums, which are then added to dw in group order. A group split
+  // across threads is split by columns of dw.
   //                       c a convolution; small [n × c.out_size()], big [n × c.in_size()], dw [(r1 − r0) × K]
   void weight_product(const ConvShape& c, const float* small, const float* big, float* dw, std::size_t n, std::size_t r0,
                       std::size_t r1) const {
@@ -532,25 +541,28 @@ class ParallelKernels final : public Kernels<float> {
         const std::size_t grp = t / parts;
         const auto [p0, p1] = split(panels, parts, t % parts);
         if (p1 == p0) continue;
-        float* rows = slot_patches();
+        progress();
+        const std::size_t i0 = grp * kConvGroup, images = std::min(n, i0 + kConvGroup) - i0, depth = images * P;
+        float* rows = slot_patches();                    // [depth × K]
+        float* sides = rows + kConvGroup * conv_.patch;  // [M × depth]
+        for (std::size_t g = 0; g < images; ++g) {
+          im2row(c, big + (i0 + g) * c.in_size(), rows + g * P * K);
+          const float* src = small + (i0 + g) * c.out_size() + r0 * P;
+          for (std::size_t i = 0; i < M; ++i) std::copy_n(src + i * P, P, sides + i * depth + g * P);
+        }
         simd::GemmBlock g;
-        g.lda = P;
+        g.a = sides;
+        g.lda = depth;
         g.b = rows;
         g.ldb = K;
         g.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
         g.c = grp == 0 ? dw : ws_.partials.data() + (grp - 1) * size;
         g.ldc = K;
-        g.k = P;
+        g.k = depth;
         g.i1 = M;
         g.j0 = p0 * ops_.nr;
         g.j1 = std::min(K, p1 * ops_.nr);
-        for (std::size_t r = grp * kConvGroup; r < std::min(n, (grp + 1) * kConvGroup); ++r) {
-          progress();
-          im2row(c, big + r * c.in_size(), rows);
-          g.a = small + r * c.out_size() + r0 * P;
-          g.epi = r == grp * kConvGroup ? simd::Epilogue::none : simd::Epilogue::accumulate;
-          ops_.gemm_block(g);
-        }
+        ops_.gemm_block(g);
       }
     }, true);
     if (groups == 1) return;

@@ -155,10 +155,10 @@ void gemm_block(const GemmBlock& g) {
     for (; j + 4 * NR <= g.j1; j += 4 * NR) one_row_wide(g.a + g.i0 * g.lda, g.b + j, g.ldb, g.k, g, g.i0, j);
   for (; j < g.j1; j += NR) {
     const std::size_t cols = std::min(NR, g.j1 - j);
-    // Full panels of a row-major B are read in place; transposed or partial ones are packed first.
+    // Full panels of a row-major B are read in place (and partial ones of a padded B); the others are packed first.
     const float* b = g.b + j;
     std::size_t ldb = g.ldb;
-    if (g.b_trans || cols < NR) {
+    if (g.b_trans || (cols < NR && !g.b_padded)) {
       pack_panel(g, j, cols, g.bpack);
       b = g.bpack;
       ldb = NR;

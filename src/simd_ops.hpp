@@ -43,6 +43,7 @@ struct GemmBlock {
   std::size_t ldb = 0;
   bool b_trans = false;      // B(p, j) = b_trans ? b[j·ldb + p] : b[p·ldb + j]
   float* bpack = nullptr;    // [k × NR] scratch for a panel that must be packed (transposed or narrower than NR)
+  bool b_padded = false;     // B row-major with finite values in the columns up to j1 rounded up to NR: read in place
   float* c = nullptr;
   std::size_t ldc = 0;
   std::size_t k = 0;

@@ -61,13 +61,17 @@ struct ConvShape {
 // of a model's convolution layers.
 struct ConvSizes {
   std::size_t patch = 0, weights = 0;
-  std::size_t depth = 0;  // the longest sum of a product (K): patch rows, positions or channels
+  std::size_t depth = 0;      // the longest sum of a product (K): patch rows, positions or channels
+  std::size_t positions = 0;  // the most output positions (out_h·out_w) of an as_convolution()
+  std::size_t image = 0;      // the largest output image (out_size) of an as_convolution()
 
   ConvSizes& add(const ConvShape& s) {
     const ConvShape c = s.as_convolution();
     patch = std::max(patch, s.patch_floats());
     weights = std::max(weights, s.weight_count());
     depth = std::max({depth, c.in_c * c.k * c.k, c.out_h() * c.out_w(), c.out_c});
+    positions = std::max(positions, c.out_h() * c.out_w());
+    image = std::max(image, c.out_size());
     return *this;
   }
 };
