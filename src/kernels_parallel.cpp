@@ -545,10 +545,10 @@ class ParallelKernels final : public Kernels<float> {
         const std::size_t i0 = grp * kConvGroup, images = std::min(n, i0 + kConvGroup) - i0, depth = images * P;
         float* rows = slot_patches();                    // [depth × K]
         float* sides = rows + kConvGroup * conv_.patch;  // [M × depth]
-        for (std::size_t g = 0; g < images; ++g) {
-          im2row(c, big + (i0 + g) * c.in_size(), rows + g * P * K);
-          const float* src = small + (i0 + g) * c.out_size() + r0 * P;
-          for (std::size_t i = 0; i < M; ++i) std::copy_n(src + i * P, P, sides + i * depth + g * P);
+        for (std::size_t img = 0; img < images; ++img) {
+          im2row(c, big + (i0 + img) * c.in_size(), rows + img * P * K);
+          const float* src = small + (i0 + img) * c.out_size() + r0 * P;
+          for (std::size_t i = 0; i < M; ++i) std::copy_n(src + i * P, P, sides + i * depth + img * P);
         }
         simd::GemmBlock g;
         g.a = sides;

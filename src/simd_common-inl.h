@@ -92,7 +92,6 @@ HWY_INLINE VF finish(DF d, VF acc, const GemmBlock& g, std::size_t i, std::size_
   if (g.epi == Epilogue::bias_act) acc = activate_v(d, hn::Add(acc, load_partial(d, g.bias + j, count)), g.act);
   else if (g.epi == Epilogue::slope) acc = hn::Mul(acc, slope_v(d, load_partial(d, g.y + i * g.ldy + j, count), g.act));
   else if (g.epi == Epilogue::row_bias_act) acc = activate_v(d, hn::Add(acc, hn::Set(d, g.bias[i])), g.act);
-  else if (g.epi == Epilogue::accumulate) acc = hn::Add(load_partial(d, c, count), acc);
   // The weight gradient is written once and read by the allreduce and Adam only after the whole backward pass: streaming
   // stores skip the read-for-ownership of lines that would be evicted before they are used.
   if (g.stream && g.epi == Epilogue::none && count == hn::Lanes(d) && reinterpret_cast<std::uintptr_t>(c) % (hn::Lanes(d) * sizeof(float)) == 0)

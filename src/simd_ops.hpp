@@ -31,7 +31,6 @@ enum class Epilogue {
   bias_act,  // C = act(A·B + bias)
   slope,     // C = (A·B) ⊙ act'(y), act' taken from the activation's output y
   row_bias_act,  // C = act(A·B + bias[i]): a convolution's output channels are C's rows
-  accumulate,    // C = C + A·B: a weight gradient summed over images one product at a time
 };
 
 // C[i0:i1, j0:j1] = A[i0:i1, :k] · B[:k, j0:j1] and the epilogue.
