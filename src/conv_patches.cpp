@@ -74,6 +74,10 @@ void im2row(const ConvShape& c, const float* img, float* rows) {
     for (std::size_t ox = 0; ox < ow; ++ox) {
       const Span xs = valid_taps(ox, c.in_w, c.stride, c.pad, k);
       float* dst = rows + (oy * ow + ox) * K;
+      if (ys.lo == ys.hi || xs.lo == xs.hi) {  // every tap in the padding (pad ≥ k): no input row to point at
+        std::fill_n(dst, K, 0.0f);
+        continue;
+      }
       const float* src = img + (ys.lo + oy * c.stride - c.pad) * c.in_w + xs.lo + ox * c.stride - c.pad;
       if (xs.lo == 0 && xs.hi == k && ys.lo == 0 && ys.hi == k) {
         for (std::size_t ch = 0; ch < c.in_c; ++ch, src += plane)

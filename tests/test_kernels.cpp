@@ -888,6 +888,7 @@ TEST(ConvKernels, AwkwardShapesMatchReference) {
       {3, 5, 7, 4, 1, 1, 0, false}, {2, 7, 5, 3, 3, 2, 1, false}, {3, 9, 6, 5, 4, 2, 0, false}, {1, 6, 6, 2, 5, 1, 2, false},
       {5, 4, 3, 3, 2, 1, 0, false}, {3, 5, 5, 2, 1, 1, 0, true},  {2, 3, 4, 3, 3, 2, 1, true},  {4, 4, 3, 2, 4, 2, 1, true},
       {1, 5, 2, 3, 3, 1, 0, true},  {3, 2, 2, 17, 2, 2, 0, true}, {17, 5, 5, 9, 3, 1, 1, false},
+      {2, 3, 3, 2, 1, 1, 1, false},  // pad ≥ k: the border outputs' taps all fall in the padding
   };
   for (const ConvShape& s : shapes)
     for (std::size_t n : {std::size_t(1), std::size_t(5)}) check_conv(s, n);
