@@ -300,6 +300,7 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
     set_attr(w, opt, "beta1", state.adam.beta1);
     set_attr(w, opt, "beta2", state.adam.beta2);
     set_attr(w, opt, "eps", state.adam.eps);
+    set_attr(w, opt, "weight_decay", state.adam.weight_decay);
     write_layers(w, file, "optimizer/m", layout, adam_m);
     write_layers(w, file, "optimizer/v", layout, adam_v);
 
@@ -563,6 +564,8 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
   {
     H5Id opt(w.id(H5Gopen2(file, "optimizer", H5P_DEFAULT), "cannot open group optimizer"), H5Gclose);
     s.adam = {get_double(w, opt, "lr"), get_double(w, opt, "beta1"), get_double(w, opt, "beta2"), get_double(w, opt, "eps")};
+    // Written since AdamW came; a file without it was trained with plain Adam.
+    if (H5Aexists(opt, "weight_decay") > 0) s.adam.weight_decay = get_double(w, opt, "weight_decay");
   }
   if (H5Lexists(file, "training", H5P_DEFAULT) <= 0) w.fail("missing group training");
   H5Id training(w.id(H5Gopen2(file, "training", H5P_DEFAULT), "cannot open group training"), H5Gclose);

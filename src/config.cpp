@@ -141,6 +141,8 @@ po::options_description make_options() {
       ("adam-beta1", po::value<double>()->default_value(0.9), "Adam β1")
       ("adam-beta2", po::value<double>()->default_value(0.999), "Adam β2")
       ("adam-eps", po::value<double>()->default_value(1e-8), "Adam ε")
+      ("weight-decay", po::value<double>()->default_value(0.0),
+       "AdamW's decoupled weight decay λ: every parameter × (1 − lr·λ) each step (0: plain Adam)")
       ("epochs", po::value<int>()->default_value(10), "epochs to train")
       ("max-steps", po::value<long>()->default_value(0), "stop after this many steps in total (0: no cap)")
       ("nan-policy", po::value<std::string>()->default_value("stop"),
@@ -245,6 +247,7 @@ Config build(const po::variables_map& vm) {
   c.adam_beta1 = get<double>(vm, "adam-beta1");
   c.adam_beta2 = get<double>(vm, "adam-beta2");
   c.adam_eps = get<double>(vm, "adam-eps");
+  c.weight_decay = get<double>(vm, "weight-decay");
   c.epochs = get<int>(vm, "epochs");
   c.max_steps = get<long>(vm, "max-steps");
   c.seed = get<std::uint64_t>(vm, "seed");
@@ -316,6 +319,7 @@ void validate(const Config& c) {
   if (!(c.adam_beta1 >= 0 && c.adam_beta1 < 1)) bad("adam-beta1", "must be in [0, 1)");
   if (!(c.adam_beta2 >= 0 && c.adam_beta2 < 1)) bad("adam-beta2", "must be in [0, 1)");
   if (!(c.adam_eps > 0)) bad("adam-eps", "must be positive");
+  if (!(c.weight_decay >= 0 && c.lr * c.weight_decay < 1)) bad("weight-decay", "must be in [0, 1/lr), got " + std::to_string(c.weight_decay));
   if (c.epochs < 0) bad("epochs", "must not be negative, got " + std::to_string(c.epochs));
   if (c.max_steps < 0) bad("max-steps", "must not be negative");
   if (!(c.bucket_mb > 0 && c.bucket_mb <= 4096)) bad("bucket-mb", "must be in (0, 4096]");
@@ -461,7 +465,7 @@ std::string Config::to_ini() const {
      << "\nval-size = " << val_size << "\nbinarize = " << (binarize ? "dynamic" : "none") << "\nkfold = " << kfold << "\nfold = " << fold
      << "\ntrain-limit = " << train_limit << "\ntest-limit = " << test_limit << "\n";
   os << "batch = " << batch << "\nlr = " << lr << "\nadam-beta1 = " << adam_beta1 << "\nadam-beta2 = " << adam_beta2
-     << "\nadam-eps = " << adam_eps << "\nepochs = " << epochs << "\nmax-steps = " << max_steps << "\nseed = " << seed
+     << "\nadam-eps = " << adam_eps << "\nweight-decay = " << weight_decay << "\nepochs = " << epochs << "\nmax-steps = " << max_steps << "\nseed = " << seed
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir
      << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")
      << "\nprecision = " << precision_name(precision)

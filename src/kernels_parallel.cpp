@@ -344,11 +344,11 @@ class ParallelKernels final : public Kernels<float> {
   }
 
   void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2, float eps_t,
-                   const WeightCopy* copy) const override {
+                   float decay, const WeightCopy* copy) const override {
     const std::size_t base = copy ? std::size_t(p - copy->params) : 0;
     pool_.run(count, kAdamChunk, [&](std::size_t begin, std::size_t end) {
       if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
-      ops_.adam(p, g, m, v, begin, end, lr_t, beta1, beta2, eps_t);
+      ops_.adam(p, g, m, v, begin, end, lr_t, beta1, beta2, eps_t, decay);
       // the chunk's new weights, still in this core's cache, into their bf16 form
       if (copy) copy_weights(*copy, base + begin, base + end);
     });

@@ -352,12 +352,12 @@ void box_muller(const float* u, float* out, std::size_t n) {
 }
 
 void adam(float* p, const float* g, float* m, float* v, std::size_t begin, std::size_t end, float lr_t, float beta1, float beta2,
-          float eps_t) {
+          float eps_t, float decay) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   const VF b1 = hn::Set(d, beta1), b2 = hn::Set(d, beta2), c1 = hn::Set(d, 1.0f - beta1), c2 = hn::Set(d, 1.0f - beta2);
   const VF lr = hn::Set(d, lr_t), ep = hn::Set(d, eps_t), two = hn::Set(d, 2.0f), half = hn::Set(d, 0.5f), three = hn::Set(d, 3.0f);
-  const VF tiny = hn::Set(d, 1e-37f);
+  const VF tiny = hn::Set(d, 1e-37f), dec = hn::Set(d, decay);
   std::size_t i = begin;
   for (; i + N <= end; i += N) {
     const VF gi = hn::LoadU(d, g + i);
@@ -373,12 +373,12 @@ void adam(float* p, const float* g, float* m, float* v, std::size_t begin, std::
     const VF denom = hn::MulAdd(vi, r, ep);
     VF q = hn::ApproximateReciprocal(denom);
     q = hn::Mul(q, hn::NegMulAdd(denom, q, two));
-    hn::StoreU(hn::NegMulAdd(hn::Mul(lr, mi), q, hn::LoadU(d, p + i)), d, p + i);
+    hn::StoreU(hn::NegMulAdd(hn::Mul(lr, mi), q, hn::Mul(dec, hn::LoadU(d, p + i))), d, p + i);
   }
   for (; i < end; ++i) {
     m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
     v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
-    p[i] -= lr_t * (m[i] / (std::sqrt(v[i]) + eps_t));
+    p[i] = decay * p[i] - lr_t * (m[i] / (std::sqrt(v[i]) + eps_t));
   }
 }
 

@@ -133,7 +133,7 @@ struct Ops {
   // Box-Muller: out[2i] = √(−2 ln u[2i])·cos 2πu[2i+1], out[2i+1] = … sin …, for pairs i < n/2 (n even)
   void (*box_muller)(const float* u, float* out, std::size_t n) = nullptr;
   void (*adam)(float* p, const float* g, float* m, float* v, std::size_t begin, std::size_t end, float lr_t, float beta1, float beta2,
-               float eps_t) = nullptr;
+               float eps_t, float decay) = nullptr;
   // The bf16 wire format (vae/bf16.hpp is the scalar definition): out[i] = bf16(x[i]) rounded to nearest even, out[i] =
   // float(h[i]), and b[i] = bf16(float(a[i]) + float(b[i])).
   void (*to_bf16)(const float* x, std::uint16_t* out, std::size_t n) = nullptr;

@@ -301,7 +301,7 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
 
   // update: Adam on each range of the flat buffers this rank updates, as soon as its sum is complete
   ++updates_;
-  const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
+  const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay};
   const double sum_wait = sync_->update([&](std::size_t begin, std::size_t count) {
     adam_step<float>(k, params_.subspan(begin, count), grads_.subspan(begin, count), adam_m_.subspan(begin, count),
                      adam_v_.subspan(begin, count), updates_, adam, copy_.layers.empty() ? nullptr : &copy_);
@@ -332,7 +332,7 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
   s.binarize = cfg_.binarize;
   s.precision = cfg_.precision;
   s.scheduler = scheduler_.state();
-  s.adam = {cfg_.lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps};
+  s.adam = {cfg_.lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay};
   s.config_ini = cfg_.to_ini();
   char name[48];
   if (mid_epoch) std::snprintf(name, sizeof name, "ckpt-e%04d-s%09ld.h5", epochs_done, step_);

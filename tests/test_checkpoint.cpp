@@ -42,7 +42,7 @@ class CheckpointFile : public ::testing::Test {
     state.scheduler.mode_start = 2;
     state.scheduler.best = 101.25;
     state.scheduler.stale_epochs = 1;
-    state.adam = {8e-4, 0.9, 0.999, 1e-8};
+    state.adam = {8e-4, 0.9, 0.999, 1e-8, 5e-2};
     state.config_ini = "preset = v3\nhidden = 12,7\n\n[fast]\nuntil = 2\n";
   }
   ParamLayout layout() const { return ParamLayout(arch); }
@@ -92,6 +92,7 @@ TEST_F(CheckpointFile, RoundTripIsExact) {
   EXPECT_DOUBLE_EQ(c.state.scheduler.best, 101.25);
   EXPECT_EQ(c.state.scheduler.stale_epochs, 1);
   EXPECT_DOUBLE_EQ(c.state.adam.lr, 8e-4);
+  EXPECT_DOUBLE_EQ(c.state.adam.weight_decay, 5e-2);
   EXPECT_EQ(c.state.config_ini, state.config_ini);
   for (const auto& e : std::filesystem::directory_iterator(dir.path())) EXPECT_EQ(e.path(), file()) << "left behind: " << e.path();
 }

@@ -80,12 +80,13 @@ TEST(ConfigTest, CommandLineBeatsFileBeatsPresetAndDefaults) {
 }
 
 TEST(ConfigTest, EffectiveIniRoundTrips) {
-  const Config a = parse({"--preset", "v2", "--digits", "3,5", "--epochs", "7", "--balanced.lr-factor", "0.5"}).config;
+  const Config a = parse({"--preset", "v2", "--digits", "3,5", "--epochs", "7", "--balanced.lr-factor", "0.5", "--weight-decay", "0.01"}).config;
   test::TempDir dir;
   std::ofstream(dir / "eff.ini") << a.to_ini();
   const Config b = parse({"--config", (dir / "eff.ini").string()}).config;
   EXPECT_EQ(b.to_ini(), a.to_ini());
   EXPECT_EQ(b.digits, (std::vector<int>{3, 5}));
+  EXPECT_DOUBLE_EQ(b.weight_decay, 0.01);
 }
 
 TEST(ConfigTest, HelpListsEveryOptionWithDefaults) {
@@ -102,6 +103,8 @@ TEST(ConfigErrors, OneLineMessages) {
   EXPECT_EQ(error_of({"--batch", "0"}), "option --batch: must be positive, got 0");
   EXPECT_EQ(error_of({"--lr", "0"}), "option --lr: must be in (0, 1], got 0.000000");
   EXPECT_EQ(error_of({"--lr", "-1e-3"}), "option --lr: must be in (0, 1], got -0.001000");
+  EXPECT_EQ(error_of({"--weight-decay", "-0.1"}), "option --weight-decay: must be in [0, 1/lr), got -0.100000");
+  EXPECT_EQ(error_of({"--lr", "0.5", "--weight-decay", "2"}), "option --weight-decay: must be in [0, 1/lr), got 2.000000");
   EXPECT_EQ(error_of({"--epochs", "-1"}), "option --epochs: must not be negative, got -1");
   EXPECT_EQ(error_of({"--preset", "v9"}), "option --preset: unknown preset 'v9' (expected v1, v2, v3, burda or conv)");
   EXPECT_EQ(error_of({"--digits", ""}), "option --digits: the list is empty");

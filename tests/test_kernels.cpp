@@ -385,13 +385,26 @@ TEST(Adam, FirstStepByHand) {
   EXPECT_DOUBLE_EQ(v[0], 0.00025);
 }
 
-TEST(Adam, MatchesTextbookWithBiasCorrection) {
+TEST(Adam, WeightDecayFirstStepByHand) {
+  // AdamW, λ = 0.5 at lr 0.1: p × (1 − 0.05) first, then the step above: 0.95 − 0.1·0.5/(0.5 + 1e-8) = 0.85 + 2e-9; a zero
+  // gradient leaves only the decay: 2 × 0.95 = 1.9
+  ReferenceKernels<double> k;
+  std::vector<double> p{1.0, 2.0}, g{0.5, 0.0}, m{0.0, 0.0}, v{0.0, 0.0};
+  adam_step<double>(k, p, g, m, v, 1, {0.1, 0.9, 0.999, 1e-8, 0.5});
+  EXPECT_NEAR(p[0], 0.85 + 2e-9, 1e-15);
+  EXPECT_DOUBLE_EQ(p[1], 1.9);
+}
+
+class AdamTextbook : public ::testing::TestWithParam<double> {};
+
+// Every kernel set against the textbook recurrences, with and without AdamW's decay.
+TEST_P(AdamTextbook, MatchesWithBiasCorrection) {
   ReferenceKernels<double> k;
   const std::size_t n = 40000;
   for_each_fast(1, 1, [&](const Fast& fast) {
   std::vector<double> p(n, 1.0), m(n, 0.0), v(n, 0.0), tp(n, 1.0), tm(n, 0.0), tv(n, 0.0);
   std::vector<float> fp(n, 1.0f), fm(n, 0.0f), fv(n, 0.0f);
-  const AdamParams a{0.01, 0.9, 0.999, 1e-8};
+  const AdamParams a{0.01, 0.9, 0.999, 1e-8, GetParam()};
   for (long t = 1; t <= 5; ++t) {
     std::vector<double> g(n);
     std::vector<float> fg(n);
@@ -402,7 +415,7 @@ TEST(Adam, MatchesTextbookWithBiasCorrection) {
       tm[i] = a.beta1 * tm[i] + (1 - a.beta1) * g[i];
       tv[i] = a.beta2 * tv[i] + (1 - a.beta2) * g[i] * g[i];
       const double mhat = tm[i] / (1 - std::pow(a.beta1, double(t))), vhat = tv[i] / (1 - std::pow(a.beta2, double(t)));
-      tp[i] -= a.lr * mhat / (std::sqrt(vhat) + a.eps);
+      tp[i] = tp[i] * (1 - a.lr * a.weight_decay) - a.lr * mhat / (std::sqrt(vhat) + a.eps);
     }
   }
   for (std::size_t i = 0; i < n; i += 997) {
@@ -411,6 +424,8 @@ TEST(Adam, MatchesTextbookWithBiasCorrection) {
   }
   });
 }
+
+INSTANTIATE_TEST_SUITE_P(Decay, AdamTextbook, ::testing::Values(0.0, 1.0));
 
 
 // The bf16 wire format by hand: 1 + 2⁻⁸ is a tie between 1 and 1 + 2⁻⁷ and rounds to even (1); just above it rounds up;

@@ -39,6 +39,7 @@ struct Config {
   int batch = 64;  // global batch, split across ranks
   double lr = 8e-4;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  double weight_decay = 0;  // AdamW's λ
   int epochs = 10;
   long max_steps = 0;  // 0 = no cap
   std::uint64_t seed = 42;

@@ -164,9 +164,10 @@ class Kernels {
   // depend on its key alone, not on which rank or thread draws it. Box-Muller on pairs of uniform24(): for the pair
   // (u, v), √(−2 ln u)·cos 2πv and √(−2 ln u)·sin 2πv; an odd last column takes the cosine of a final pair.
   virtual void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const = 0;
-  // One Adam step over the flat buffers: p −= lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t. With a
-  // weight copy (p then points into copy->params), the same pass writes the bf16 form of every weight it updates.
-  virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t,
+  // One Adam step over the flat buffers: p ← decay·p − lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t
+  // (decay: 1 − lr·λ of AdamW, 1 for plain Adam). With a weight copy (p then points into copy->params), the same pass
+  // writes the bf16 form of every weight it updates.
+  virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t, T decay,
                            const WeightCopy* copy) const = 0;
 
   // The weight copy (bf16 products only). bf16_panel_words: u32 words of the forward panels of a W [k × m] (0: these
@@ -366,11 +367,12 @@ class ReferenceKernels final : public Kernels<T> {
       }
   }
 
-  void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t, const WeightCopy*) const override {
+  void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t, T decay,
+                   const WeightCopy*) const override {
     for (std::size_t i = 0; i < count; ++i) {
       m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
       v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];
-      p[i] -= lr_t * m[i] / (std::sqrt(v[i]) + eps_t);
+      p[i] = decay * p[i] - lr_t * m[i] / (std::sqrt(v[i]) + eps_t);
     }
   }
 
