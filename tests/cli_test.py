@@ -92,6 +92,21 @@ def case_smoke_real_mnist():
         assert all(r[p] > 0 for r in rows for p in phases), rows
 
 
+def case_shipped_configs():
+    """Every configs/*.ini parses and trains: two steps each on a slice of MNIST, so a stale or misspelt option fails here."""
+    names = sorted(n for n in os.listdir(os.path.join(SOURCE, "configs")) if n.endswith(".ini"))
+    assert "conv.ini" in names and "binary-conv.ini" in names, names
+    for name in names:
+        with tempfile.TemporaryDirectory() as d:
+            code, out, err = run(1, "--config", os.path.join(SOURCE, "configs", name), "--data-dir", DATA, "--run-dir", d,
+                                 "--max-steps", "2", "--train-limit", "512", "--test-limit", "256", "--checkpoint-every", "0",
+                                 "--threads", "1", timeout=300)
+            assert code == 0, f"{name}: exit {code}\n{out}\n{err}"
+            assert our_errors(err) == [], (name, err)
+            ckpts = os.listdir(os.path.join(d, "checkpoints"))
+            assert any(c.endswith(".h5") for c in ckpts), (name, ckpts)
+
+
 def run_fault(fault, *extra, ranks=2):
     """Trains smoke.ini with a fault injected; returns (exit code, stdout, stderr, seconds until every process is gone)."""
     with tempfile.TemporaryDirectory() as d:

@@ -425,7 +425,7 @@ TEST_P(AdamTextbook, MatchesWithBiasCorrection) {
   });
 }
 
-INSTANTIATE_TEST_SUITE_P(Decay, AdamTextbook, ::testing::Values(0.0, 1.0));
+INSTANTIATE_TEST_SUITE_P(AdamDecay, AdamTextbook, ::testing::Values(0.0, 1.0));
 
 
 // The bf16 wire format by hand: 1 + 2⁻⁸ is a tie between 1 and 1 + 2⁻⁷ and rounds to even (1); just above it rounds up;
