@@ -465,7 +465,8 @@ std::string Config::to_ini() const {
      << "\nval-size = " << val_size << "\nbinarize = " << (binarize ? "dynamic" : "none") << "\nkfold = " << kfold << "\nfold = " << fold
      << "\ntrain-limit = " << train_limit << "\ntest-limit = " << test_limit << "\n";
   os << "batch = " << batch << "\nlr = " << lr << "\nadam-beta1 = " << adam_beta1 << "\nadam-beta2 = " << adam_beta2
-     << "\nadam-eps = " << adam_eps << "\nweight-decay = " << weight_decay << "\nepochs = " << epochs << "\nmax-steps = " << max_steps << "\nseed = " << seed
+     << "\nadam-eps = " << adam_eps << "\nweight-decay = " << weight_decay << "\nepochs = " << epochs << "\nmax-steps = " << max_steps
+     << "\nseed = " << seed
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir
      << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")
      << "\nprecision = " << precision_name(precision)

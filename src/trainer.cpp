@@ -96,6 +96,9 @@ std::string with_commas(std::size_t n) {
   return s;
 }
 
+// The optimizer as configured, at the rate lr (the scheduled one for a step, the base one for a checkpoint).
+AdamParams adam_params(const Config& c, double lr) { return {lr, c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay}; }
+
 }  // namespace
 
 void Trainer::prepare_data(const Config& cfg) {
@@ -301,7 +304,7 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
 
   // update: Adam on each range of the flat buffers this rank updates, as soon as its sum is complete
   ++updates_;
-  const AdamParams adam{lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay};
+  const AdamParams adam = adam_params(cfg_, lr);
   const double sum_wait = sync_->update([&](std::size_t begin, std::size_t count) {
     adam_step<float>(k, params_.subspan(begin, count), grads_.subspan(begin, count), adam_m_.subspan(begin, count),
                      adam_v_.subspan(begin, count), updates_, adam, copy_.layers.empty() ? nullptr : &copy_);
@@ -332,7 +335,7 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
   s.binarize = cfg_.binarize;
   s.precision = cfg_.precision;
   s.scheduler = scheduler_.state();
-  s.adam = {cfg_.lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay};
+  s.adam = adam_params(cfg_, cfg_.lr);
   s.config_ini = cfg_.to_ini();
   char name[48];
   if (mid_epoch) std::snprintf(name, sizeof name, "ckpt-e%04d-s%09ld.h5", epochs_done, step_);

@@ -16,7 +16,8 @@ struct AdamParams {
 // Step t (1-based). Bias correction m̂ = m/(1−β1ᵗ), v̂ = v/(1−β2ᵗ) is folded into the step size and ε, which is exact:
 // lr·m̂/(√v̂ + ε) = lr_t·m/(√v + ε_t) with lr_t = lr·√(1−β2ᵗ)/(1−β1ᵗ), ε_t = ε·√(1−β2ᵗ).
 // Weight decay scales p by 1 − lr·λ (Loshchilov & Hutter's AdamW, as torch.optim.AdamW: the scheduled rate, no bias
-// correction), so λ = 0 leaves every update bit for bit as plain Adam's. With a weight copy, p is a range of copy->params and the pass also refreshes the bf16 form of the weights in it.
+// correction), so λ = 0 leaves every update bit for bit as plain Adam's. With a weight copy, p is a range of
+// copy->params and the pass also refreshes the bf16 form of the weights in it.
 template <class T>
 void adam_step(const Kernels<T>& k, std::span<T> p, std::span<const T> g, std::span<T> m, std::span<T> v, long t, const AdamParams& a,
                const WeightCopy* copy = nullptr) {
