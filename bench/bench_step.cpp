@@ -59,11 +59,12 @@ void register_all() {
         benchmark::RegisterBenchmark((name + "/ours_bf16").c_str(), bench_step, preset, batch, t, Precision::bf16)->UseRealTime();
         benchmark::RegisterBenchmark((name + "/openblas_gemms").c_str(), bench_gemm_only, preset, batch, t)->UseRealTime();
       }
-  // the conv CVAE: fp32 only (its convolutions have no bf16 products), and no OpenBLAS figure (its products are not GEMMs)
+  // the conv CVAE: no OpenBLAS figure (its products are not GEMMs)
   for (int batch : {64, 256})
     for (int t : {1, 2}) {
       const std::string name = "step/conv/b" + std::to_string(batch) + "/t" + std::to_string(t) + "/ours";
       benchmark::RegisterBenchmark(name.c_str(), bench_step, std::string("conv"), batch, t, Precision::fp32)->UseRealTime();
+      benchmark::RegisterBenchmark((name + "_bf16").c_str(), bench_step, std::string("conv"), batch, t, Precision::bf16)->UseRealTime();
     }
 }
 

@@ -309,8 +309,6 @@ void validate(const Config& c) {
     bad("conv-channels", "takes at most 2 convolutions (a third would halve the 7-pixel side), got " + std::to_string(c.arch.conv_channels.size()));
   for (int ch : c.arch.conv_channels)
     if (ch <= 0 || ch > 4096) bad("conv-channels", "channel count " + std::to_string(ch) + " is outside 1-4096");
-  if (c.arch.convolutional() && c.precision != Precision::fp32)
-    bad("precision", "the convolution layers run in fp32 only; use --precision fp32 with --conv-channels");
   if (c.arch.latent <= 0 || c.arch.latent > 4096) bad("latent", "must be in 1-4096, got " + std::to_string(c.arch.latent));
   if (c.arch.classes < 0 || c.arch.classes > kNumClasses)
     bad("classes", "must be in 0-" + std::to_string(kNumClasses) + ", got " + std::to_string(c.arch.classes));

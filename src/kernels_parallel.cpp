@@ -395,6 +395,7 @@ class ParallelKernels final : public Kernels<float> {
     std::span<std::uint32_t> b16;  // bf16 products: B in NR-column panels of pairs
     std::span<float> patches;      // convolutions, per thread: a group's patch matrices and output images (slot_floats)
     std::span<float> partials;     // convolutions: the weight gradient's partial sums past the first group's
+    std::span<std::uint32_t> conv16;  // bf16 convolutions, per thread: a product's operands in pairs (slot16_words)
   };
 
   // Sized for the largest product of the model: A is at most max_rows × max_dim, or its transpose.
@@ -411,9 +412,10 @@ class ParallelKernels final : public Kernels<float> {
     w.nonfinite = arena.take<bool>(threads_ * kFlagStride);
     if (bf16_) {
       // A: [rows padded to the product's blocks × pairs padded likewise], either way round; B: panels × pairs
-      const std::size_t mb = ops_.bf16_m_block, kb = ops_.bf16_k_block, big = std::max(max_rows, max_dim);
+      const std::size_t mb = ops_.bf16_m_block, kb = ops_.bf16_k_block, big = std::max({max_rows, max_dim, conv.depth});
       w.a16 = arena.take<std::uint32_t>((round_up(big, mb) + mb) * round_up((big + 1) / 2, kb));
       w.b16 = arena.take<std::uint32_t>(round_up(max_dim, ops_.nr) * round_up((big + 1) / 2, kb));
+      if (conv.patch) w.conv16 = arena.take<std::uint32_t>(threads_ * slot16_words(conv));
     }
     return w;
   }
@@ -429,6 +431,16 @@ class ParallelKernels final : public Kernels<float> {
     return round_up(std::max(kConvGroup * (conv.patch + conv.image), conv.patch + conv.depth * ops_.nr), kAlign / sizeof(float));
   }
   static std::size_t conv_groups(std::size_t n) { return (n + kConvGroup - 1) / kConvGroup; }
+  // A thread's bf16 convolution scratch: one image's patches or output side as B panels (K or the channels in pairs), or
+  // a weight gradient's A (its rows of a group's output sides, in pairs along the group's positions) and B panels.
+  std::size_t slot16_words(const ConvSizes& conv) const {
+    const std::size_t nr = ops_.nr, depth = pairs(kConvGroup * conv.positions);
+    const std::size_t image = pairs(conv.depth) * round_up(conv.positions, nr);
+    const std::size_t group = round_up(a16_rows(conv.channels) * depth, kWordsPerLine) + depth * round_up(conv.depth, nr);
+    return round_up(std::max(image, group), kWordsPerLine);
+  }
+  // Rows of a bf16 A of `rows` rows as the product reads them: AMX reads whole blocks, and one block past the last.
+  std::size_t a16_rows(std::size_t rows) const { return ops_.bf16_m_block > 1 ? round_up(rows, ops_.bf16_m_block) + ops_.bf16_m_block : rows; }
 
   // How a convolution's product ends: the epilogue, with a bias per output channel or the previous layer's output.
   struct ConvEpilogue {
@@ -439,11 +451,11 @@ class ParallelKernels final : public Kernels<float> {
   };
 
   void check_conv(const ConvShape& c, std::size_t n) const {
-    if (bf16_) throw std::logic_error("the convolution kernels have no bf16 products");
     if (c.patch_floats() > conv_.patch || c.weight_count() > conv_.weights || n > max_rows_)
       throw std::logic_error("kernel workspace is not bound for " + c.describe() + " on " + std::to_string(n) + " images");
   }
   float* slot_patches() const { return ws_.patches.data() + pool_.slot() * slot_floats(conv_); }
+  std::uint32_t* slot16() const { return ws_.conv16.data() + pool_.slot() * slot16_words(conv_); }
   void progress() const {
     if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
   }
@@ -457,11 +469,13 @@ class ParallelKernels final : public Kernels<float> {
   }
 
   // small = W · patches(big), per image: a convolution's forward (big = x) or a transpose's input gradient (big = dy).
+  // bf16: W rounded into rows of pairs once, in a16; each image's patches into B panels, per task.
   //                       c a convolution; big [n × c.in_size()], w [c.out_c × K], small [n × c.out_size()]
   void gather_product(const ConvShape& c, const float* big, const float* w, float* small, std::size_t n, const ConvEpilogue& e) const {
     check_conv(c, n);
     const std::size_t K = c.in_c * c.k * c.k, P = c.out_h() * c.out_w(), tiles = (c.out_c + ops_.mr - 1) / ops_.mr;
-    const std::size_t parts = conv_parts(n, tiles);
+    const std::size_t parts = conv_parts(n, tiles), k2 = pairs(K);
+    if (bf16_) ops_.bf16_rows({w, K, nullptr, c.out_c, K}, 0, a16_rows(c.out_c), k2, ws_.a16.data(), k2);
     pool_.run(n * parts, 1, [&](std::size_t first, std::size_t last) {
       for (std::size_t t = first; t < last; ++t) {
         progress();
@@ -470,7 +484,15 @@ class ParallelKernels final : public Kernels<float> {
         float* patches = slot_patches();
         const std::size_t ld = round_up(P, ops_.nr);  // padded with zeros to whole panels, which the product reads in place
         im2col(c, big + r * c.in_size(), patches, ld);
-        simd::GemmBlock g = conv_out(e, small, r * c.out_size(), P, q0 * ops_.mr, std::min(c.out_c, q1 * ops_.mr));
+        const simd::GemmBlock out = conv_out(e, small, r * c.out_size(), P, q0 * ops_.mr, std::min(c.out_c, q1 * ops_.mr));
+        if (out.i1 == out.i0) continue;
+        if (bf16_) {
+          std::uint32_t* panels = slot16();
+          for (std::size_t p = 0; p < ld / ops_.nr; ++p) pack_b_panel(patches, ld, false, K, P, p, panels);
+          ops_.gemm_bf16_block({.a = ws_.a16.data(), .lda = k2, .b = panels, .k2 = k2, .out = out});
+          continue;
+        }
+        simd::GemmBlock g = out;
         g.a = w;
         g.lda = K;
         g.b = patches;
@@ -478,19 +500,21 @@ class ParallelKernels final : public Kernels<float> {
         g.b_padded = true;
         g.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
         g.k = K;
-        if (g.i1 > g.i0) ops_.gemm_block(g);
+        ops_.gemm_block(g);
       }
     }, true);
   }
 
   // big = the patches Wᵀ · small added back into the image (col2im), then the epilogue, per image: a convolution's input
   // gradient (small = dy) or a transpose's forward (small = x). An image split across threads is split by input
-  // channel, whose patch rows add into that channel's plane alone.
+  // channel, whose patch rows add into that channel's plane alone. bf16: Wᵀ rounded into rows of pairs along the output
+  // channels once, in a16; each image's small side into B panels, per task.
   //                       c a convolution; small [n × c.out_size()], w [c.out_c × K], big [n × c.in_size()]
   void scatter_product(const ConvShape& c, const float* small, const float* w, float* big, std::size_t n, const ConvEpilogue& e) const {
     check_conv(c, n);
     const std::size_t kk = c.k * c.k, K = c.in_c * kk, P = c.out_h() * c.out_w(), plane = c.in_h * c.in_w;
-    const std::size_t parts = conv_parts(n, c.in_c);
+    const std::size_t parts = conv_parts(n, c.in_c), k2 = pairs(c.out_c);
+    if (bf16_) ops_.bf16_pairs_rows({w, K, nullptr, c.out_c, K}, 0, a16_rows(K), k2, ws_.a16.data(), k2);
     pool_.run(n * parts, 1, [&](std::size_t first, std::size_t last) {
       for (std::size_t t = first; t < last; ++t) {
         progress();
@@ -498,20 +522,23 @@ class ParallelKernels final : public Kernels<float> {
         const auto [ch0, ch1] = split(c.in_c, parts, t % parts);
         if (ch1 == ch0) continue;
         float* patches = slot_patches();
-        simd::GemmBlock g;
-        g.a = w;  // A(q, o) = W(o, q): W read down its columns
-        g.lda = K;
-        g.layout = simd::ALayout::cols;
-        g.b = small + r * c.out_size();
-        g.ldb = P;
-        g.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
-        g.c = patches;
-        g.ldc = P;
-        g.k = c.out_c;
-        g.i0 = ch0 * kk;
-        g.i1 = ch1 * kk;
-        g.j1 = P;
-        ops_.gemm_block(g);
+        const simd::GemmBlock out{.c = patches, .ldc = P, .i0 = ch0 * kk, .i1 = ch1 * kk, .j1 = P};
+        const float* side = small + r * c.out_size();
+        if (bf16_) {
+          std::uint32_t* panels = slot16();
+          for (std::size_t p = 0; p < (P + ops_.nr - 1) / ops_.nr; ++p) pack_b_panel(side, P, false, c.out_c, P, p, panels);
+          ops_.gemm_bf16_block({.a = ws_.a16.data(), .lda = k2, .b = panels, .k2 = k2, .out = out});
+        } else {
+          simd::GemmBlock g = out;
+          g.a = w;  // A(q, o) = W(o, q): W read down its columns
+          g.lda = K;
+          g.layout = simd::ALayout::cols;
+          g.b = side;
+          g.ldb = P;
+          g.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
+          g.k = c.out_c;
+          ops_.gemm_block(g);
+        }
         float* img = big + r * c.in_size();
         col2im(c, patches, img, ch0, ch1);
         if (e.epi != simd::Epilogue::none) ops_.apply_epilogue(conv_out(e, big, r * c.in_size(), plane, ch0, ch1));
@@ -550,13 +577,25 @@ class ParallelKernels final : public Kernels<float> {
           const float* src = small + (i0 + img) * c.out_size() + r0 * P;
           for (std::size_t i = 0; i < M; ++i) std::copy_n(src + i * P, P, sides + i * depth + img * P);
         }
+        float* c_out = grp == 0 ? dw : ws_.partials.data() + (grp - 1) * size;
+        if (bf16_) {
+          // A: the sides in rows of pairs; B: the patch rows from column j0 = p0·NR on, as panels from the scratch's start
+          const std::size_t k2 = pairs(depth), j0 = p0 * ops_.nr, cols = std::min(K, p1 * ops_.nr) - j0;
+          std::uint32_t* a16 = slot16();
+          std::uint32_t* b16 = a16 + round_up(a16_rows(M) * k2, kWordsPerLine);
+          ops_.bf16_rows({sides, depth, nullptr, M, depth}, 0, a16_rows(M), k2, a16, k2);
+          for (std::size_t p = 0; p < p1 - p0; ++p) pack_b_panel(rows + j0, K, false, depth, cols, p, b16);
+          const simd::GemmBlock out{.c = c_out + j0, .ldc = K, .i1 = M, .j1 = cols};
+          ops_.gemm_bf16_block({.a = a16, .lda = k2, .b = b16, .k2 = k2, .out = out});
+          continue;
+        }
         simd::GemmBlock g;
         g.a = sides;
         g.lda = depth;
         g.b = rows;
         g.ldb = K;
         g.bpack = ws_.b_pack.data() + pool_.slot() * panel_floats_;
-        g.c = grp == 0 ? dw : ws_.partials.data() + (grp - 1) * size;
+        g.c = c_out;
         g.ldc = K;
         g.k = depth;
         g.i1 = M;
@@ -845,7 +884,7 @@ class ParallelKernels final : public Kernels<float> {
     const bool image = g.a_source == Gemm::ASource::image || g.a_source == Gemm::ASource::image_trans;
     const bool a_given_rows = g.a_source == Gemm::ASource::rows || g.a_source == Gemm::ASource::image;
     const bool a_rows = a_given_rows || ops_.bf16_a_rows_only;
-    const std::size_t m_rows = ops_.bf16_m_block > 1 ? round_up(g.M, ops_.bf16_m_block) + ops_.bf16_m_block : g.M;
+    const std::size_t m_rows = a16_rows(g.M);
     // A as the matrix s it is read from: A itself [M × K], or the [K × M] matrix it is the transpose of
     simd::Bf16Source a{image ? nullptr : g.a, g.lda, image ? g.image : nullptr, a_given_rows ? g.M : g.K, a_given_rows ? g.K : g.M};
     if (k2 * m_rows > ws_.a16.size() || k2 * n_panels * nr > ws_.b16.size())

@@ -130,8 +130,10 @@ WeightCopy make_weight_copy(const ParamLayout& layout, const Kernels<float>& k, 
   constexpr std::size_t words_per_line = kAlign / sizeof(std::uint32_t);
   WeightCopy copy{params, words, {}, 0};
   for (const LayerSpec& s : layout.layers()) {
-    if (s.conv && k.bf16_panel_words(1, 1) > 0) throw std::logic_error("the convolution layers have no bf16 products");
-    WeightCopy::Layer l{s.w_offset, s.in, s.out, copy.size, 0, !copy.layers.empty()};
+    // a convolution packs its W as it runs (a few thousand weights, read by every image's product)
+    if (s.conv) continue;
+    // no transposed form for the network's first layer, which has no input gradient
+    WeightCopy::Layer l{s.w_offset, s.in, s.out, copy.size, 0, &s != &layout.layers().front()};
     copy.size += round_up(k.bf16_panel_words(s.in, s.out), words_per_line);
     l.trans = copy.size;
     if (l.transposed) copy.size += round_up(k.bf16_panel_words(s.out, s.in), words_per_line);
@@ -207,8 +209,9 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
     const std::size_t grad_cols = network_input ? (first_dec ? L : 0) : layers[l - 1].out;
     stages_.push_back({&layers[l], in, ld, in_act, hidden_[l].data(), prev, grad_cols, widened});
   }
-  if (bf16_for && bf16_for->bf16_shadow_words(1, 1) > 0 && arch.convolutional()) throw std::logic_error("the convolution layers have no bf16 products");
-  if (bf16_for) {
+  // A convolution's products neither write nor read shadows, and its input and output are the dense layers' too: a conv
+  // model's dense products pack their operands.
+  if (bf16_for && !arch.convolutional()) {
     // a shadow, in the node's arena, of `all` (every rank's rows, `width` wide)
     auto shadow = [&](const T* all, std::size_t width, typename Bf16Shadow<T>::Use use) {
       const std::size_t words = bf16_for->bf16_shadow_words(ranks_ * B, width);

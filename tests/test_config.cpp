@@ -111,8 +111,6 @@ TEST(ConfigErrors, OneLineMessages) {
   EXPECT_EQ(error_of({"--conv-channels", "8,16,32"}),
             "option --conv-channels: takes at most 2 convolutions (a third would halve the 7-pixel side), got 3");
   EXPECT_EQ(error_of({"--conv-channels", "0"}), "option --conv-channels: channel count 0 is outside 1-4096");
-  EXPECT_EQ(error_of({"--preset", "conv", "--precision", "bf16"}),
-            "option --precision: the convolution layers run in fp32 only; use --precision fp32 with --conv-channels");
   EXPECT_EQ(error_of({"--digits", "1,11"}), "option --digits: digit 11 is outside 0-9");
   EXPECT_EQ(error_of({"--hidden", "640,x"}), "option --hidden: '640,x' is not a comma-separated list of integers");
   EXPECT_EQ(error_of({"--activation", "gelu"}), "option --activation: unknown activation 'gelu' (expected elu, relu, leaky_relu or tanh)");

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <random>
 #include <string>
@@ -800,9 +802,10 @@ INSTANTIATE_TEST_SUITE_P(ModelShapes, Int8Shapes,
 
 // Convolutions: the optimized products (patches and micro-kernels, vae/conv.hpp's layouts) against the reference loops,
 // on every instruction set, and bit for bit alike on 1 and 2 threads (each image's products run on one task, and the
-// weight gradient adds its images in an order set by n alone).
+// weight gradient adds its images in an order set by n alone). With bf16 products the reference rounds the same
+// operands, and every path but AMX gives the bits of the first (as Bf16IsBitForBitAlikeOnEveryPath for dense layers).
 struct ConvRun {
-  std::vector<float> y, dx, dx_plain, dw, db, dw_part;
+  std::vector<float> y, y_linear, dx, dx_plain, dw, db, dw_part;
   bool finite = false;
 };
 
@@ -816,6 +819,8 @@ ConvRun run_conv(const Kernels<float>& k, const ConvShape& s, std::size_t n, con
   o.db.assign(s.out_c, -7.0f);
   o.dw_part.assign((r1 - r0) * s.weight_row_size(), -7.0f);
   k.conv_forward(s, x.data(), w.data(), b.data(), o.y.data(), n, Activation::elu);
+  o.y_linear.assign(n * s.out_size(), -7.0f);
+  k.conv_forward(s, x.data(), w.data(), b.data(), o.y_linear.data(), n, Activation::identity);
   k.conv_input_grad(s, dy.data(), w.data(), o.dx.data(), n, Activation::elu, y_prev.data());
   k.conv_input_grad(s, dy.data(), w.data(), o.dx_plain.data(), n, Activation::identity, nullptr);
   o.finite = k.conv_weight_grad(s, x.data(), dy.data(), o.dw.data(), o.db.data(), n, 0, s.weight_rows());
@@ -823,8 +828,24 @@ ConvRun run_conv(const Kernels<float>& k, const ConvShape& s, std::size_t n, con
   return o;
 }
 
-void check_conv(const ConvShape& s, std::size_t n) {
-  SCOPED_TRACE(s.describe() + ", " + std::to_string(n) + " images");
+// 1 × 1 kernels, stride 1 and 2, odd and non-square sizes, padding 0, 1 and 2, convolutions and transposes, batches
+// across the weight gradient's groups of four images.
+std::vector<ConvShape> awkward_conv_shapes() {
+  return {
+      {3, 5, 7, 4, 1, 1, 0, false}, {2, 7, 5, 3, 3, 2, 1, false}, {3, 9, 6, 5, 4, 2, 0, false}, {1, 6, 6, 2, 5, 1, 2, false},
+      {5, 4, 3, 3, 2, 1, 0, false}, {3, 5, 5, 2, 1, 1, 0, true},  {2, 3, 4, 3, 3, 2, 1, true},  {4, 4, 3, 2, 4, 2, 1, true},
+      {1, 5, 2, 3, 3, 1, 0, true},  {3, 2, 2, 17, 2, 2, 0, true}, {17, 5, 5, 9, 3, 1, 1, false},
+      {2, 3, 3, 2, 1, 1, 1, false},  // pad ≥ k: the border outputs' taps all fall in the padding
+  };
+}
+
+std::vector<ConvShape> preset_conv_shapes() {
+  return {ConvShape{1, 28, 28, 32, 4, 2, 1, false}, ConvShape{32, 14, 14, 64, 4, 2, 1, false}, ConvShape{64, 7, 7, 32, 4, 2, 1, true},
+          ConvShape{32, 14, 14, 1, 4, 2, 1, true}};
+}
+
+void check_conv(const ConvShape& s, std::size_t n, Precision precision = Precision::fp32) {
+  SCOPED_TRACE(s.describe() + ", " + std::to_string(n) + " images, " + precision_name(precision));
   s.check();
   const unsigned seed = unsigned(s.in_size() * 31 + s.out_size() + n);
   const std::vector<float> x = random_floats(n * s.in_size(), seed), w = random_floats(s.weight_count(), seed + 1);
@@ -832,7 +853,7 @@ void check_conv(const ConvShape& s, std::size_t n) {
   // an ELU output: > −1
   std::vector<float> y_prev = random_floats(n * s.in_size(), seed + 4);
   const std::size_t r0 = s.weight_rows() / 3, r1 = std::max(r0 + 1, 2 * s.weight_rows() / 3);
-  const ReferenceKernels<float> reference;
+  const ReferenceKernels<float> reference(precision);
   const ConvRun want = run_conv(reference, s, n, x, w, b, dy, y_prev, r0, r1);
   ASSERT_TRUE(want.finite);
   // |x|·|w| sums: the rounding a float sum of those products may carry
@@ -851,11 +872,13 @@ void check_conv(const ConvShape& s, std::size_t n) {
                                       bound.dw.begin() + std::ptrdiff_t(r1 * s.weight_row_size()));
   ConvSizes sizes;
   sizes.add(s);
+  std::optional<ConvRun> first_path;
+  std::string first_isa;
   for (const std::string& isa : tested_isas()) {
-    if (isa.ends_with("_BF16")) continue;
+    if (precision == Precision::fp32 && isa.ends_with("_BF16")) continue;
     std::vector<ConvRun> runs;
     for (int threads : {1, 2}) {
-      Fast fast(isa, threads, n, 1, Precision::fp32, sizes);
+      Fast fast(isa, threads, n, 1, precision, sizes);
       SCOPED_TRACE(fast.label);
       runs.push_back(run_conv(*fast, s, n, x, w, b, dy, y_prev, r0, r1));
       const ConvRun& got = runs.back();
@@ -873,6 +896,17 @@ void check_conv(const ConvShape& s, std::size_t n) {
     EXPECT_EQ(runs[0].dw, runs[1].dw);
     EXPECT_EQ(runs[0].db, runs[1].db);
     EXPECT_EQ(runs[0].dw_part, runs[1].dw_part);
+    if (precision == Precision::fp32 || isa == "AVX3_AMX") continue;
+    if (!first_path) {
+      first_path = runs[0];
+      first_isa = isa;
+      continue;
+    }
+    // the products' bits: ELU's exp differs between instruction sets, so the forward is compared before it
+    SCOPED_TRACE(isa + " against " + first_isa);
+    EXPECT_EQ(runs[0].y_linear, first_path->y_linear);
+    EXPECT_EQ(runs[0].dx, first_path->dx);
+    EXPECT_EQ(runs[0].dw, first_path->dw);
   }
 }
 
@@ -882,39 +916,36 @@ TEST(ConvKernels, ByHand) {
   const ConvShape plain{1, 3, 3, 1, 2, 1, 0, false}, stamp{1, 1, 2, 1, 2, 2, 0, true};
   ConvSizes sizes;
   sizes.add(plain).add(stamp);
-  for (const std::string& isa : tested_isas()) {
-    Fast fast(isa, 2, 1, 1, Precision::fp32, sizes);
-    SCOPED_TRACE(fast.label);
-    const std::vector<float> x{1, 2, 3, 4, 5, 6, 7, 8, 9}, w{1, 0, 0, -1}, b{10};
-    std::vector<float> y(4);
-    fast->conv_forward(plain, x.data(), w.data(), b.data(), y.data(), 1, Activation::identity);
-    EXPECT_EQ(y, (std::vector<float>{6, 6, 6, 6}));
-    const std::vector<float> sx{1, 2}, sw{1, 2, 3, 4}, zero{0};
-    std::vector<float> sy(8);
-    fast->conv_forward(stamp, sx.data(), sw.data(), zero.data(), sy.data(), 1, Activation::identity);
-    EXPECT_EQ(sy, (std::vector<float>{1, 2, 2, 4, 3, 4, 6, 8}));
-  }
+  for (const std::string& isa : tested_isas())
+    for (const Precision precision : {Precision::fp32, Precision::bf16}) {  // every operand here is a bf16 number
+      Fast fast(isa, 2, 1, 1, precision, sizes);
+      SCOPED_TRACE(fast.label);
+      const std::vector<float> x{1, 2, 3, 4, 5, 6, 7, 8, 9}, w{1, 0, 0, -1}, b{10};
+      std::vector<float> y(4);
+      fast->conv_forward(plain, x.data(), w.data(), b.data(), y.data(), 1, Activation::identity);
+      EXPECT_EQ(y, (std::vector<float>{6, 6, 6, 6}));
+      const std::vector<float> sx{1, 2}, sw{1, 2, 3, 4}, zero{0};
+      std::vector<float> sy(8);
+      fast->conv_forward(stamp, sx.data(), sw.data(), zero.data(), sy.data(), 1, Activation::identity);
+      EXPECT_EQ(sy, (std::vector<float>{1, 2, 2, 4, 3, 4, 6, 8}));
+    }
 }
 
-// 1 × 1 kernels, stride 1 and 2, odd and non-square sizes, padding 0, 1 and 2, convolutions and transposes, batches
-// across the weight gradient's groups of four images.
 TEST(ConvKernels, AwkwardShapesMatchReference) {
-  const ConvShape shapes[] = {
-      {3, 5, 7, 4, 1, 1, 0, false}, {2, 7, 5, 3, 3, 2, 1, false}, {3, 9, 6, 5, 4, 2, 0, false}, {1, 6, 6, 2, 5, 1, 2, false},
-      {5, 4, 3, 3, 2, 1, 0, false}, {3, 5, 5, 2, 1, 1, 0, true},  {2, 3, 4, 3, 3, 2, 1, true},  {4, 4, 3, 2, 4, 2, 1, true},
-      {1, 5, 2, 3, 3, 1, 0, true},  {3, 2, 2, 17, 2, 2, 0, true}, {17, 5, 5, 9, 3, 1, 1, false},
-      {2, 3, 3, 2, 1, 1, 1, false},  // pad ≥ k: the border outputs' taps all fall in the padding
-  };
-  for (const ConvShape& s : shapes)
+  for (const ConvShape& s : awkward_conv_shapes())
     for (std::size_t n : {std::size_t(1), std::size_t(5)}) check_conv(s, n);
+}
+TEST(ConvKernels, Bf16AwkwardShapesMatchReference) {
+  for (const ConvShape& s : awkward_conv_shapes())
+    for (std::size_t n : {std::size_t(1), std::size_t(5)}) check_conv(s, n, Precision::bf16);
 }
 
 // The conv preset's layers (issue 13) on a batch of nine: two full groups of four and one image more.
 TEST(ConvKernels, ThePresetsShapesMatchReference) {
-  const std::size_t n = test_rows(9);
-  for (const ConvShape& s : {ConvShape{1, 28, 28, 32, 4, 2, 1, false}, ConvShape{32, 14, 14, 64, 4, 2, 1, false},
-                             ConvShape{64, 7, 7, 32, 4, 2, 1, true}, ConvShape{32, 14, 14, 1, 4, 2, 1, true}})
-    check_conv(s, n);
+  for (const ConvShape& s : preset_conv_shapes()) check_conv(s, test_rows(9));
+}
+TEST(ConvKernels, Bf16ThePresetsShapesMatchReference) {
+  for (const ConvShape& s : preset_conv_shapes()) check_conv(s, test_rows(9), Precision::bf16);
 }
 
 TEST(ConvKernels, WeightGradientReportsNonFinite) {
@@ -937,13 +968,34 @@ TEST(ConvKernels, WeightGradientReportsNonFinite) {
   }
 }
 
-TEST(ConvKernels, Bf16IsRefused) {
-  const ConvShape s{1, 4, 4, 1, 3, 1, 1, false};
+// The bf16 rounding by hand, as Bf16Products.OperandsRoundToNearestEvenByHand: a 1 × 1 convolution of two channels
+// [1 + 2⁻⁸, 1 + 3·2⁻⁸] with weights [1, 2] is 3.03125 in bf16 (3.02734375 in fp32), its input gradient for dy = 1 + 2⁻⁸
+// is [1, 2] and its weight gradient for that dy is [1, 1 + 2⁻⁶].
+TEST(ConvKernels, Bf16OperandsRoundToNearestEvenByHand) {
+  const ConvShape s{2, 1, 1, 1, 1, 1, 0, false};
   ConvSizes sizes;
   sizes.add(s);
-  Fast fast(available_isas().front(), 1, 1, 1, Precision::bf16, sizes);
-  std::vector<float> x(16), w(9), b(1), y(16);
-  EXPECT_THROW(fast->conv_forward(s, x.data(), w.data(), b.data(), y.data(), 1, Activation::identity), std::logic_error);
+  const float x[2] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f}, w[2] = {1.0f, 2.0f}, b[1] = {0.0f}, dy[1] = {1.0f + 0x1p-8f};
+  const ReferenceKernels<float> reference(Precision::bf16);
+  std::vector<const Kernels<float>*> kernels{&reference};
+  std::vector<std::unique_ptr<Fast>> fast;
+  for (const std::string& isa : tested_isas()) {
+    fast.push_back(std::make_unique<Fast>(isa, 2, 1, 1, Precision::bf16, sizes));
+    kernels.push_back(&**fast.back());
+  }
+  for (const Kernels<float>* k : kernels) {
+    SCOPED_TRACE(k->name());
+    float y[1], dx[2], dw[2], db[1];
+    k->conv_forward(s, x, w, b, y, 1, Activation::identity);
+    EXPECT_EQ(y[0], 3.03125f);
+    k->conv_input_grad(s, dy, w, dx, 1, Activation::identity, nullptr);
+    EXPECT_EQ(dx[0], 1.0f);
+    EXPECT_EQ(dx[1], 2.0f);
+    EXPECT_TRUE(k->conv_weight_grad(s, x, dy, dw, db, 1, 0, 1));
+    EXPECT_EQ(dw[0], 1.0f);
+    EXPECT_EQ(dw[1], 1.0f + 0x1p-6f);
+    EXPECT_EQ(db[0], 1.0f + 0x1p-8f);  // the bias gradient sums dY itself
+  }
 }
 
 }  // namespace

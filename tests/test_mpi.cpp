@@ -227,6 +227,7 @@ TEST(MpiTest, ConvRankCountInvariance) { expect_rank_count_invariance(Precision:
 // 2⁻⁸ away, which the next steps carry on: a difference grows faster than in fp32 (after 100 steps, past 1e-3 of the
 // parameters' size; after 20, to 1.5e-4), so the bf16 runs are compared after 20 steps, within 1e-3.
 TEST(MpiTest, Bf16RankCountInvariance) { expect_rank_count_invariance(Precision::bf16, 20, 1e-3); }
+TEST(MpiTest, ConvBf16RankCountInvariance) { expect_rank_count_invariance(Precision::bf16, 20, 1e-3, true); }
 
 }  // namespace
 }  // namespace vae

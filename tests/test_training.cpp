@@ -182,7 +182,12 @@ TEST_F(Training, SteadyStateStepAllocatesNothing) {
 }
 
 TEST_F(Training, ConvSteadyStateStepAllocatesNothing) {
-  for (int threads : {1, 2}) expect_steps_allocate_nothing(conv_config(), threads, steady_steps(6));
+  for (Precision precision : {Precision::fp32, Precision::bf16})
+    for (int threads : {1, 2}) {
+      Config cfg = conv_config();
+      cfg.precision = precision;
+      expect_steps_allocate_nothing(cfg, threads, steady_steps(6));
+    }
 }
 
 // The conv model's optimized kernels (im2col products on our GEMM) train like the plain reference convolutions.
@@ -213,11 +218,9 @@ TEST_F(Training, CountingAllocatorSeesAllocations) {
 
 TEST_F(Training, OptimizedKernelsTrainLikeReference) { expect_trains_like_reference(v3_config()); }
 
-// bf16 products train like their reference (the same rounded operands, sums in another order) and close to fp32: the
-// v3 shapes, 20 steps.
-TEST_F(Training, Bf16TrainsLikeItsReferenceAndNearFp32) {
+// bf16 products train like their reference (the same rounded operands, sums in another order) and close to fp32.
+void expect_bf16_trains_like_reference_and_near_fp32(Config cfg) {
   const Communicator self = Communicator::self();
-  Config cfg = v3_config();
   cfg.max_steps = std::max(5L, test::test_steps(20));  // the descent below needs 5 steps to show
   cfg.epochs = 2;
   Trainer fp32(cfg, self, 2);
@@ -239,10 +242,29 @@ TEST_F(Training, Bf16TrainsLikeItsReferenceAndNearFp32) {
   EXPECT_LT(fast.step_losses().back(), 0.9 * fast.step_losses().front());  // it learns, within the first 5 steps already
 }
 
+// The v3 shapes, 20 steps.
+TEST_F(Training, Bf16TrainsLikeItsReferenceAndNearFp32) { expect_bf16_trains_like_reference_and_near_fp32(v3_config()); }
+
+// The small conv model: its convolutions' bf16 products, and the dense products of a conv model, which pack their
+// operands (a convolution writes no shadow).
+TEST_F(Training, ConvBf16TrainsLikeItsReferenceAndNearFp32) {
+  Config cfg = test::small_conv_config(dir_->path());
+  cfg.run_dir = (dir_->path() / "conv_bf16_run").string();
+  expect_bf16_trains_like_reference_and_near_fp32(cfg);
+}
+
 TEST_F(Training, Bf16ResumeContinuesBitForBit) {
   Config cfg = test::small_config(dir_->path());
   cfg.precision = Precision::bf16;
   const std::filesystem::path resumed = test::expect_resume_bit_for_bit(cfg, Communicator::self(), 2, dir_->path() / "bf16");
+  EXPECT_EQ(read_checkpoint(resumed / "checkpoints" / "ckpt-e0004.h5").state.precision, Precision::bf16);
+}
+
+TEST_F(Training, ConvBf16ResumeContinuesBitForBit) {
+  Config cfg = test::small_conv_config(dir_->path());
+  cfg.digits = {0, 1, 2};
+  cfg.precision = Precision::bf16;
+  const std::filesystem::path resumed = test::expect_resume_bit_for_bit(cfg, Communicator::self(), 2, dir_->path() / "conv_bf16");
   EXPECT_EQ(read_checkpoint(resumed / "checkpoints" / "ckpt-e0004.h5").state.precision, Precision::bf16);
 }
 

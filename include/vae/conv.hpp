@@ -64,6 +64,7 @@ struct ConvSizes {
   std::size_t depth = 0;      // the longest sum of a product (K): patch rows, positions or channels
   std::size_t positions = 0;  // the most output positions (out_h·out_w) of an as_convolution()
   std::size_t image = 0;      // the largest output image (out_size) of an as_convolution()
+  std::size_t channels = 0;   // the most output channels of an as_convolution(): the rows of its W
 
   ConvSizes& add(const ConvShape& s) {
     const ConvShape c = s.as_convolution();
@@ -72,6 +73,7 @@ struct ConvSizes {
     depth = std::max({depth, c.in_c * c.k * c.k, c.out_h() * c.out_w(), c.out_c});
     positions = std::max(positions, c.out_h() * c.out_w());
     image = std::max(image, c.out_size());
+    channels = std::max(channels, c.out_c);
     return *this;
   }
 };

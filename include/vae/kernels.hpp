@@ -139,7 +139,7 @@ class Kernels {
   virtual void dense_input_grad(const T* dy, const T* w, T* dx, std::size_t ldx, std::size_t n, std::size_t k, std::size_t m,
                                 Activation prev_act, const T* y_prev) const = 0;
 
-  // The convolution layers (vae/conv.hpp: images [channels × height × width], weights in PyTorch's layouts), fp32 only.
+  // The convolution layers (vae/conv.hpp: images [channels × height × width], weights in PyTorch's layouts).
   // y = act(conv(x, w) + b)                  x [n × s.in_size()], w [s.weight_count()], b [s.out_c], y [n × s.out_size()]
   virtual void conv_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, std::size_t n, Activation act) const = 0;
   // dx = (∂/∂x of Σ dy ⊙ conv(x, w)) ⊙ act'(y_prev), y_prev the previous layer's output (nullptr: no slope)
@@ -279,18 +279,22 @@ class ReferenceKernels final : public Kernels<T> {
   }
 
   void conv_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, std::size_t n, Activation act) const override {
-    fp32_only();
-    conv_forward_reference(s, x, w, b, y, n, act);
+    conv_forward_reference(s, operands(x, n * s.in_size()).data(), operands(w, s.weight_count()).data(), b, y, n, act);
   }
 
   void conv_input_grad(const ConvShape& s, const T* dy, const T* w, T* dx, std::size_t n, Activation prev_act, const T* y_prev) const override {
-    fp32_only();
-    conv_input_grad_reference(s, dy, w, dx, n, prev_act, y_prev);
+    conv_input_grad_reference(s, operands(dy, n * s.out_size()).data(), operands(w, s.weight_count()).data(), dx, n, prev_act, y_prev);
   }
 
+  // The bias gradient sums dY as it is, as dense_weight_grad's does: it is no product's operand.
   bool conv_weight_grad(const ConvShape& s, const T* x, const T* dy, T* dw, T* db, std::size_t n, std::size_t r0, std::size_t r1) const override {
-    fp32_only();
-    conv_weight_grad_reference(s, x, dy, dw, db, n, r0, r1);
+    conv_weight_grad_reference(s, operands(x, n * s.in_size()).data(), operands(dy, n * s.out_size()).data(), dw, static_cast<T*>(nullptr), n, r0, r1);
+    if (db) {
+      const std::size_t plane = s.out_h() * s.out_w();
+      std::fill_n(db, s.out_c, T(0));
+      for (std::size_t r = 0; r < n; ++r)
+        for (std::size_t o = 0; o < s.out_size(); ++o) db[o / plane] += dy[r * s.out_size() + o];
+    }
     return all_finite(dw, (r1 - r0) * s.weight_row_size()) && (!db || all_finite(db, s.out_c));
   }
 
@@ -378,8 +382,11 @@ class ReferenceKernels final : public Kernels<T> {
 
  private:
   T op(T x) const { return bf16_ ? T(bf16_widen(bf16_operand(float(x)))) : x; }
-  void fp32_only() const {
-    if (bf16_) throw std::logic_error("the convolution kernels have no bf16 products");
+  // x [count] as a product reads it
+  std::vector<T> operands(const T* x, std::size_t count) const {
+    std::vector<T> v(count);
+    for (std::size_t i = 0; i < count; ++i) v[i] = op(x[i]);
+    return v;
   }
 
   static std::uint8_t quantize_u8(float x, float inv_scale, float zero_point) {
