@@ -218,10 +218,11 @@ TEST_F(Training, CountingAllocatorSeesAllocations) {
 
 TEST_F(Training, OptimizedKernelsTrainLikeReference) { expect_trains_like_reference(v3_config()); }
 
-// bf16 products train like their reference (the same rounded operands, sums in another order) and close to fp32.
-void expect_bf16_trains_like_reference_and_near_fp32(Config cfg) {
+// bf16 products train like their reference (the same rounded operands, sums in another order) and close to fp32, over
+// 20 steps, or at least min_steps where VAE_TEST_MAX_STEPS caps the run: as many as the descent below needs to show.
+void expect_bf16_trains_like_reference_and_near_fp32(Config cfg, long min_steps) {
   const Communicator self = Communicator::self();
-  cfg.max_steps = std::max(5L, test::test_steps(20));  // the descent below needs 5 steps to show
+  cfg.max_steps = std::max(min_steps, test::test_steps(20));
   cfg.epochs = 2;
   Trainer fp32(cfg, self, 2);
   fp32.run();
@@ -239,18 +240,18 @@ void expect_bf16_trains_like_reference_and_near_fp32(Config cfg) {
     EXPECT_NEAR(fast.step_losses()[s], reference.step_losses()[s], 1e-3 * std::abs(reference.step_losses()[s])) << "step " << s + 1;
     EXPECT_NEAR(fast.step_losses()[s], fp32.step_losses()[s], 2e-2 * std::abs(fp32.step_losses()[s])) << "step " << s + 1;
   }
-  EXPECT_LT(fast.step_losses().back(), 0.9 * fast.step_losses().front());  // it learns, within the first 5 steps already
+  EXPECT_LT(fast.step_losses().back(), 0.9 * fast.step_losses().front());  // it learns
 }
 
-// The v3 shapes, 20 steps.
-TEST_F(Training, Bf16TrainsLikeItsReferenceAndNearFp32) { expect_bf16_trains_like_reference_and_near_fp32(v3_config()); }
+// The v3 shapes: 5 steps show the descent.
+TEST_F(Training, Bf16TrainsLikeItsReferenceAndNearFp32) { expect_bf16_trains_like_reference_and_near_fp32(v3_config(), 5); }
 
 // The small conv model: its convolutions' bf16 products, and the dense products of a conv model, which pack their
 // operands (a convolution writes no shadow).
 TEST_F(Training, ConvBf16TrainsLikeItsReferenceAndNearFp32) {
   Config cfg = test::small_conv_config(dir_->path());
   cfg.run_dir = (dir_->path() / "conv_bf16_run").string();
-  expect_bf16_trains_like_reference_and_near_fp32(cfg);
+  expect_bf16_trains_like_reference_and_near_fp32(cfg, 20);  // a batch of 16: 5 steps fall short of 10%
 }
 
 TEST_F(Training, Bf16ResumeContinuesBitForBit) {
