@@ -87,6 +87,7 @@ constexpr std::size_t kTaskFlops = 1u << 19;    // below this many multiply-adds
 constexpr std::size_t kRowsPerTask = 16;        // rows of the loss and reparameterisation per task
 constexpr std::size_t kSerialElements = 1u << 15;  // below this many elements a row-wise pass runs on the calling thread
 constexpr std::size_t kAdamChunk = 1u << 14;    // floats per Adam task
+constexpr std::size_t kCopyRows = 16;           // a weight row block the bf16 copy transposes in registers (its widest)
 constexpr std::size_t kMaxGaussianCols = 256;   // normals made per call of the SIMD transform (even)
 constexpr std::size_t kPackRows = 16;           // rows (or row pairs) of a bf16 operand packed per task
 constexpr std::size_t kConvGroup = 4;           // images whose weight-gradient products one task adds up in one partial sum
@@ -346,12 +347,29 @@ class ParallelKernels final : public Kernels<float> {
   void adam_update(float* p, const float* g, float* m, float* v, std::size_t count, float lr_t, float beta1, float beta2, float eps_t,
                    float decay, const WeightCopy* copy) const override {
     const std::size_t base = copy ? std::size_t(p - copy->params) : 0;
-    pool_.run(count, kAdamChunk, [&](std::size_t begin, std::size_t end) {
-      if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
-      ops_.adam(p, g, m, v, begin, end, lr_t, beta1, beta2, eps_t, decay);
-      // the chunk's new weights, still in this core's cache, into their bf16 form
-      if (copy) copy_weights(*copy, base + begin, base + end);
-    });
+    // Chunk c starts at c·kAdamChunk moved back to a multiple of kCopyRows rows of the copied layer it falls in, so the
+    // copy writes whole row blocks (transposed in registers) and not the rows at the chunk's edges one element at a time.
+    auto start = [&](std::size_t c) {
+      const std::size_t at = std::min(count, c * kAdamChunk);
+      if (!copy || at == count) return at;
+      for (const WeightCopy::Layer& l : copy->layers) {
+        const std::size_t e = base + at;
+        if (e < l.w_offset || e >= l.w_offset + l.k * l.m) continue;
+        const std::size_t row = (e - l.w_offset) / l.m;
+        return std::max(base, l.w_offset + (row - row % kCopyRows) * l.m) - base;
+      }
+      return at;
+    };
+    pool_.run((count + kAdamChunk - 1) / kAdamChunk, 1, [&](std::size_t c0, std::size_t c1) {
+      for (std::size_t c = c0; c < c1; ++c) {
+        const std::size_t begin = start(c), end = start(c + 1);
+        if (begin == end) continue;
+        if (hook_ && std::this_thread::get_id() == caller_) hook_(hook_context_);
+        ops_.adam(p, g, m, v, begin, end, lr_t, beta1, beta2, eps_t, decay);
+        // the chunk's new weights, still in this core's cache, into their bf16 form
+        if (copy) copy_weights(*copy, base + begin, base + end);
+      }
+    }, true);
   }
 
   std::size_t bf16_panel_words(std::size_t k, std::size_t m) const override {

@@ -549,10 +549,11 @@ TEST(Bf16Products, NativePathIsChosenWhereTheCpuHasIt) {
 // The bf16 weight copy: Adam over ranges that start and end anywhere (mid-row, odd, across layers, in chunks spread
 // over threads) leaves it word for word what packing the new weights afresh gives, and the products that read it give
 // the bits of the products that pack their weights, forward and input gradient, on every bf16 path. The layers are
-// awkward (widths 13, 33, 70, 5: partial panels, odd K) and one is larger than an Adam task.
+// awkward (widths 13, 130, 33, 5: partial panels, odd K) and two are larger than an Adam task, so that tasks begin
+// inside them (where the pass moves a task's start back to a block of whole rows).
 TEST(Bf16WeightCopy, AdamKeepsItFreshAndProductsReadIt) {
   Arch arch;
-  arch.hidden = {33, 70};
+  arch.hidden = {130, 33};
   arch.latent = 5;
   arch.image = 13 * 13;
   arch.classes = 3;
@@ -574,6 +575,13 @@ TEST(Bf16WeightCopy, AdamKeepsItFreshAndProductsReadIt) {
                          std::span(v).subspan(b, count), t, {0.01, 0.9, 0.999, 1e-8}, &kept);
       }
     ASSERT_NE(p, params0);
+    // and the pass updated every parameter once: the reference's Adam over the same ranges (an element updated twice or
+    // not at all would be off by about the learning rate)
+    ReferenceKernels<float> ref;
+    std::vector<float> ref_p = params0, ref_m(P, 0.0f), ref_v(P, 0.0f);
+    for (long t = 1; t <= 2; ++t)
+      adam_step<float>(ref, ref_p, g, ref_m, ref_v, t, {0.01, 0.9, 0.999, 1e-8});
+    for (std::size_t i = 0; i < P; ++i) ASSERT_NEAR(p[i], ref_p[i], 1e-5) << "parameter " << i;
     const WeightCopy fresh = make_weight_copy(layout, *fast, p.data(), fresh_words.data());
     fast->refresh_weight_copy(fresh);
     for (const WeightCopy::Layer& l : kept.layers) {
