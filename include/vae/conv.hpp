@@ -133,22 +133,27 @@ void conv_input_grad_reference(const ConvShape& s, const T* dy, const T* w, T* d
   }
 }
 
+// db = ∂/∂b of Σ dy ⊙ conv(x, w) over the batch: each output channel's plane summed.      dy [n × out_size], db [out_c]
+template <class T>
+void conv_bias_grad_reference(const ConvShape& s, const T* dy, T* db, std::size_t n) {
+  const std::size_t out = s.out_size(), plane = s.out_h() * s.out_w();
+  for (std::size_t c = 0; c < s.out_c; ++c) db[c] = 0;
+  for (std::size_t r = 0; r < n; ++r)
+    for (std::size_t o = 0; o < out; ++o) db[o / plane] += dy[r * out + o];
+}
+
 // dw = ∂/∂w and db = ∂/∂b of Σ dy ⊙ conv(x, w) over the batch, for rows [r0, r1) of W's first dimension (dw points at
 // row r0); db (all of it) unless nullptr.                 x [n × in_size], dy [n × out_size], dw [(r1 − r0) × weight_row_size], db
 template <class T>
 void conv_weight_grad_reference(const ConvShape& s, const T* x, const T* dy, T* dw, T* db, std::size_t n, std::size_t r0, std::size_t r1) {
-  const std::size_t in = s.in_size(), out = s.out_size(), plane = s.out_h() * s.out_w();
+  const std::size_t in = s.in_size(), out = s.out_size();
   const std::size_t lo = r0 * s.weight_row_size(), hi = r1 * s.weight_row_size();
   for (std::size_t k = lo; k < hi; ++k) dw[k - lo] = 0;
-  if (db)
-    for (std::size_t c = 0; c < s.out_c; ++c) db[c] = 0;
-  for (std::size_t r = 0; r < n; ++r) {
+  for (std::size_t r = 0; r < n; ++r)
     for_each_tap(s, [&](std::size_t i, std::size_t o, std::size_t k) {
       if (k >= lo && k < hi) dw[k - lo] += x[r * in + i] * dy[r * out + o];
     });
-    if (db)
-      for (std::size_t o = 0; o < out; ++o) db[o / plane] += dy[r * out + o];
-  }
+  if (db) conv_bias_grad_reference(s, dy, db, n);
 }
 
 template <class T>

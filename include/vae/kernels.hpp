@@ -289,12 +289,7 @@ class ReferenceKernels final : public Kernels<T> {
   // The bias gradient sums dY as it is, as dense_weight_grad's does: it is no product's operand.
   bool conv_weight_grad(const ConvShape& s, const T* x, const T* dy, T* dw, T* db, std::size_t n, std::size_t r0, std::size_t r1) const override {
     conv_weight_grad_reference(s, operands(x, n * s.in_size()).data(), operands(dy, n * s.out_size()).data(), dw, static_cast<T*>(nullptr), n, r0, r1);
-    if (db) {
-      const std::size_t plane = s.out_h() * s.out_w();
-      std::fill_n(db, s.out_c, T(0));
-      for (std::size_t r = 0; r < n; ++r)
-        for (std::size_t o = 0; o < s.out_size(); ++o) db[o / plane] += dy[r * s.out_size() + o];
-    }
+    if (db) conv_bias_grad_reference(s, dy, db, n);
     return all_finite(dw, (r1 - r0) * s.weight_row_size()) && (!db || all_finite(db, s.out_c));
   }
 
