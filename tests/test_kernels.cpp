@@ -562,58 +562,64 @@ TEST(Bf16WeightCopy, AdamKeepsItFreshAndProductsReadIt) {
   std::vector<float> params0(P), g = random_floats(P, 51), x = random_floats(n * layout.max_dim(), 52);
   init_parameters<float>(layout, 5, params0);
   for_each_fast(n, layout.max_dim(), [&](const Fast& fast) {
-    std::vector<float> p = params0, m(P, 0.0f), v(P, 0.0f);
-    std::vector<std::uint32_t> kept_words(weight_copy_words(layout, *fast)), fresh_words(kept_words.size());
-    ASSERT_GT(kept_words.size(), 0u);
-    const WeightCopy kept = make_weight_copy(layout, *fast, p.data(), kept_words.data());
-    fast->refresh_weight_copy(kept);
-    const std::size_t cuts[] = {0, 1, 1001, 1002, P / 2 + 3, P - 17, P};
-    for (long t = 1; t <= 2; ++t)
-      for (std::size_t c = 0; c + 1 < std::size(cuts); ++c) {
-        const std::size_t b = cuts[c], count = cuts[c + 1] - b;
-        adam_step<float>(*fast, std::span(p).subspan(b, count), std::span<const float>(g).subspan(b, count), std::span(m).subspan(b, count),
-                         std::span(v).subspan(b, count), t, {0.01, 0.9, 0.999, 1e-8}, &kept);
+    // the copy 64-byte aligned (the pass streams whole lines past the cache) and one word off (it stores them)
+    for (const std::size_t shift : {std::size_t(0), std::size_t(1)}) {
+      std::vector<float> p = params0, m(P, 0.0f), v(P, 0.0f);
+      const std::size_t copy_words = weight_copy_words(layout, *fast);
+      AlignedBuffer<std::uint32_t> kept_storage(copy_words + 1);
+      const std::span<std::uint32_t> kept_words(kept_storage.data() + shift, copy_words);
+      std::vector<std::uint32_t> fresh_words(copy_words);
+      ASSERT_GT(kept_words.size(), 0u);
+      const WeightCopy kept = make_weight_copy(layout, *fast, p.data(), kept_words.data());
+      fast->refresh_weight_copy(kept);
+      const std::size_t cuts[] = {0, 1, 1001, 1002, P / 2 + 3, P - 17, P};
+      for (long t = 1; t <= 2; ++t)
+        for (std::size_t c = 0; c + 1 < std::size(cuts); ++c) {
+          const std::size_t b = cuts[c], count = cuts[c + 1] - b;
+          adam_step<float>(*fast, std::span(p).subspan(b, count), std::span<const float>(g).subspan(b, count), std::span(m).subspan(b, count),
+                           std::span(v).subspan(b, count), t, {0.01, 0.9, 0.999, 1e-8}, &kept);
+        }
+      ASSERT_NE(p, params0);
+      // and the pass updated every parameter once: the reference's Adam over the same ranges (an element updated twice or
+      // not at all would be off by about the learning rate)
+      ReferenceKernels<float> ref;
+      std::vector<float> ref_p = params0, ref_m(P, 0.0f), ref_v(P, 0.0f);
+      for (long t = 1; t <= 2; ++t)
+        adam_step<float>(ref, ref_p, g, ref_m, ref_v, t, {0.01, 0.9, 0.999, 1e-8});
+      for (std::size_t i = 0; i < P; ++i) ASSERT_NEAR(p[i], ref_p[i], 1e-5) << "parameter " << i;
+      const WeightCopy fresh = make_weight_copy(layout, *fast, p.data(), fresh_words.data());
+      fast->refresh_weight_copy(fresh);
+      for (const WeightCopy::Layer& l : kept.layers) {
+        const auto words = [&](std::size_t at, std::size_t count) { return std::vector<std::uint32_t>(kept_words.begin() + std::ptrdiff_t(at), kept_words.begin() + std::ptrdiff_t(at + count)); };
+        const auto fresh_of = [&](std::size_t at, std::size_t count) { return std::vector<std::uint32_t>(fresh_words.begin() + std::ptrdiff_t(at), fresh_words.begin() + std::ptrdiff_t(at + count)); };
+        const std::size_t fwd = fast->bf16_panel_words(l.k, l.m), trans = fast->bf16_panel_words(l.m, l.k);
+        EXPECT_EQ(words(l.fwd, fwd), fresh_of(l.fwd, fwd)) << "forward panels of a " << l.k << "x" << l.m << " layer";
+        if (l.transposed) {
+          EXPECT_EQ(words(l.trans, trans), fresh_of(l.trans, trans)) << "transposed panels of a " << l.k << "x" << l.m << " layer";
+        }
       }
-    ASSERT_NE(p, params0);
-    // and the pass updated every parameter once: the reference's Adam over the same ranges (an element updated twice or
-    // not at all would be off by about the learning rate)
-    ReferenceKernels<float> ref;
-    std::vector<float> ref_p = params0, ref_m(P, 0.0f), ref_v(P, 0.0f);
-    for (long t = 1; t <= 2; ++t)
-      adam_step<float>(ref, ref_p, g, ref_m, ref_v, t, {0.01, 0.9, 0.999, 1e-8});
-    for (std::size_t i = 0; i < P; ++i) ASSERT_NEAR(p[i], ref_p[i], 1e-5) << "parameter " << i;
-    const WeightCopy fresh = make_weight_copy(layout, *fast, p.data(), fresh_words.data());
-    fast->refresh_weight_copy(fresh);
-    for (const WeightCopy::Layer& l : kept.layers) {
-      const auto words = [&](std::size_t at, std::size_t count) { return std::vector<std::uint32_t>(kept_words.begin() + std::ptrdiff_t(at), kept_words.begin() + std::ptrdiff_t(at + count)); };
-      const auto fresh_of = [&](std::size_t at, std::size_t count) { return std::vector<std::uint32_t>(fresh_words.begin() + std::ptrdiff_t(at), fresh_words.begin() + std::ptrdiff_t(at + count)); };
-      const std::size_t fwd = fast->bf16_panel_words(l.k, l.m), trans = fast->bf16_panel_words(l.m, l.k);
-      EXPECT_EQ(words(l.fwd, fwd), fresh_of(l.fwd, fwd)) << "forward panels of a " << l.k << "x" << l.m << " layer";
-      if (l.transposed) {
-        EXPECT_EQ(words(l.trans, trans), fresh_of(l.trans, trans)) << "transposed panels of a " << l.k << "x" << l.m << " layer";
+      for (const LayerSpec& s : layout.layers()) {
+        const float* w = p.data() + s.w_offset;
+        const float* bias = p.data() + s.b_offset;
+        std::vector<float> y_packed(n * s.out), y_copied(n * s.out), dx_packed(n * s.in), dx_copied(n * s.in);
+        const std::vector<float> dy = random_floats(n * s.out, 53);
+        fast.kernels->bind_weight_copy(nullptr);
+        fast->dense_forward(x.data(), s.in, w, bias, y_packed.data(), n, s.in, s.out, Activation::elu);
+        fast->dense_input_grad(dy.data(), w, dx_packed.data(), s.in, n, s.in, s.out, Activation::identity, nullptr);
+        fast.kernels->bind_weight_copy(&kept);
+        fast->dense_forward(x.data(), s.in, w, bias, y_copied.data(), n, s.in, s.out, Activation::elu);
+        fast->dense_input_grad(dy.data(), w, dx_copied.data(), s.in, n, s.in, s.out, Activation::identity, nullptr);
+        EXPECT_EQ(y_copied, y_packed) << s.name << " forward";
+        EXPECT_EQ(dx_copied, dx_packed) << s.name << " input gradient";
       }
-    }
-    for (const LayerSpec& s : layout.layers()) {
-      const float* w = p.data() + s.w_offset;
-      const float* bias = p.data() + s.b_offset;
-      std::vector<float> y_packed(n * s.out), y_copied(n * s.out), dx_packed(n * s.in), dx_copied(n * s.in);
-      const std::vector<float> dy = random_floats(n * s.out, 53);
+      // and they do read it: a copy of zero weights gives the bias alone
+      std::fill(kept_words.begin(), kept_words.end(), 0u);
+      const LayerSpec& s = layout.layers().front();
+      std::vector<float> y(n * s.out);
+      fast->dense_forward(x.data(), s.in, p.data() + s.w_offset, p.data() + s.b_offset, y.data(), n, s.in, s.out, Activation::identity);
       fast.kernels->bind_weight_copy(nullptr);
-      fast->dense_forward(x.data(), s.in, w, bias, y_packed.data(), n, s.in, s.out, Activation::elu);
-      fast->dense_input_grad(dy.data(), w, dx_packed.data(), s.in, n, s.in, s.out, Activation::identity, nullptr);
-      fast.kernels->bind_weight_copy(&kept);
-      fast->dense_forward(x.data(), s.in, w, bias, y_copied.data(), n, s.in, s.out, Activation::elu);
-      fast->dense_input_grad(dy.data(), w, dx_copied.data(), s.in, n, s.in, s.out, Activation::identity, nullptr);
-      EXPECT_EQ(y_copied, y_packed) << s.name << " forward";
-      EXPECT_EQ(dx_copied, dx_packed) << s.name << " input gradient";
+      EXPECT_EQ(std::vector<float>(y.begin(), y.begin() + std::ptrdiff_t(s.out)), std::vector<float>(p.begin() + std::ptrdiff_t(s.b_offset), p.begin() + std::ptrdiff_t(s.b_offset + s.out)));
     }
-    // and they do read it: a copy of zero weights gives the bias alone
-    std::fill(kept_words.begin(), kept_words.end(), 0u);
-    const LayerSpec& s = layout.layers().front();
-    std::vector<float> y(n * s.out);
-    fast->dense_forward(x.data(), s.in, p.data() + s.w_offset, p.data() + s.b_offset, y.data(), n, s.in, s.out, Activation::identity);
-    fast.kernels->bind_weight_copy(nullptr);
-    EXPECT_EQ(std::vector<float>(y.begin(), y.begin() + std::ptrdiff_t(s.out)), std::vector<float>(p.begin() + std::ptrdiff_t(s.b_offset), p.begin() + std::ptrdiff_t(s.b_offset + s.out)));
   }, Precision::bf16);
 }
 
