@@ -205,7 +205,7 @@ void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t 
 #if HWY_TARGET <= HWY_AVX3
     // A whole line of the copy past the cache: it is read next by the following step's products, after Adam's pass has
     // streamed the optimizer's state through the cache, so keeping it buys little, while a cached store first reads the
-    // line in (measured: the bf16 v3 step 5% faster, docs/benchmarks.md).
+    // line in (measured: the bf16 v3 step 4-7% faster, docs/benchmarks.md).
     auto store_line = [](std::uint32_t* p, __m512i v) {
       if (reinterpret_cast<std::uintptr_t>(p) % 64 == 0) _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
       else _mm512_storeu_si512(p, v);
