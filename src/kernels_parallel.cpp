@@ -305,8 +305,11 @@ class ParallelKernels final : public Kernels<float> {
 
   double bernoulli_nll(const float* logits, const ImageBatch& x, float* dlogits, std::size_t n, float scale) const override {
     check_rows(n);
-    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.bernoulli_rows(logits, x, dlogits, r0, r1, scale, ws_.row_sums.data()); },
-             x.width);
+    const ShadowAt ds = dlogits ? whole_rows_shadow(dlogits, x.width) : ShadowAt{};
+    for_rows(n, [&](std::size_t r0, std::size_t r1) {
+      ops_.bernoulli_rows(logits, x, dlogits, r0, r1, scale, ws_.row_sums.data());
+      write_shadow(ds, dlogits, r0, r1);
+    }, x.width);
     return ordered_sum(n);
   }
 
@@ -324,8 +327,11 @@ class ParallelKernels final : public Kernels<float> {
 
   void reparam_kl_backward(const float* head, const float* eps, const float* dz, std::size_t ldz, float* dhead, std::size_t n,
                            std::size_t latent, float scale, float beta) const override {
-    for_rows(n, [&](std::size_t r0, std::size_t r1) { ops_.reparam_backward(head, eps, dz, ldz, dhead, r0, r1, latent, scale, beta); },
-             latent);
+    const ShadowAt ds = whole_rows_shadow(dhead, 2 * latent);
+    for_rows(n, [&](std::size_t r0, std::size_t r1) {
+      ops_.reparam_backward(head, eps, dz, ldz, dhead, r0, r1, latent, scale, beta);
+      write_shadow(ds, dhead, r0, r1);
+    }, latent);
   }
 
   void gaussian_rows(float* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {
@@ -878,11 +884,26 @@ class ParallelKernels final : public Kernels<float> {
     for (std::size_t c = c0; c < c1; ++c) high[2 * ((c / w) * st + (K / 2) * w + c % w)] = 0;
   }
 
+  // The shadow of x [· × cols] if x is whole rows of one (each row all its columns), else none.
+  ShadowAt whole_rows_shadow(const float* x, std::size_t cols) const {
+    const ShadowAt xs = shadow_at(x, cols);
+    return xs.s && xs.col == 0 ? xs : ShadowAt{};
+  }
   // C's shadow, if C is a whole shadowed tensor's rows (found once per product): the epilogue writes both of its forms.
   ShadowAt c_shadow(const Gemm& g) const {
     if (g.epi == simd::Epilogue::none) return {};
-    const ShadowAt cs = shadow_at(g.c, g.ldc);
-    return cs.s && cs.col == 0 && g.N == cs.s->cols && cs.row + g.M <= cs.s->rows ? cs : ShadowAt{};
+    const ShadowAt cs = whole_rows_shadow(g.c, g.ldc);
+    return cs.s && g.N == cs.s->cols && cs.row + g.M <= cs.s->rows ? cs : ShadowAt{};
+  }
+  // Rows [r0, r1) of x, a tensor just written outside a product (still in this core's cache), into both bf16 forms of
+  // its shadow xs (none: nothing to do). The products that read x then pack nothing.
+  void write_shadow(const ShadowAt& xs, float* x, std::size_t r0, std::size_t r1) const {
+    if (!xs.s || r1 <= r0) return;
+    simd::GemmBlock out;
+    out.c = x;
+    out.ldc = xs.s->cols;
+    shadow_out(xs, out);
+    ops_.bf16_shadow_rows(out, r0, r1 - r0, xs.s->cols);
   }
   void shadow_out(const ShadowAt& cs, simd::GemmBlock& out) const {
     if (!cs.s) return;

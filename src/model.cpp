@@ -227,6 +227,11 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
         const std::size_t width = layers[l].in;
         shadow(hidden_[l - 1].data() ? hidden_[l - 1].data() - rank_ * B * width : nullptr, width, Bf16Shadow<T>::Use::activation);
       }
+    // the loss's and the reparameterisation's gradients, which their kernels write with their bf16 forms: the top
+    // layer's input gradient A and weight gradient B, of each chain
+    const std::size_t image = std::size_t(arch.image);
+    shadow(dlogits_.data() ? dlogits_.data() - rank_ * B * image : nullptr, image, Bf16Shadow<T>::Use::gradient);
+    shadow(dhead_.data() ? dhead_.data() - rank_ * B * 2 * L : nullptr, 2 * L, Bf16Shadow<T>::Use::gradient);
     // an inner input gradient, where chain_backward writes it (ping-pong buffer pp, from the top of each chain): the
     // next input gradient's A and the next weight gradient's B
     std::vector<std::pair<int, std::size_t>> made;

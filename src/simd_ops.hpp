@@ -167,6 +167,10 @@ struct Ops {
   // Each element is its own u16 in each form, so ranges written side by side never share a byte.
   void (*bf16_copy_range)(const float* w, std::size_t m, std::size_t e0, std::size_t e1, std::size_t k2f, std::size_t k2t,
                           std::uint32_t* fwd, std::uint32_t* trans) = nullptr;
+  // Rows [i, i + R) of g.c [· × cols] into its bf16 forms (GemmBlock's c16 fields), as a product's epilogue writes those
+  // of its C: for a tensor written outside the products (the loss's and the reparameterisation's gradients). The panels
+  // of the pair form are pair_w columns wide, a multiple of the vector width or the whole width.
+  void (*bf16_shadow_rows)(const GemmBlock& g, std::size_t i, std::size_t R, std::size_t cols) = nullptr;
   void (*gemm_bf16_block)(const GemmBf16Block&) = nullptr;
   // INT8 inference. int8_native: the sums by AVX512_VNNI's vpdpbusd; otherwise by widened integer multiplies, which are
   // exact alike. pack_int8_panel: columns [j0, j0 + NR) of w [k × m] (s8, row-major) as one B panel of k4 quads, zero

@@ -334,6 +334,47 @@ void bf16_shadow_tile(const GemmBlock& g, std::size_t i, std::size_t R, std::siz
   }
 }
 
+// Rows [i, i + R) of g.c, every column, into C's bf16 forms (Ops::bf16_shadow_rows): each pair of rows that is a pair
+// of the shadow converted once, into both forms, N columns at a time; a row at an odd edge goes through
+// bf16_shadow_tile, whose half-word stores leave the neighbouring row (another task's) alone.
+void bf16_shadow_rows(const GemmBlock& g, std::size_t i, std::size_t R, std::size_t cols) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const std::size_t N = hn::Lanes(d), NR = nr();
+  auto edge = [&](std::size_t r) {
+    for (std::size_t j = 0; j < cols; j += NR) bf16_shadow_tile(g, r, 1, j, std::min(NR, cols - j));
+  };
+  std::size_t r = i, end = i + R;
+  if (r < end && (g.c16_row0 + r) % 2 == 1) edge(r++);
+  for (; r + 1 < end; r += 2) {
+    const float* x0 = g.c + r * g.ldc;
+    const float* x1 = x0 + g.ldc;
+    std::uint16_t* h0 = g.c16_rows + r * g.c16_ld;
+    std::uint16_t* h1 = h0 + g.c16_ld;
+    const std::size_t row = g.c16_row0 + r;
+    for (std::size_t c = 0; c < cols; c += N) {
+      const std::size_t n = std::min(N, cols - c);
+      const auto b0 = operand_bits(d, load_partial(d, x0 + c, n)), b1 = operand_bits(d, load_partial(d, x1 + c, n));
+      std::uint32_t* w = g.c16_pairs + (c / g.pair_w) * g.pair_s + (row / 2) * g.pair_w + c % g.pair_w;
+      if (n == N) {
+        hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b0)), d16, h0 + c);
+        hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b1)), d16, h1 + c);
+        hn::StoreU(hn::Or(b0, hn::ShiftLeft<16>(b1)), du, w);
+        continue;
+      }
+      HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF())];
+      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, b0)), d16, h);
+      std::copy_n(h, n, h0 + c);
+      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, b1)), d16, h);
+      std::copy_n(h, n, h1 + c);
+      store_partial(d, hn::BitCast(d, hn::Or(b0, hn::ShiftLeft<16>(b1))), reinterpret_cast<float*>(w), n);
+    }
+  }
+  if (r < end) edge(r);
+}
+
 // A result the dot-product instruction flushes: below the smallest normal float, a zero of its sign.
 HWY_INLINE VF flush_small(DF d, VF x) {
   return hn::IfThenElse(hn::Lt(hn::Abs(x), hn::Set(d, std::numeric_limits<float>::min())), hn::And(x, hn::Set(d, -0.0f)), x);
@@ -477,6 +518,7 @@ void add_bf16_products(Ops& o) {
   o.bf16_pairs = &bf16_pairs;
   o.bf16_trans_panel = &bf16_trans_panel;
   o.bf16_copy_range = &bf16_copy_range;
+  o.bf16_shadow_rows = &bf16_shadow_rows;
   o.gemm_bf16_block = &emulated::gemm_bf16;
 #if VAE_NATIVE_X86
   static const Ops amx_ops = [&] {

@@ -271,16 +271,16 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   load_rows(train_, 0, n, slice, key, first);
   lap(phase_.data);
 
-  // forward and loss
+  // forward and loss. --inject-fault nan makes the loss gradient's scale NaN: the loss stays finite, so only the gradient
+  // check sees it (and the gradient's bf16 forms, written with it, carry it too).
   net_->forward(k, params_.data(), n);
-  const Network<float>::Losses loss = net_->loss(k, n, scale);
+  const bool poison = faulty && cfg_.fault.kind == Fault::Kind::nan;
+  const Network<float>::Losses loss = net_->loss(k, n, poison ? std::numeric_limits<float>::quiet_NaN() : scale);
   lap(phase_.forward);
 
   // backward: the sync strategy hears of each layer as its gradient is done (and starts its sum), and a shared pass waits
   // in it for the other ranks' rows before each weight gradient
   sync_->start_step(step);
-  // --inject-fault nan spoils one element of the loss gradient: the loss stays finite, so only the gradient check sees it.
-  if (faulty && cfg_.fault.kind == Fault::Kind::nan) net_->loss_gradient()[0] = std::numeric_limits<float>::quiet_NaN();
   net_->backward(k, params_.data(), grads_.data(), n, scale, float(beta), sync_.get());
   lap(phase_.backward);
   const double rows_wait = sync_->take_backward_wait();

@@ -136,23 +136,28 @@ def case_fault_kill():
     assert seconds < 10, f"{seconds:.1f} s until every process exited"
 
 
-def case_fault_nan_stop():
-    code, out, err, seconds, rows = run_fault("nan:5:1")
+def expect_nan_stop(*extra):
+    """A NaN in rank 1's loss gradient at step 5: every rank stops with exit 3 and one line naming the step and the rank."""
+    code, out, err, seconds, rows = run_fault("nan:5:1", *extra)
     assert code == 3, f"exit {code}, expected 3\n{err}"
     lines = our_errors(err)
     assert len(lines) == 1 and "non-finite loss or gradient at step 5 on rank 1" in lines[0], lines
     assert rows == [], "an epoch finished after the failure"
     assert seconds < 10, f"{seconds:.1f} s"
+
+
+def case_fault_nan_stop():
+    expect_nan_stop()
 
 
 def case_fault_nan_stop_allreduce():
     """The same through the bucketed allreduce of multi-node jobs: the flag allreduce names the rank."""
-    code, out, err, seconds, rows = run_fault("nan:5:1", "--node-reduce", "mpi")
-    assert code == 3, f"exit {code}, expected 3\n{err}"
-    lines = our_errors(err)
-    assert len(lines) == 1 and "non-finite loss or gradient at step 5 on rank 1" in lines[0], lines
-    assert rows == [], "an epoch finished after the failure"
-    assert seconds < 10, f"{seconds:.1f} s"
+    expect_nan_stop("--node-reduce", "mpi")
+
+
+def case_fault_nan_stop_bf16():
+    """The same in bf16: the products read the loss gradient in the bf16 forms the loss writes beside it."""
+    expect_nan_stop("--precision", "bf16")
 
 
 def case_fault_nan_skip():

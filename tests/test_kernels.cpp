@@ -711,6 +711,55 @@ TEST(Bf16Shadows, EpiloguesWriteThemAndProductsReadThem) {
   }, Precision::bf16);
 }
 
+// The loss's and the reparameterisation's gradients, written with their bf16 forms by the kernels that write them, give
+// the products that read them the bits of packing them, on every bf16 path. Three "ranks" of 3 rows each write their
+// rows of one 9-row tensor (so a pair of rows straddles two writers: rows 2 and 3, 6 and 7), widths 70 (the image: two
+// whole panels and a partial one) and 10 (the head, 2L for L = 5); then the weight gradient reads all 9 rows (as the
+// shared pass does) and the input gradient the middle writer's 3, at an odd row of the shadow.
+TEST(Bf16Shadows, LossAndReparameterisationWriteTheirGradientsForms) {
+  const std::size_t rows = 9, per = 3, k = 11, d = 70, L = 5;
+  auto logits = random_floats(rows * d, 71);
+  for (float& v : logits) v *= 8.0f;
+  const std::vector<std::uint8_t> pixels = random_bytes(rows * d, 72);
+  const std::vector<float> x = random_floats(rows * k, 73), head = random_floats(rows * 2 * L, 74), eps = random_floats(rows * L, 75),
+                           dz = random_floats(rows * L, 76), w_d = random_floats(k * d, 77), w_h = random_floats(k * 2 * L, 78);
+  auto bits = [](const std::vector<float>& v) {
+    std::vector<std::uint32_t> b;
+    for (float f : v) b.push_back(std::bit_cast<std::uint32_t>(f));
+    return b;
+  };
+  // each writer's rows of the two gradients, then the products that read them
+  auto pass = [&](const Kernels<float>& f, float* dl, float* dh) {
+    for (std::size_t r = 0; r < rows; r += per) {
+      const ImageBatch batch{pixels.data() + r * d, d, d, nullptr, 0};
+      f.bernoulli_nll(logits.data() + r * d, batch, dl + r * d, per, 0.25f);
+      f.reparam_kl_backward(head.data() + r * 2 * L, eps.data() + r * L, dz.data() + r * L, L, dh + r * 2 * L, per, L, 0.25f, 0.5f);
+    }
+    std::vector<float> out;
+    for (const auto& [g, m, w] : {std::tuple{dl, d, &w_d}, std::tuple{dh, 2 * L, &w_h}}) {
+      std::vector<float> dw(k * m), db(m), dx(per * k);
+      f.dense_weight_grad(x.data(), k, g, dw.data(), db.data(), rows, k, m);
+      f.dense_input_grad(g + per * m, w->data(), dx.data(), k, per, k, m, Activation::identity, nullptr);
+      for (const std::vector<float>* v : {&dw, &db, &dx}) out.insert(out.end(), v->begin(), v->end());
+    }
+    return out;
+  };
+  for_each_fast(rows, d, [&](const Fast& fast) {
+    std::vector<float> dl(rows * d), dh(rows * 2 * L);
+    std::vector<std::uint32_t> dl_words(fast->bf16_shadow_words(rows, d), 0u), dh_words(fast->bf16_shadow_words(rows, 2 * L), 0u);
+    ASSERT_FALSE(dl_words.empty());
+    const Bf16Shadow<float> shadows[] = {{dl.data(), rows, d, Bf16Shadow<float>::Use::gradient, dl_words.data()},
+                                         {dh.data(), rows, 2 * L, Bf16Shadow<float>::Use::gradient, dh_words.data()}};
+    fast.kernels->bind_bf16_shadows({});
+    const std::vector<float> packed = pass(*fast, dl.data(), dh.data());
+    fast.kernels->bind_bf16_shadows(shadows);
+    const std::vector<float> shadowed = pass(*fast, dl.data(), dh.data());
+    fast.kernels->bind_bf16_shadows({});
+    EXPECT_EQ(bits(shadowed), bits(packed));
+    EXPECT_TRUE(std::any_of(packed.begin(), packed.end(), [](float v) { return v != 0.0f; }));
+  }, Precision::bf16);
+}
+
 // INT8 products by hand: xq = [1 2 3], zero point 1 (so x ∝ [0 1 2]), wq = [1; 2; −3], scale 0.5, bias 1:
 // Σ xq·wq = 1 + 4 − 9 = −4, zero term 1·(1 + 2 − 3) = 0, y = 0.5·(−4 − 0) + 1 = −1; as u8 with inv_scale 2 and zero
 // point 10: round(−2 + 10) = 8. The input quantizes as round(x·4 + 1): x = [0, 0.25, 0.5] gives [1 2 3].

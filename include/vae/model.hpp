@@ -143,7 +143,6 @@ class Network {
   const ImageBatch& images() const { return images_; }
   std::span<T> eps() { return eps_; }          // [max_batch × latent], filled by the caller before forward()
   std::span<const T> logits() const { return logits_; }  // [max_batch × 784]
-  std::span<T> loss_gradient() { return dlogits_; }       // [max_batch × 784], written by loss()
   std::span<const T> head() const { return head_; }       // [max_batch × 2·latent] = [μ | log σ²]
   std::span<T> decoder_input() { return z_in_; }          // [max_batch × dec_in]
   std::size_t max_batch() const { return max_batch_; }
