@@ -847,13 +847,14 @@ class ParallelKernels final : public Kernels<float> {
     }
   }
 
-  // The bound weight copy's panels of B, if B is a layer's W (forward) or Wᵀ (input gradient); else nullptr.
+  // The bound weight copy's panels of B, if B is a layer's W (forward) or Wᵀ (input gradient), or Wᵀ's first columns (the
+  // first decoder layer's input gradient, z's columns only: the panels past them are never read); else nullptr.
   const std::uint32_t* copied_panels(const Gemm& g) const {
     if (!copy_) return nullptr;
     for (const WeightCopy::Layer& l : copy_->layers) {
       if (g.b != copy_->params + l.w_offset) continue;
       if (!g.b_trans && g.K == l.k && g.N == l.m && g.ldb == l.m) return copy_->words + l.fwd;
-      if (g.b_trans && l.transposed && g.K == l.m && g.N == l.k && g.ldb == l.m) return copy_->words + l.trans;
+      if (g.b_trans && l.transposed && g.K == l.m && g.N <= l.k && g.ldb == l.m) return copy_->words + l.trans;
     }
     return nullptr;
   }
