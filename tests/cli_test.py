@@ -696,5 +696,32 @@ def case_export():
         assert open(out, "rb").read() == data, "a failed export touched the earlier file"
 
 
+def case_average():
+    """vae_average writes the mean of two epochs' parameters as a checkpoint vae_eval reads (its -ELBO between or below
+    theirs is not promised, only that it evaluates), and refuses one checkpoint, a missing one and another architecture
+    in one line each, leaving an earlier output alone."""
+    average = os.path.join(os.path.dirname(BIN), "vae_average")
+    with tempfile.TemporaryDirectory() as d:
+        code, out, err = run(1, "--config", SMOKE, "--data-dir", DATA, "--run-dir", d, "--epochs", "2")
+        assert code == 0, out + err
+        e1, e2 = (os.path.join(d, "checkpoints", f"ckpt-e000{e}.h5") for e in (1, 2))
+        mean = os.path.join(d, "mean.h5")
+        p = subprocess.run([average, "--checkpoint", e1, e2, "--out", mean], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and "mean of 2 checkpoints" in p.stdout, p.stdout + p.stderr
+        code, out, err = run_eval(1, "--checkpoint", mean, "--test-limit", "500", "--iw-samples", "0", "--samples-per-digit", "0")
+        assert code == 0 and "test -ELBO" in out, out + err
+        other = smoke_checkpoint(os.path.join(d, "other"), "--latent", "8")
+        written = open(mean, "rb").read()
+        for args, needle in [
+            (["--checkpoint", e1, "--out", mean], "give two checkpoints or more"),
+            (["--checkpoint", e1, os.path.join(d, "none.h5"), "--out", mean], "none.h5"),
+            (["--checkpoint", e1, other, "--out", mean], "another architecture"),
+        ]:
+            p = subprocess.run([average, *args], capture_output=True, text=True, timeout=60)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("vae_average: error:") and needle in lines[0], (args, p.returncode, p.stderr)
+        assert open(mean, "rb").read() == written, "a refused average touched the earlier file"
+
+
 globals()["case_" + CASE]()
 print("ok", CASE)

@@ -11,7 +11,7 @@ fail() { echo "install check: FAIL: $*" >&2; exit 1; }
 
 prefix=$tmp/prefix
 cmake --install "$build" --prefix "$prefix" >"$tmp/install.log"
-for f in bin/vae_dist bin/vae_sample share/vae_dist/configs/smoke.ini share/vae_dist/launch/local.sh \
+for f in bin/vae_dist bin/vae_sample bin/vae_average share/vae_dist/configs/smoke.ini share/vae_dist/launch/local.sh \
          share/vae_dist/launch/slurm.sbatch share/vae_dist/launch/pbs.sh; do
   [[ -e "$prefix/$f" ]] || fail "$f was not installed"
 done

@@ -285,6 +285,47 @@ TEST_F(CheckpointFile, TooManyAttributesAreRefused) {
   EXPECT_NE(read_error().find("refused: training has"), std::string::npos) << read_error();
 }
 
+// Stochastic weight averaging by hand: parameters 1, 2 and 4 (and −3, 0, 0.5) average to 7/3 (and −5/6), rounded once
+// from the double sum; everything else comes from the last checkpoint.
+TEST_F(CheckpointFile, AverageIsTheMeanInACopyOfTheLast) {
+  std::vector<Checkpoint> cs(3);
+  const float first[] = {1, 2, 4}, second[] = {-3, 0, 0.5f};
+  for (std::size_t i = 0; i < 3; ++i) {
+    cs[i].arch = arch;
+    cs[i].params = params;
+    cs[i].params[0] = first[i];
+    cs[i].params[1] = second[i];
+    cs[i].adam_m = m;
+    cs[i].state = state;
+    cs[i].state.epoch = int(10 * (i + 1));
+  }
+  const std::vector<std::string> names = {"a.h5", "b.h5", "c.h5"};
+  const Checkpoint mean = average_checkpoints(cs, names);
+  EXPECT_EQ(mean.params[0], float(7.0 / 3.0));
+  EXPECT_EQ(mean.params[1], float(-2.5 / 3.0));
+  for (std::size_t j = 2; j < params.size(); ++j) ASSERT_EQ(mean.params[j], float((3.0 * double(params[j])) / 3.0)) << "parameter " << j;
+  EXPECT_EQ(mean.state.epoch, 30);
+  EXPECT_EQ(mean.adam_m, m);
+
+  // one checkpoint, another architecture, other data: each refused, naming the file
+  auto error = [&](std::vector<Checkpoint> in, std::vector<std::string> in_names) {
+    try {
+      average_checkpoints(std::move(in), in_names);
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(error({cs[0]}, {"a.h5"}), "averaging needs two checkpoints or more");
+  std::vector<Checkpoint> wider = cs;
+  wider[2].arch.latent = 4;
+  wider[2].params.resize(ParamLayout(wider[2].arch).padded_size());
+  EXPECT_NE(error(wider, names).find("c.h5: another architecture"), std::string::npos) << error(wider, names);
+  std::vector<Checkpoint> binarised = cs;
+  binarised[1].state.binarize = true;
+  EXPECT_EQ(error(binarised, names), "b.h5: trained on binarised images, a.h5 on grey ones");
+}
+
 TEST(CheckInChild, ACrashOfTheReaderIsABadFile) {
   const std::filesystem::path file = "/tmp/some.h5";
   try {

@@ -79,6 +79,11 @@ void write_sample_file(const std::filesystem::path& path, const SampleSet& set, 
 // loaded), more objects, attributes or elements than any checkpoint has.
 Checkpoint read_checkpoint(const std::filesystem::path& path);
 
+// Stochastic weight averaging (Izmailov et al., 2018): the mean of several checkpoints' parameters, summed in double in
+// the order given, in a copy of the last one (its architecture, state, optimizer moments and metrics). Each must have
+// the first's architecture and data (grey or binarised); `names` name them in the UsageError otherwise.
+Checkpoint average_checkpoints(std::vector<Checkpoint> checkpoints, std::span<const std::string> names);
+
 struct ClassifierWeights;
 // Reads the digit classifier's weights (scripts/train_classifier.py writes them), checked as a checkpoint is.
 ClassifierWeights read_classifier(const std::filesystem::path& path);
