@@ -716,25 +716,28 @@ void check_in_child(const std::filesystem::path& path, const std::function<void(
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(message.empty() ? path.string() + ": the check failed" : message);
 }
 
-Checkpoint average_checkpoints(std::vector<Checkpoint> checkpoints, std::span<const std::string> names) {
-  if (checkpoints.size() < 2 || names.size() != checkpoints.size()) throw UsageError("averaging needs two checkpoints or more");
-  const Checkpoint& first = checkpoints.front();
-  for (std::size_t i = 1; i < checkpoints.size(); ++i) {
-    const Checkpoint& c = checkpoints[i];
-    if (c.arch.describe() != first.arch.describe() || c.params.size() != first.params.size())
-      throw UsageError(names[i] + ": another architecture (" + c.arch.describe() + ") than " + names[0] + "'s (" + first.arch.describe() + ")");
-    if (c.state.binarize != first.state.binarize)
-      throw UsageError(names[i] + ": trained on " + (c.state.binarize ? "binarised" : "grey") + " images, " + names[0] + " on " +
-                       (first.state.binarize ? "binarised" : "grey") + " ones");
+void CheckpointAverage::add(Checkpoint c, const std::string& name) {
+  if (count_ == 0) {
+    first_name_ = name;
+    first_arch_ = c.arch.describe();
+    first_binarize_ = c.state.binarize;
+    sum_.assign(c.params.size(), 0.0);
+  } else if (c.arch.describe() != first_arch_ || c.params.size() != sum_.size()) {
+    throw UsageError(name + ": another architecture (" + c.arch.describe() + ") than " + first_name_ + "'s (" + first_arch_ + ")");
+  } else if (c.state.binarize != first_binarize_) {
+    throw UsageError(name + ": trained on " + (c.state.binarize ? "binarised" : "grey") + " images, " + first_name_ + " on " +
+                     (first_binarize_ ? "binarised" : "grey") + " ones");
   }
-  Checkpoint mean = std::move(checkpoints.back());
-  for (std::size_t j = 0; j < mean.params.size(); ++j) {
-    double sum = 0;
-    for (std::size_t i = 0; i + 1 < checkpoints.size(); ++i) sum += checkpoints[i].params[j];
-    sum += mean.params[j];
-    mean.params[j] = float(sum / double(checkpoints.size()));
-  }
-  return mean;
+  for (std::size_t j = 0; j < sum_.size(); ++j) sum_[j] += c.params[j];
+  last_ = std::move(c);
+  ++count_;
+}
+
+Checkpoint CheckpointAverage::mean() && {
+  if (count_ < 2) throw UsageError("averaging needs two checkpoints or more");
+  Checkpoint m = std::move(last_);
+  for (std::size_t j = 0; j < sum_.size(); ++j) m.params[j] = float(sum_[j] / double(count_));
+  return m;
 }
 
 Checkpoint read_checkpoint_guarded(const std::filesystem::path& path) {

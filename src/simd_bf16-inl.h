@@ -2,29 +2,25 @@
 // The including namespace defines dot2(d, acc, a, b): acc plus the two products of each lane's bf16 pair, high half first.
 
 // C's bf16 forms (GemmBlock's c16 fields) of a whole-panel tile from the values it stored, still in registers (rows
-// calls f(r, c0, c1) on each row's): each row's bf16 in the row form, each pair of rows as whole words of the pair form.
-// A partial panel, rows starting on an odd row of the shadow, and an odd tile's last row are read back from C.
+// calls f(r, c0, c1) on each row's): each pair of rows as both forms' whole vectors (store_shadow_pair). A partial
+// panel, rows starting on an odd row of the shadow, and an odd tile's last row are read back from C.
 template <std::size_t R, class Rows>
 HWY_INLINE void shadow_tile(DF d, const GemmBlock& g, std::size_t i, std::size_t j, std::size_t cols, Rows&& rows) {
   const std::size_t N = hn::Lanes(d);
   if (cols != 2 * N || (g.c16_row0 + i) % 2 != 0) return bf16_shadow_tile(g, i, R, j, cols);
-  const hn::RebindToUnsigned<DF> du;
-  const hn::RebindToSigned<DF> di;
-  const hn::Rebind<std::uint16_t, DF> d16;
-  auto p0 = hn::Zero(du), p1 = p0;  // the previous row's operand bits
+  auto p0 = hn::Zero(hn::RebindToUnsigned<DF>()), p1 = p0;  // the even row's operand bits
   std::uint32_t* pairs = g.c16_pairs + (g.c16_row0 + i) / 2 * g.pair_w + (j / g.pair_w) * g.pair_s + j % g.pair_w;
   rows([&](std::size_t r, VF& c0, VF& c1) VAE_ALWAYS_INLINE {
     const auto b0 = operand_bits(d, c0), b1 = operand_bits(d, c1);
-    std::uint16_t* row = g.c16_rows + (i + r) * g.c16_ld + j;
-    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b0)), d16, row);
-    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b1)), d16, row + N);
-    if (r % 2 == 1) {
-      std::uint32_t* w = pairs + (r / 2) * g.pair_w;
-      hn::StoreU(hn::Or(p0, hn::ShiftLeft<16>(b0)), du, w);
-      hn::StoreU(hn::Or(p1, hn::ShiftLeft<16>(b1)), du, w + N);
+    if (r % 2 == 0) {
+      p0 = b0;
+      p1 = b1;
+      return;
     }
-    p0 = b0;
-    p1 = b1;
+    std::uint16_t* row = g.c16_rows + (i + r) * g.c16_ld + j;
+    std::uint32_t* w = pairs + (r / 2) * g.pair_w;
+    store_shadow_pair(d, p0, b0, row - g.c16_ld, row, w, N);
+    store_shadow_pair(d, p1, b1, row - g.c16_ld + N, row + N, w + N, N);
   });
   if (R % 2 == 1) bf16_shadow_tile(g, i + R - 1, 1, j, cols);
 }

@@ -300,33 +300,54 @@ void bf16_copy_range(const float* w, std::size_t m, std::size_t e0, std::size_t 
 #endif
 }
 
+// Two rows' bf16 operand bits, n ≤ N columns, into C's bf16 forms: each row's half words at h0 and h1 (the row form), the
+// pair's words at w (the pair form: the first row low, the second high). Whole vectors when n is N.
+HWY_INLINE void store_shadow_pair(DF d, hn::Vec<hn::RebindToUnsigned<DF>> b0, hn::Vec<hn::RebindToUnsigned<DF>> b1, std::uint16_t* h0,
+                                  std::uint16_t* h1, std::uint32_t* w, std::size_t n) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<std::uint16_t, DF> d16;
+  const auto words = hn::Or(b0, hn::ShiftLeft<16>(b1));
+  if (n == hn::Lanes(d)) {
+    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b0)), d16, h0);
+    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b1)), d16, h1);
+    hn::StoreU(words, du, w);
+    return;
+  }
+  HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF())];
+  hn::Store(hn::DemoteTo(d16, hn::BitCast(di, b0)), d16, h);
+  std::copy_n(h, n, h0);
+  hn::Store(hn::DemoteTo(d16, hn::BitCast(di, b1)), d16, h);
+  std::copy_n(h, n, h1);
+  store_partial(d, hn::BitCast(d, words), reinterpret_cast<float*>(w), n);
+}
+
 // Rows [i, i + R) × columns [j, j + cols) of g's C, just written (still in L1), into C's bf16 forms (GemmBlock's c16
-// fields): the row form a row at a time, the pair form two rows at a time where a pair of C's rows lies in the block
-// (whole words), else a half word each. cols ≤ NR and j a multiple of NR, so each row's N-column runs lie in one panel.
+// fields): two rows at a time where a pair of C's rows lies in the block (whole words of the pair form), else the row
+// form and a half word each. cols ≤ NR and j a multiple of NR, so each row's N-column runs lie in one panel.
 void bf16_shadow_tile(const GemmBlock& g, std::size_t i, std::size_t R, std::size_t j, std::size_t cols) {
   const DF d;
   const hn::RebindToSigned<DF> di;
   const hn::Rebind<std::uint16_t, DF> d16;
   const std::size_t N = hn::Lanes(d);
-  HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF())];
   auto bits = [&](std::size_t r, std::size_t c, std::size_t n) { return operand_bits(d, load_partial(d, g.c + (i + r) * g.ldc + c, n)); };
   auto pair_word = [&](std::size_t row, std::size_t c) { return (c / g.pair_w) * g.pair_s + (row / 2) * g.pair_w + c % g.pair_w; };
-  for (std::size_t r = 0; r < R; ++r)
-    for (std::size_t c = j; c < j + cols; c += N) {
-      const std::size_t n = std::min(N, j + cols - c);
-      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, bits(r, c, n))), d16, h);
-      std::copy_n(h, n, g.c16_rows + (i + r) * g.c16_ld + c);
-    }
   for (std::size_t r = 0; r < R;) {
     const std::size_t row = g.c16_row0 + i + r;
+    std::uint16_t* h0 = g.c16_rows + (i + r) * g.c16_ld;
     if (row % 2 == 0 && r + 1 < R) {
       for (std::size_t c = j; c < j + cols; c += N) {
         const std::size_t n = std::min(N, j + cols - c);
-        const auto words = hn::Or(bits(r, c, n), hn::ShiftLeft<16>(bits(r + 1, c, n)));
-        store_partial(d, hn::BitCast(d, words), reinterpret_cast<float*>(g.c16_pairs + pair_word(row, c)), n);
+        store_shadow_pair(d, bits(r, c, n), bits(r + 1, c, n), h0 + c, h0 + g.c16_ld + c, g.c16_pairs + pair_word(row, c), n);
       }
       r += 2;
       continue;
+    }
+    HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF())];
+    for (std::size_t c = j; c < j + cols; c += N) {
+      const std::size_t n = std::min(N, j + cols - c);
+      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, bits(r, c, n))), d16, h);
+      std::copy_n(h, n, h0 + c);
     }
     std::uint16_t* half = reinterpret_cast<std::uint16_t*>(g.c16_pairs) + row % 2;
     for (std::size_t c = j; c < j + cols; ++c) half[2 * pair_word(row, c)] = bf16_operand(g.c[(i + r) * g.ldc + c]);
@@ -339,9 +360,6 @@ void bf16_shadow_tile(const GemmBlock& g, std::size_t i, std::size_t R, std::siz
 // bf16_shadow_tile, whose half-word stores leave the neighbouring row (another task's) alone.
 void bf16_shadow_rows(const GemmBlock& g, std::size_t i, std::size_t R, std::size_t cols) {
   const DF d;
-  const hn::RebindToUnsigned<DF> du;
-  const hn::RebindToSigned<DF> di;
-  const hn::Rebind<std::uint16_t, DF> d16;
   const std::size_t N = hn::Lanes(d), NR = nr();
   auto edge = [&](std::size_t r) {
     for (std::size_t j = 0; j < cols; j += NR) bf16_shadow_tile(g, r, 1, j, std::min(NR, cols - j));
@@ -356,20 +374,8 @@ void bf16_shadow_rows(const GemmBlock& g, std::size_t i, std::size_t R, std::siz
     const std::size_t row = g.c16_row0 + r;
     for (std::size_t c = 0; c < cols; c += N) {
       const std::size_t n = std::min(N, cols - c);
-      const auto b0 = operand_bits(d, load_partial(d, x0 + c, n)), b1 = operand_bits(d, load_partial(d, x1 + c, n));
       std::uint32_t* w = g.c16_pairs + (c / g.pair_w) * g.pair_s + (row / 2) * g.pair_w + c % g.pair_w;
-      if (n == N) {
-        hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b0)), d16, h0 + c);
-        hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, b1)), d16, h1 + c);
-        hn::StoreU(hn::Or(b0, hn::ShiftLeft<16>(b1)), du, w);
-        continue;
-      }
-      HWY_ALIGN std::uint16_t h[hn::MaxLanes(DF())];
-      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, b0)), d16, h);
-      std::copy_n(h, n, h0 + c);
-      hn::Store(hn::DemoteTo(d16, hn::BitCast(di, b1)), d16, h);
-      std::copy_n(h, n, h1 + c);
-      store_partial(d, hn::BitCast(d, hn::Or(b0, hn::ShiftLeft<16>(b1))), reinterpret_cast<float*>(w), n);
+      store_shadow_pair(d, operand_bits(d, load_partial(d, x0 + c, n)), operand_bits(d, load_partial(d, x1 + c, n)), h0 + c, h1 + c, w, n);
     }
   }
   if (r < end) edge(r);

@@ -300,7 +300,12 @@ TEST_F(CheckpointFile, AverageIsTheMeanInACopyOfTheLast) {
     cs[i].state.epoch = int(10 * (i + 1));
   }
   const std::vector<std::string> names = {"a.h5", "b.h5", "c.h5"};
-  const Checkpoint mean = average_checkpoints(cs, names);
+  auto average = [&](std::vector<Checkpoint> in) {
+    CheckpointAverage a;
+    for (std::size_t i = 0; i < in.size(); ++i) a.add(std::move(in[i]), names[i]);
+    return std::move(a).mean();
+  };
+  const Checkpoint mean = average(cs);
   EXPECT_EQ(mean.params[0], float(7.0 / 3.0));
   EXPECT_EQ(mean.params[1], float(-2.5 / 3.0));
   for (std::size_t j = 2; j < params.size(); ++j) ASSERT_EQ(mean.params[j], float((3.0 * double(params[j])) / 3.0)) << "parameter " << j;
@@ -308,22 +313,22 @@ TEST_F(CheckpointFile, AverageIsTheMeanInACopyOfTheLast) {
   EXPECT_EQ(mean.adam_m, m);
 
   // one checkpoint, another architecture, other data: each refused, naming the file
-  auto error = [&](std::vector<Checkpoint> in, std::vector<std::string> in_names) {
+  auto error = [&](std::vector<Checkpoint> in) {
     try {
-      average_checkpoints(std::move(in), in_names);
+      average(std::move(in));
     } catch (const UsageError& e) {
       return std::string(e.what());
     }
     return std::string();
   };
-  EXPECT_EQ(error({cs[0]}, {"a.h5"}), "averaging needs two checkpoints or more");
+  EXPECT_EQ(error({cs[0]}), "averaging needs two checkpoints or more");
   std::vector<Checkpoint> wider = cs;
   wider[2].arch.latent = 4;
   wider[2].params.resize(ParamLayout(wider[2].arch).padded_size());
-  EXPECT_NE(error(wider, names).find("c.h5: another architecture"), std::string::npos) << error(wider, names);
+  EXPECT_NE(error(wider).find("c.h5: another architecture"), std::string::npos) << error(wider);
   std::vector<Checkpoint> binarised = cs;
   binarised[1].state.binarize = true;
-  EXPECT_EQ(error(binarised, names), "b.h5: trained on binarised images, a.h5 on grey ones");
+  EXPECT_EQ(error(binarised), "b.h5: trained on binarised images, a.h5 on grey ones");
 }
 
 TEST(CheckInChild, ACrashOfTheReaderIsABadFile) {

@@ -80,9 +80,21 @@ void write_sample_file(const std::filesystem::path& path, const SampleSet& set, 
 Checkpoint read_checkpoint(const std::filesystem::path& path);
 
 // Stochastic weight averaging (Izmailov et al., 2018): the mean of several checkpoints' parameters, summed in double in
-// the order given, in a copy of the last one (its architecture, state, optimizer moments and metrics). Each must have
-// the first's architecture and data (grey or binarised); `names` name them in the UsageError otherwise.
-Checkpoint average_checkpoints(std::vector<Checkpoint> checkpoints, std::span<const std::string> names);
+// the order added, in a copy of the last one (its architecture, state, optimizer moments and metrics). Only the running
+// sum and the last checkpoint are held, so averaging many costs the memory of one. Each must have the first's
+// architecture and data (grey or binarised); add throws a UsageError naming the file otherwise.
+class CheckpointAverage {
+ public:
+  void add(Checkpoint c, const std::string& name);
+  Checkpoint mean() &&;  // a UsageError with fewer than two added
+
+ private:
+  std::vector<double> sum_;
+  Checkpoint last_;
+  std::string first_name_, first_arch_;
+  bool first_binarize_ = false;
+  std::size_t count_ = 0;
+};
 
 struct ClassifierWeights;
 // Reads the digit classifier's weights (scripts/train_classifier.py writes them), checked as a checkpoint is.

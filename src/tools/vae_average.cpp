@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "vae/checkpoint.hpp"
@@ -25,9 +26,9 @@ int main(int argc, char** argv) {
     const std::vector<std::string> names = (*parsed)["checkpoint"].as<std::vector<std::string>>();
     const std::string out = (*parsed)["out"].as<std::string>();
     if (names.size() < 2) throw vae::UsageError("option --checkpoint: give two checkpoints or more to average");
-    std::vector<vae::Checkpoint> checkpoints;
-    for (const std::string& name : names) checkpoints.push_back(vae::read_checkpoint_guarded(name));
-    const vae::Checkpoint mean = vae::average_checkpoints(std::move(checkpoints), names);
+    vae::CheckpointAverage average;
+    for (const std::string& name : names) average.add(vae::read_checkpoint_guarded(name), name);
+    const vae::Checkpoint mean = std::move(average).mean();
     const vae::ParamLayout layout(mean.arch);
     vae::write_checkpoint(out, mean.arch, layout, mean.params, mean.adam_m, mean.adam_v, mean.state, {mean.metrics, {}, 0, 0});
     std::printf("wrote the mean of %zu checkpoints' parameters (%s) to %s\n", names.size(), mean.arch.describe().c_str(), out.c_str());
