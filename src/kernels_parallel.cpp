@@ -3,11 +3,14 @@
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
+
+#include <hwy/cache_control.h>
 #endif
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstring>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -86,6 +89,8 @@ class TaskPool {
 constexpr std::size_t kTaskFlops = 1u << 19;    // below this many multiply-adds a task costs more to schedule than to run
 constexpr std::size_t kRowsPerTask = 16;        // rows of the loss and reparameterisation per task
 constexpr std::size_t kSerialElements = 1u << 15;  // below this many elements a row-wise pass runs on the calling thread
+constexpr std::size_t kGatherAhead = 4;            // rows of a gather whose lines are requested before the row is copied
+constexpr std::size_t kCacheLine = 64;
 constexpr std::size_t kAdamChunk = 1u << 14;    // floats per Adam task
 constexpr std::size_t kCopyRows = 16;           // a weight row block the bf16 copy transposes in registers (its widest)
 constexpr std::size_t kMaxGaussianCols = 256;   // normals made per call of the SIMD transform (even)
@@ -332,6 +337,22 @@ class ParallelKernels final : public Kernels<float> {
       ops_.reparam_backward(head, eps, dz, ldz, dhead, r0, r1, latent, scale, beta);
       write_shadow(ds, dhead, r0, r1);
     }, latent);
+  }
+
+  void gather_rows(std::span<const std::uint8_t* const> rows, std::size_t width, std::uint8_t* dst, std::size_t ld) const override {
+    // A shuffled batch's rows lie anywhere in a data set far larger than the cache, and a copy that waits for each row's
+    // lines in turn spends most of its time waiting: each task asks for its rows' lines kGatherAhead rows before it
+    // copies them, and the tasks share the rows.
+    for_rows(rows.size(), [&](std::size_t r0, std::size_t r1) {
+      auto request = [&](std::size_t r) {
+        for (std::size_t b = 0; b < width; b += kCacheLine) hwy::Prefetch(rows[r] + b);
+      };
+      for (std::size_t r = r0; r < std::min(r1, r0 + kGatherAhead); ++r) request(r);
+      for (std::size_t r = r0; r < r1; ++r) {
+        if (r + kGatherAhead < r1) request(r + kGatherAhead);
+        std::memcpy(dst + r * ld, rows[r], width);
+      }
+    }, width);
   }
 
   void gaussian_rows(float* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {

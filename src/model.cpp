@@ -279,7 +279,12 @@ std::pair<std::size_t, std::size_t> Network<T>::weight_rows(const Arch& arch, co
 
 template <class T>
 void Network<T>::load_example(std::size_t r, const std::uint8_t* pixels, int label) {
-  std::copy_n(pixels, arch_.image, pixels_.data() + r * std::size_t(arch_.image));
+  std::copy_n(pixels, arch_.image, pixel_row(r));
+  set_label(r, label);
+}
+
+template <class T>
+void Network<T>::set_label(std::size_t r, int label) {
   labels_[r] = std::uint8_t(label);
   if (!arch_.conditional) return;
   T* onehot = z_in_.data() + r * arch_.dec_in() + arch_.latent;

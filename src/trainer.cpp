@@ -136,6 +136,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     throw UsageError("option --batch: global batch " + std::to_string(cfg_.batch) + " is larger than the " +
                      std::to_string(train_.size()) + " training images");
   local_batch_ = std::size_t(cfg_.batch / comm_.size());
+  sources_.resize(local_batch_);
   // --resume: every rank reads and checks the file itself (local work, so a bad file is one agreed usage error), in a
   // child forked before this rank starts threads of its own: a thread starting up as the fork happens can hold a lock
   // the child then waits on for ever (AddressSanitizer's allocator, seen in every MPI resume test).
@@ -232,16 +233,19 @@ void Trainer::load_rows(const Dataset& data, std::size_t first, std::size_t n, s
   for (std::size_t r = 0; r < n; ++r) {
     const std::size_t pos = first + r;
     const std::size_t row = order.empty() ? pos : order[pos];
-    const std::uint8_t* pixels = data.image(row);
-    if (cfg_.binarize) {
-      // Training draws anew at every step, keyed like ε by the global-batch position; evaluation (no order) uses one fixed
-      // draw per image.
-      const std::uint64_t key =
-          order.empty() ? test_binarize_key(pos) : hash_combine(stream_key(cfg_.seed, Stream::binarize, std::uint64_t(step_)), eps_base + pos);
-      binarize_image(pixels, binarized_.data(), key);
-      pixels = binarized_.data();
+    sources_[r] = data.image(row);
+    net_->set_label(r, data.label(row));
+  }
+  ctx_.kernels->gather_rows(std::span(sources_).first(n), kImagePixels, net_->pixel_row(0), kImagePixels);
+  if (cfg_.binarize) {
+    // Training draws anew at every step, keyed like ε by the global-batch position; evaluation (no order) uses one fixed
+    // draw per image.
+    const std::uint64_t step_key = stream_key(cfg_.seed, Stream::binarize, std::uint64_t(step_));
+    for (std::size_t r = 0; r < n; ++r) {
+      const std::size_t pos = first + r;
+      const std::uint64_t key = order.empty() ? test_binarize_key(pos) : hash_combine(step_key, eps_base + pos);
+      binarize_image(net_->pixel_row(r), net_->pixel_row(r), key);
     }
-    net_->load_example(r, pixels, data.label(row));
   }
   // ε depends on the sample's position in the global batch (or dataset), never on the rank that holds it.
   ctx_.kernels->gaussian_rows(net_->eps().data(), n, std::size_t(cfg_.arch.latent), eps_key, eps_base + first);

@@ -377,6 +377,33 @@ TEST(KernelsLoss, ParallelMatchesReference) {
   });
 }
 
+TEST(KernelsGather, RowsByHandAndOnTheBatchesShapes) {
+  const std::uint8_t a[] = {1, 2, 3, 4}, b[] = {5, 6, 7, 8};
+  const std::uint8_t* two[] = {b, a};
+  for_each_fast(2, 4, [&](const Fast& fast) {
+    std::vector<std::uint8_t> dst(8, 0xAB);
+    fast->gather_rows(two, 3, dst.data(), 4);  // 3 bytes of each row, 4 apart: the 4th byte of each untouched
+    EXPECT_EQ(dst, (std::vector<std::uint8_t>{5, 6, 7, 0xAB, 1, 2, 3, 0xAB}));
+  });
+  // a data set of 1,000 rows, batches of 19 (one task) and 300 (the real rows, shared among threads) in a scattered
+  // order with repeats, at widths 784 and 5, into rows 790 bytes apart
+  ReferenceKernels<float> ref;
+  const std::size_t N = 1000, ld = 790;
+  const auto data = random_bytes(N * 784, 7);
+  for (std::size_t n : {std::size_t(19), std::size_t(300)})
+    for (std::size_t width : {std::size_t(784), std::size_t(5)}) {
+      std::vector<const std::uint8_t*> rows(n);
+      for (std::size_t r = 0; r < n; ++r) rows[r] = data.data() + (r * 7919 % N) * 784;
+      std::vector<std::uint8_t> want(n * ld, 0xAB);
+      ref.gather_rows(rows, width, want.data(), ld);
+      for_each_fast(n, 784, [&](const Fast& fast) {
+        std::vector<std::uint8_t> got(n * ld, 0xAB);
+        fast->gather_rows(rows, width, got.data(), ld);
+        EXPECT_EQ(got, want) << n << " rows of " << width;
+      });
+    }
+}
+
 TEST(Adam, FirstStepByHand) {
   // m = 0.1·0.5 = 0.05, v = 0.001·0.25; m̂ = 0.5, v̂ = 0.25 → p = 1 − 0.1·0.5/(0.5 + 1e-8) = 0.9 + 2e-9
   ReferenceKernels<double> k;

@@ -15,7 +15,8 @@ namespace vae {
 // The fixed noise of every evaluation: the ε of the test −ELBO and the test set's binarisation.
 inline constexpr std::uint64_t kEvalSeed = 0x5eed'e1b0ull;
 
-// Dynamic binarisation of one image: pixel p becomes 255 with probability p/255, else 0, from Rng(key) alone.
+// Dynamic binarisation of one image: pixel p becomes 255 with probability p/255, else 0, from Rng(key) alone (in may be
+// out).
 void binarize_image(const std::uint8_t* in, std::uint8_t* out, std::uint64_t key);
 
 // The key of test image i's fixed binarisation (the same in the trainer and in vae_eval).

@@ -164,6 +164,8 @@ class Kernels {
   // depend on its key alone, not on which rank or thread draws it. Box-Muller on pairs of uniform24(): for the pair
   // (u, v), √(−2 ln u)·cos 2πv and √(−2 ln u)·sin 2πv; an odd last column takes the cosine of a final pair.
   virtual void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const = 0;
+  // The batch's images gathered from the data set: dst row r [width bytes] (row stride ld) = rows[r][0, width).
+  virtual void gather_rows(std::span<const std::uint8_t* const> rows, std::size_t width, std::uint8_t* dst, std::size_t ld) const = 0;
   // One Adam step over the flat buffers: p ← decay·p − lr·m̂/(√v̂ + eps), with bias correction folded into lr_t and eps_t
   // (decay: 1 − lr·λ of AdamW, 1 for plain Adam). With a weight copy (p then points into copy->params), the same pass
   // writes the bf16 form of every weight it updates.
@@ -334,6 +336,11 @@ class ReferenceKernels final : public Kernels<T> {
         dhead[r * 2 * latent + j] = g + scale * beta * mu;
         dhead[r * 2 * latent + latent + j] = g * eps[r * latent + j] * T(0.5) * sd + scale * beta * T(0.5) * (sd * sd - T(1));
       }
+  }
+
+  void gather_rows(std::span<const std::uint8_t* const> rows, std::size_t width, std::uint8_t* dst, std::size_t ld) const override {
+    for (std::size_t r = 0; r < rows.size(); ++r)
+      for (std::size_t c = 0; c < width; ++c) dst[r * ld + c] = rows[r][c];
   }
 
   void gaussian_rows(T* out, std::size_t rows, std::size_t cols, std::uint64_t key, std::uint64_t first) const override {

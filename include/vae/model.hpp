@@ -140,6 +140,9 @@ class Network {
   // Writes one example into row r: its pixels (uint8, converted inside the first layer's packing) and label, and the
   // label's one-hot into the decoder input.
   void load_example(std::size_t r, const std::uint8_t* pixels, int label);
+  // The same for a caller that gathers a batch's pixels itself: row r's pixels [784] (rows image() apart), and its label.
+  std::uint8_t* pixel_row(std::size_t r) { return pixels_.data() + r * std::size_t(arch_.image); }
+  void set_label(std::size_t r, int label);
   const ImageBatch& images() const { return images_; }
   std::span<T> eps() { return eps_; }          // [max_batch × latent], filled by the caller before forward()
   std::span<const T> logits() const { return logits_; }  // [max_batch × 784]

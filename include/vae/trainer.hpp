@@ -1,7 +1,6 @@
 // The data-parallel training loop: each rank trains on its slice of every global batch; a sync strategy combines the gradients.
 #pragma once
 
-#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -105,7 +104,7 @@ class Trainer {
   WeightCopy copy_;                                    // bf16 products: the weights in their panels, beside params_
   std::span<std::uint32_t> order_;                     // [train size], epoch order_epoch_'s permutation
   int order_epoch_ = -1;
-  std::array<std::uint8_t, kImagePixels> binarized_{};  // one image as dynamically binarised, on its way into the batch
+  std::vector<const std::uint8_t*> sources_;           // [local batch], the data set's image rows of the batch being loaded
   Network<float>* net_ = nullptr;                      // sync_'s network
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
   std::optional<Checkpoint> resume_;                   // what --resume found, until initialize() applies it
