@@ -301,8 +301,10 @@ void write_checkpoint(const std::filesystem::path& path, const Arch& arch, const
     set_attr(w, opt, "beta2", state.adam.beta2);
     set_attr(w, opt, "eps", state.adam.eps);
     set_attr(w, opt, "weight_decay", state.adam.weight_decay);
+    set_attr(w, opt, "ema_decay", state.adam.ema_decay);
     write_layers(w, file, "optimizer/m", layout, adam_m);
     write_layers(w, file, "optimizer/v", layout, adam_v);
+    if (!extras.ema.empty()) write_layers(w, file, "optimizer/ema", layout, extras.ema);
 
     H5Id training(w.id(H5Gcreate2(file, "training", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "cannot create group training"), H5Gclose);
     set_attr(w, training, "epoch", (long long)state.epoch);
@@ -559,6 +561,8 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
   read_layers(w, file, "model", layout, c.params);
   read_layers(w, file, "optimizer/m", layout, c.adam_m);
   read_layers(w, file, "optimizer/v", layout, c.adam_v);
+  // only a run that kept the weights' moving average has the group
+  if (H5Lexists(file, "optimizer/ema", H5P_DEFAULT) > 0) read_layers(w, file, "optimizer/ema", layout, c.ema);
 
   TrainingState& s = c.state;
   {
@@ -566,6 +570,7 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
     s.adam = {get_double(w, opt, "lr"), get_double(w, opt, "beta1"), get_double(w, opt, "beta2"), get_double(w, opt, "eps")};
     // Written since AdamW came; a file without it was trained with plain Adam.
     if (H5Aexists(opt, "weight_decay") > 0) s.adam.weight_decay = get_double(w, opt, "weight_decay");
+    if (H5Aexists(opt, "ema_decay") > 0) s.adam.ema_decay = get_double(w, opt, "ema_decay");
   }
   if (H5Lexists(file, "training", H5P_DEFAULT) <= 0) w.fail("missing group training");
   H5Id training(w.id(H5Gopen2(file, "training", H5P_DEFAULT), "cannot open group training"), H5Gclose);
@@ -737,7 +742,16 @@ Checkpoint CheckpointAverage::mean() && {
   if (count_ < 2) throw UsageError("averaging needs two checkpoints or more");
   Checkpoint m = std::move(last_);
   for (std::size_t j = 0; j < sum_.size(); ++j) m.params[j] = float(sum_[j] / double(count_));
+  m.ema.clear();  // the last run's moving average is not the mean's
   return m;
+}
+
+void select_weights(Checkpoint& c, const std::string& which, const std::string& name) {
+  if (which == "raw") return;
+  if (which != "ema") throw UsageError("option --weights: unknown value " + in_quotes(which) + " (expected raw or ema)");
+  if (c.ema.empty()) throw UsageError(name + ": holds no moving average of the weights (the run had no --ema-decay)");
+  c.params = std::move(c.ema);
+  c.ema.clear();
 }
 
 Checkpoint read_checkpoint_guarded(const std::filesystem::path& path) {

@@ -399,6 +399,12 @@ class ParallelKernels final : public Kernels<float> {
     }, true);
   }
 
+  void ema_update(float* ema, const float* p, std::size_t count, float decay) const override {
+    pool_.run((count + kAdamChunk - 1) / kAdamChunk, 1, [&](std::size_t c0, std::size_t c1) {
+      ops_.ema(ema, p, c0 * kAdamChunk, std::min(count, c1 * kAdamChunk), decay);
+    });
+  }
+
   std::size_t bf16_panel_words(std::size_t k, std::size_t m) const override {
     return bf16_ ? round_up(m, ops_.nr) * pairs(k) : 0;
   }

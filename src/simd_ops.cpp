@@ -382,6 +382,18 @@ void adam(float* p, const float* g, float* m, float* v, std::size_t begin, std::
   }
 }
 
+void ema(float* e, const float* p, std::size_t begin, std::size_t end, float decay) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  const VF dv = hn::Set(d, decay);
+  std::size_t i = begin;
+  for (; i + N <= end; i += N) {
+    const VF pi = hn::LoadU(d, p + i);
+    hn::StoreU(hn::Add(pi, hn::Mul(dv, hn::Sub(hn::LoadU(d, e + i), pi))), d, e + i);
+  }
+  for (; i < end; ++i) e[i] = p[i] + decay * (e[i] - p[i]);
+}
+
 // bf16 from f32 lanes, rounded to nearest even (NaN kept quiet), narrowed to u16 lanes.
 template <class DU16>
 hn::Vec<DU16> round_to_bf16(DU16 d16, VF v) {
@@ -449,6 +461,7 @@ const Ops* get_ops() {
     o.all_finite = &all_finite;
     o.box_muller = &box_muller;
     o.adam = &adam;
+    o.ema = &ema;
     o.to_bf16 = &to_bf16;
     o.from_bf16 = &from_bf16;
     o.add_bf16 = &add_bf16;

@@ -134,6 +134,8 @@ struct Ops {
   void (*box_muller)(const float* u, float* out, std::size_t n) = nullptr;
   void (*adam)(float* p, const float* g, float* m, float* v, std::size_t begin, std::size_t end, float lr_t, float beta1, float beta2,
                float eps_t, float decay) = nullptr;
+  // ema[i] ← p[i] + d·(ema[i] − p[i]) (= d·ema + (1 − d)·p), each operation rounded, for i in [begin, end).
+  void (*ema)(float* ema, const float* p, std::size_t begin, std::size_t end, float decay) = nullptr;
   // The bf16 wire format (vae/bf16.hpp is the scalar definition): out[i] = bf16(x[i]) rounded to nearest even, out[i] =
   // float(h[i]), and b[i] = bf16(float(a[i]) + float(b[i])).
   void (*to_bf16)(const float* x, std::uint16_t* out, std::size_t n) = nullptr;

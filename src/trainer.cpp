@@ -97,7 +97,7 @@ std::string with_commas(std::size_t n) {
 }
 
 // The optimizer as configured, at the rate lr (the scheduled one for a step, the base one for a checkpoint).
-AdamParams adam_params(const Config& c, double lr) { return {lr, c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay}; }
+AdamParams adam_params(const Config& c, double lr) { return {lr, c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay, c.ema_decay}; }
 
 }  // namespace
 
@@ -177,6 +177,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     grads_ = a.take<float>(P);
     adam_m_ = a.take<float>(P);
     adam_v_ = a.take<float>(P);
+    ema_ = a.take<float>(cfg_.ema_decay > 0 ? P : 0);
     order_ = a.take<std::uint32_t>(train_.size());
     sync_->carve(a);
     workspace_ = a.take<std::byte>(kernels_->workspace_bytes(sync_->kernel_rows(), layout_.max_dim(), layout_.conv_sizes()));
@@ -311,7 +312,8 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   const AdamParams adam = adam_params(cfg_, lr);
   const double sum_wait = sync_->update([&](std::size_t begin, std::size_t count) {
     adam_step<float>(k, params_.subspan(begin, count), grads_.subspan(begin, count), adam_m_.subspan(begin, count),
-                     adam_v_.subspan(begin, count), updates_, adam, copy_.layers.empty() ? nullptr : &copy_);
+                     adam_v_.subspan(begin, count), updates_, adam, copy_.layers.empty() ? nullptr : &copy_,
+                     ema_.empty() ? ema_ : ema_.subspan(begin, count));
   });
   lap(phase_.update);
   phase_.update -= sum_wait;
@@ -322,7 +324,7 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
 void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch) {
   watchdog_->allow_slow(step_ + 1);
   watchdog_->beat(step_, "checkpoint");
-  const auto [m, v] = sync_->checkpoint_moments(adam_m_, adam_v_);
+  const GradientSync::OptimizerState state = sync_->checkpoint_state({adam_m_, adam_v_, ema_});
   if (comm_.rank() != 0) return;
   const auto t0 = std::chrono::steady_clock::now();
   const std::filesystem::path dir = std::filesystem::path(cfg_.run_dir) / "checkpoints";
@@ -355,7 +357,7 @@ void Trainer::save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch)
     if (entry.starts_with("ckpt-e") && entry.find(".h5.tmp.") != std::string::npos) std::filesystem::remove(e.path(), ec);
   }
   const std::filesystem::path file = dir / name;
-  write_checkpoint(file, cfg_.arch, layout_, params_, m, v, s, {metrics, grid, width, height});
+  write_checkpoint(file, cfg_.arch, layout_, params_, state.m, state.v, s, {metrics, grid, width, height, state.ema});
   write_png_gray(std::filesystem::path(file).replace_extension(".png"), width, height, grid.data());
   // The newest K stay, each with its grid.
   const std::vector<std::filesystem::path> all = complete_checkpoints(dir);
@@ -437,6 +439,8 @@ void Trainer::initialize() {
     });
     std::copy(resume_->adam_m.begin(), resume_->adam_m.end(), adam_m_.begin());
     std::copy(resume_->adam_v.begin(), resume_->adam_v.end(), adam_v_.begin());
+    // a run that starts keeping the average from a checkpoint without one starts it at the weights it resumes
+    if (!ema_.empty()) std::copy_n(resume_->ema.empty() ? params_.data() : resume_->ema.data(), ema_.size(), ema_.begin());
   } else {
     sync_->set_parameters([&](std::span<float> p) {
       init_parameters<float>(layout_, cfg_.seed, p);
@@ -444,6 +448,7 @@ void Trainer::initialize() {
     });
     std::fill(adam_m_.begin(), adam_m_.end(), 0.0f);
     std::fill(adam_v_.begin(), adam_v_.end(), 0.0f);
+    std::copy_n(params_.data(), ema_.size(), ema_.begin());
   }
   kernels_->bind_weight_copy(copy_.layers.empty() ? nullptr : &copy_);
   kernels_->bind_bf16_shadows(sync_->network().bf16_shadows());

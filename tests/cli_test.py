@@ -604,8 +604,9 @@ def case_progress_terminal():
     """The live line shows for one process started by hand at a terminal, and for launch/local.sh at a terminal; not
     when the output is a pipe."""
     with tempfile.TemporaryDirectory() as d:
-        # Wide layers, so the 60 steps last the seconds a live line needs to be drawn.
-        args = ["--config", SMOKE, "--data-dir", DATA, "--epochs", "1", "--max-steps", "60", "--hidden", "1024,1024"]
+        # Wide layers, so the epoch's 93 steps last the seconds a live line needs to be drawn (it is drawn half a second
+        # into an epoch, and two ranks ran 60 steps of 1024-wide layers in 0.5 s on 2026-12-07).
+        args = ["--config", SMOKE, "--data-dir", DATA, "--epochs", "1", "--hidden", "2048,2048"]
         code, out = in_terminal([BIN] + args + ["--run-dir", os.path.join(d, "a"), "--threads", "1"])
         assert code == 0 and "\r\x1b[K  epoch 1  step" in out, out
         env = dict(os.environ, RANKS="2", THREADS="1", VAE_DIST=BIN)
@@ -721,6 +722,34 @@ def case_average():
             lines = p.stderr.strip().splitlines()
             assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("vae_average: error:") and needle in lines[0], (args, p.returncode, p.stderr)
         assert open(mean, "rb").read() == written, "a refused average touched the earlier file"
+
+
+def case_ema():
+    """A run with --ema-decay keeps the weights' moving average in its checkpoints: vae_eval and vae_sample run it with
+    --weights ema (vae_eval's -ELBO then differs from the raw weights'); a checkpoint without one, and a decay outside
+    [0, 1), are refused in one line with exit 2."""
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = smoke_checkpoint(os.path.join(d, "ema"), "--ema-decay", "0.99")
+        elbo = {}
+        for weights in ("raw", "ema"):
+            code, out, err = run_eval(1, "--checkpoint", ckpt, "--weights", weights, "--test-limit", "500", "--iw-samples", "0",
+                                      "--samples-per-digit", "0", "--json", os.path.join(d, weights + ".json"))
+            assert code == 0, out + err
+            elbo[weights] = json.load(open(os.path.join(d, weights + ".json")))["test_elbo"]
+        assert elbo["raw"] != elbo["ema"], elbo
+        png = os.path.join(d, "g.png")
+        p = subprocess.run([SAMPLE, "--checkpoint", ckpt, "--weights", "ema", "--grid", "--out", png], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and os.path.exists(png), p.stderr
+        plain = smoke_checkpoint(os.path.join(d, "plain"))
+        for tool, cmd in [("vae_eval", MPIEXEC + ["-n", "1", EVAL, "--checkpoint", plain, "--weights", "ema", "--data-dir", DATA]),
+                          ("vae_sample", [SAMPLE, "--checkpoint", plain, "--weights", "ema", "--grid", "--out", png]),
+                          ("vae_sample", [SAMPLE, "--checkpoint", ckpt, "--weights", "mean", "--grid", "--out", png])]:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            ours = [l for l in p.stderr.splitlines() if l.startswith(tool)]
+            assert p.returncode == 2 and len(ours) == 1, (cmd, p.returncode, p.stderr)
+            assert "holds no moving average" in ours[0] or "option --weights: unknown value 'mean'" in ours[0], ours[0]
+        expect_usage_error(1, ["--config", SMOKE, "--data-dir", DATA, "--run-dir", os.path.join(d, "bad"), "--ema-decay", "1"],
+                           "option --ema-decay: must be in [0, 1), got 1.000000")
 
 
 globals()["case_" + CASE]()

@@ -94,7 +94,37 @@ TEST_F(CheckpointFile, RoundTripIsExact) {
   EXPECT_DOUBLE_EQ(c.state.adam.lr, 8e-4);
   EXPECT_DOUBLE_EQ(c.state.adam.weight_decay, 5e-2);
   EXPECT_EQ(c.state.config_ini, state.config_ini);
+  EXPECT_TRUE(c.ema.empty());
   for (const auto& e : std::filesystem::directory_iterator(dir.path())) EXPECT_EQ(e.path(), file()) << "left behind: " << e.path();
+}
+
+// A run's moving average of the weights: a group of its own, read back exactly with its decay; --weights ema puts it in
+// place of the parameters, and a file without one says so.
+TEST_F(CheckpointFile, MovingAverageRoundTripAndSelection) {
+  std::vector<float> ema(params.size());
+  for (std::size_t i = 0; i < ema.size(); ++i) ema[i] = params[i] == 0 ? 0 : params[i] * 0.5f + 0.25f;  // the padding stays zero
+  state.adam.ema_decay = 0.999;
+  write_checkpoint(file(), arch, layout(), params, m, v, state, {{}, {}, 0, 0, ema});
+  Checkpoint c = read_checkpoint(file());
+  EXPECT_EQ(c.ema, ema);
+  EXPECT_DOUBLE_EQ(c.state.adam.ema_decay, 0.999);
+  Checkpoint raw = c;
+  select_weights(raw, "raw", "ckpt.h5");
+  EXPECT_EQ(raw.params, params);
+  select_weights(c, "ema", "ckpt.h5");
+  EXPECT_EQ(c.params, ema);
+
+  auto error = [&](Checkpoint x, const std::string& which) {
+    try {
+      select_weights(x, which, "ckpt.h5");
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(error(c, "both"), "option --weights: unknown value 'both' (expected raw or ema)");
+  write();
+  EXPECT_EQ(error(read_checkpoint(file()), "ema"), "ckpt.h5: holds no moving average of the weights (the run had no --ema-decay)");
 }
 
 TEST_F(CheckpointFile, H5dumpReadsTheLayout) {
@@ -111,7 +141,7 @@ TEST_F(CheckpointFile, H5dumpReadsTheLayout) {
 TEST_F(CheckpointFile, H5lsListsEveryDataset) {
   const std::vector<EpochRecord> metrics(2);
   const std::vector<std::uint8_t> grid(280 * 280, 7);
-  write_checkpoint(file(), arch, layout(), params, m, v, state, {metrics, grid, 280});
+  write_checkpoint(file(), arch, layout(), params, m, v, state, {metrics, grid, 280, 0, {}});
   const std::string out = (dir / "ls.txt").string();
   ASSERT_EQ(std::system(("h5ls -r " + file().string() + " > " + out + " 2>&1").c_str()), 0);
   std::ifstream in(out);

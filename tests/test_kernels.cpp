@@ -404,6 +404,27 @@ TEST(KernelsGather, RowsByHandAndOnTheBatchesShapes) {
     }
 }
 
+// ema ← p + d·(ema − p): at d = 0.75, ema 1 and p 5 give 2, and ema 5, p 1 give 4; every kernel gives the reference's
+// bits, on a count that ends inside a vector and spans several tasks.
+TEST(Ema, ByHandAndMatchesReferenceBitForBit) {
+  ReferenceKernels<float> ref;
+  const std::size_t n = (1u << 15) + 37;
+  const auto p = random_floats(n, 11), start = random_floats(n, 12);
+  std::vector<float> want = start;
+  want[0] = 1, want[1] = 5;
+  std::vector<float> p_hand = p;
+  p_hand[0] = 5, p_hand[1] = 1;
+  const std::vector<float> begin = want;
+  ref.ema_update(want.data(), p_hand.data(), n, 0.75f);
+  EXPECT_EQ(want[0], 2.0f);
+  EXPECT_EQ(want[1], 4.0f);
+  for_each_fast(64, 64, [&](const Fast& fast) {
+    std::vector<float> got = begin;
+    fast->ema_update(got.data(), p_hand.data(), n, 0.75f);
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), n * sizeof(float)), 0);
+  });
+}
+
 TEST(Adam, FirstStepByHand) {
   // m = 0.1·0.5 = 0.05, v = 0.001·0.25; m̂ = 0.5, v̂ = 0.25 → p = 1 − 0.1·0.5/(0.5 + 1e-8) = 0.9 + 2e-9
   ReferenceKernels<double> k;

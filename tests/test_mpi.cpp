@@ -136,6 +136,32 @@ TEST(MpiTest, Bf16ResumeContinuesBitForBitOnTwoRanks) {
   comm.barrier();
 }
 
+// The moving average through the node's shared pass, where each rank keeps its own rows of it: it resumes bit for bit,
+// and it is the one a single rank keeps, to float rounding.
+TEST(MpiTest, EmaOnTwoRanksResumesAndMatchesOne) {
+  const Communicator& comm = world();
+  ASSERT_EQ(comm.size(), 2) << "run with mpiexec -n 2";
+  const SharedData data(comm, 640, 64);
+  Config cfg = test::small_config(data.dir());
+  cfg.ema_decay = 0.9;
+  const std::filesystem::path two = test::expect_resume_bit_for_bit(cfg, comm, 1, data.dir() / "ema");
+  if (comm.rank() == 0) [&] {
+    cfg.epochs = 4;
+    cfg.resume.clear();
+    cfg.run_dir = (data.dir() / "ema_one").string();
+    Trainer one(cfg, Communicator::self(), 2);
+    one.run();
+    const std::filesystem::path last = std::filesystem::path("checkpoints") / "ckpt-e0004.h5";
+    const Checkpoint a = read_checkpoint(two / last), b = read_checkpoint(std::filesystem::path(cfg.run_dir) / last);
+    ASSERT_EQ(a.ema.size(), b.ema.size());
+    double rms = 0;
+    for (float p : b.ema) rms += double(p) * p;
+    rms = std::sqrt(rms / double(b.ema.size()));
+    for (std::size_t i = 0; i < a.ema.size(); ++i) ASSERT_NEAR(a.ema[i], b.ema[i], 1e-4 * (std::abs(b.ema[i]) + rms)) << "-n 2 vs -n 1, " << i;
+  }();
+  comm.barrier();
+}
+
 // The same at any rank count and layout (the emulated cluster runs it at 2 nodes × 2 ranks, through the hierarchical sync).
 TEST(MpiTest, ResumeContinuesBitForBit) {
   const Communicator& comm = world();

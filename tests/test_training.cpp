@@ -269,6 +269,39 @@ TEST_F(Training, ConvBf16ResumeContinuesBitForBit) {
   EXPECT_EQ(read_checkpoint(resumed / "checkpoints" / "ckpt-e0004.h5").state.precision, Precision::bf16);
 }
 
+// After one update the moving average is p1 + d·(p0 − p1), from the drawn weights p0 and the updated p1, element by
+// element.
+TEST_F(Training, EmaAfterOneUpdateByHand) {
+  Config cfg = test::small_config(dir_->path());
+  cfg.ema_decay = 0.75;
+  cfg.epochs = 1;
+  cfg.max_steps = 1;
+  cfg.run_dir = (dir_->path() / "ema_one_step").string();
+  Trainer t(cfg, Communicator::self(), 2);
+  t.run();
+  const ParamLayout layout(cfg.arch);
+  std::vector<float> p0(layout.padded_size());
+  init_parameters<float>(layout, cfg.seed, p0);
+  const auto p1 = t.parameters(), ema = t.ema();
+  ASSERT_EQ(ema.size(), p1.size());
+  std::size_t moved = 0;
+  for (std::size_t i = 0; i < p1.size(); ++i) {
+    ASSERT_EQ(ema[i], p1[i] + 0.75f * (p0[i] - p1[i])) << "parameter " << i;
+    moved += p0[i] != p1[i];
+  }
+  EXPECT_GT(moved, p1.size() / 2) << "the update moved too few weights for the check to mean anything";
+}
+
+// Over a resume the moving average continues bit for bit, and the checkpoint records it and its decay.
+TEST_F(Training, EmaResumeContinuesBitForBit) {
+  Config cfg = test::small_config(dir_->path());
+  cfg.ema_decay = 0.75;
+  const std::filesystem::path resumed = test::expect_resume_bit_for_bit(cfg, Communicator::self(), 2, dir_->path() / "ema");
+  const Checkpoint c = read_checkpoint(resumed / "checkpoints" / "ckpt-e0004.h5");
+  EXPECT_DOUBLE_EQ(c.state.adam.ema_decay, 0.75);
+  EXPECT_NE(c.ema, c.params);
+}
+
 // 4 epochs straight, and 2 epochs then --resume auto to 4, give the same parameters bit for bit and the same epochs.
 TEST_F(Training, ResumeContinuesBitForBit) {
   const std::filesystem::path resumed = test::expect_resume_bit_for_bit(test::small_config(dir_->path()), Communicator::self(), 2, dir_->path());

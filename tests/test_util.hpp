@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "env_cap.hpp"
+#include "vae/checkpoint.hpp"
 #include "vae/communicator.hpp"
 #include "vae/config.hpp"
 #include "vae/idx.hpp"
@@ -129,6 +130,15 @@ inline std::filesystem::path expect_resume_bit_for_bit(Config cfg, const Communi
   EXPECT_EQ(a.size(), b.size());
   if (a.size() == b.size()) {
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size_bytes()), 0) << "parameters differ after resuming, rank " << comm.rank();
+  }
+  // the optimizer's state as the last checkpoints hold it (every rank's rows of it, gathered): Adam's moments and the
+  // weights' moving average
+  if (comm.rank() == 0) {
+    const std::filesystem::path last = std::filesystem::path("checkpoints") / "ckpt-e0004.h5";
+    const Checkpoint x = read_checkpoint(dir / "straight" / last), y = read_checkpoint(std::filesystem::path(cfg.run_dir) / last);
+    EXPECT_TRUE(x.adam_m == y.adam_m && x.adam_v == y.adam_v) << "Adam's moments differ after resuming";
+    EXPECT_TRUE(x.ema == y.ema) << "the moving average differs after resuming";
+    EXPECT_EQ(x.ema.empty(), cfg.ema_decay == 0);
   }
   return cfg.run_dir;
 }

@@ -33,11 +33,13 @@ struct TrainingState {
   std::string config_ini;  // the full effective configuration
 };
 
-// What a checkpoint shows besides the state: the metrics of every epoch so far and the latest sample grid.
+// What a checkpoint holds besides the state and Adam: the metrics of every epoch so far, the latest sample grid and the
+// weights' moving average, when the run keeps one.
 struct CheckpointExtras {
   std::span<const EpochRecord> metrics;
   std::span<const std::uint8_t> grid;  // [height × width] grey, 0 = black; empty for none
   std::size_t grid_width = 0, grid_height = 0;
+  std::span<const float> ema;  // [layout.padded_size()]; empty for none
 };
 
 // The flat buffers (parameters, Adam m and v, one ParamLayout) and the state, as read back.
@@ -45,6 +47,7 @@ struct Checkpoint {
   Arch arch;
   TrainingState state;
   std::vector<float> params, adam_m, adam_v;  // [layout.padded_size()] each, padding zero
+  std::vector<float> ema;                     // the weights' moving average, the same size; empty when none was kept
   std::vector<EpochRecord> metrics;           // one per epoch so far
 };
 
@@ -80,9 +83,10 @@ void write_sample_file(const std::filesystem::path& path, const SampleSet& set, 
 Checkpoint read_checkpoint(const std::filesystem::path& path);
 
 // Stochastic weight averaging (Izmailov et al., 2018): the mean of several checkpoints' parameters, summed in double in
-// the order added, in a copy of the last one (its architecture, state, optimizer moments and metrics). Only the running
-// sum and the last checkpoint are held, so averaging many costs the memory of one. Each must have the first's
-// architecture and data (grey or binarised); add throws a UsageError naming the file otherwise.
+// the order added, in a copy of the last one (its architecture, state, Adam moments and metrics; not its moving average
+// of the weights, which is not the mean's). Only the running sum and the last checkpoint are held, so averaging many
+// costs the memory of one. Each must have the first's architecture and data (grey or binarised); add throws a
+// UsageError naming the file otherwise.
 class CheckpointAverage {
  public:
   void add(Checkpoint c, const std::string& name);
@@ -95,6 +99,10 @@ class CheckpointAverage {
   bool first_binarize_ = false;
   std::size_t count_ = 0;
 };
+
+// The weights a tool runs: "raw" (the checkpoint's parameters, as trained) or "ema" (its moving average of them, which
+// replaces the parameters). A UsageError names `name` when it holds no average, or the option when `which` is neither.
+void select_weights(Checkpoint& c, const std::string& which, const std::string& name);
 
 struct ClassifierWeights;
 // Reads the digit classifier's weights (scripts/train_classifier.py writes them), checked as a checkpoint is.

@@ -40,6 +40,7 @@ struct Config {
   double lr = 8e-4;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   double weight_decay = 0;  // AdamW's λ
+  double ema_decay = 0;     // the weights' moving average: ema ← d·ema + (1 − d)·w after each update (0: none)
   int epochs = 10;
   long max_steps = 0;  // 0 = no cap
   std::uint64_t seed = 42;

@@ -97,12 +97,13 @@ class GradientSync : public BackwardListener {
   // Applies the update to each range this rank owns as soon as its gradient sum is complete, then makes the parameters
   // every rank's again. Returns the seconds spent waiting for sums (not updating).
   virtual double update(const Apply& apply) = 0;
-  // The Adam moments of every parameter for rank 0's checkpoint: given this rank's m and v (which it holds whole, or only
+  // The optimizer's state of every parameter for rank 0's checkpoint: given this rank's (which it holds whole, or only
   // its rows of), the arrays rank 0 writes. Collective.
-  virtual std::pair<std::span<const float>, std::span<const float>> checkpoint_moments(std::span<const float> m,
-                                                                                       std::span<const float> v) {
-    return {m, v};
-  }
+  struct OptimizerState {
+    std::span<const float> m, v;  // Adam's moments
+    std::span<const float> ema;   // the weights' moving average (empty: none kept)
+  };
+  virtual OptimizerState checkpoint_state(const OptimizerState& mine) { return mine; }
   // Drives sums in flight; the kernels call it between their tasks.
   virtual void progress() {}
   virtual bool needs_progress() const { return false; }

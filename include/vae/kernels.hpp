@@ -171,6 +171,9 @@ class Kernels {
   // writes the bf16 form of every weight it updates.
   virtual void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t, T decay,
                            const WeightCopy* copy) const = 0;
+  // The weights' moving average after an update: ema ← p + d·(ema − p), each operation rounded (never fused: not every
+  // instruction set has a fused multiply-add), so every kernel gives the same bits.          ema, p [count]
+  virtual void ema_update(T* ema, const T* p, std::size_t count, T decay) const = 0;
 
   // The weight copy (bf16 products only). bf16_panel_words: u32 words of the forward panels of a W [k × m] (0: these
   // kernels keep no copy; its transposed panels take bf16_panel_words(m, k)). refresh_weight_copy writes the whole copy
@@ -371,6 +374,10 @@ class ReferenceKernels final : public Kernels<T> {
         if (out.y) out.y[r * out.ldy + j] = v;
         else out.q[r * out.ldq + j] = quantize_u8(v, out.inv_scale, out.zero_point);
       }
+  }
+
+  void ema_update(T* ema, const T* p, std::size_t count, T decay) const override {
+    for (std::size_t i = 0; i < count; ++i) ema[i] = p[i] + decay * (ema[i] - p[i]);
   }
 
   void adam_update(T* p, const T* g, T* m, T* v, std::size_t count, T lr_t, T beta1, T beta2, T eps_t, T decay,

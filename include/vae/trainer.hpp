@@ -63,6 +63,8 @@ class Trainer {
   long steps_per_epoch() const;
 
   std::span<const float> parameters() const { return sync_->parameters(); }
+  // The weights' moving average (--ema-decay; else empty), this rank's: in a shared pass only its own rows are current.
+  std::span<const float> ema() const { return ema_; }
   // bf16 products: the weights in their panels as the optimizer keeps them (WeightCopy; empty: none)
   const WeightCopy& weight_copy() const { return copy_; }
   const std::vector<double>& step_losses() const { return step_losses_; }  // global loss per image, β-weighted, per step
@@ -101,6 +103,7 @@ class Trainer {
   Arena pool_;
   std::span<float> params_;                            // sync_'s parameters: this rank's own, or its node's one copy
   std::span<float> grads_, adam_m_, adam_v_;           // one flat layout, [padded_size] each, in this rank's pool
+  std::span<float> ema_;                               // the weights' moving average, the same layout (--ema-decay; else empty)
   WeightCopy copy_;                                    // bf16 products: the weights in their panels, beside params_
   std::span<std::uint32_t> order_;                     // [train size], epoch order_epoch_'s permutation
   int order_epoch_ = -1;

@@ -70,7 +70,7 @@ void NodeSharedSync::attach() {
   params_window_ = std::make_unique<NodeSegments>(n, P + copy_words, true);
   params_ = params_window_->segment(0).first(P);
   copy_words_ = {reinterpret_cast<std::uint32_t*>(params_window_->segment(0).data() + P), copy_words};
-  moments_ = std::make_unique<NodeSegments>(n, 2 * layout().padded_size(), true);
+  moments_ = std::make_unique<NodeSegments>(n, (cfg().ema_decay > 0 ? 3 : 2) * layout().padded_size(), true);
 }
 
 void NodeSharedSync::set_parameters(const std::function<void(std::span<float>)>& fill) {
@@ -139,17 +139,16 @@ double NodeSharedSync::update(const Apply& apply) {
   return waited + seconds_since(t0);
 }
 
-std::pair<std::span<const float>, std::span<const float>> NodeSharedSync::checkpoint_moments(std::span<const float> m,
-                                                                                             std::span<const float> v) {
-  // Each rank holds the moments of its own rows: they meet in the node's staging copy, which its first rank reads.
+GradientSync::OptimizerState NodeSharedSync::checkpoint_state(const OptimizerState& mine) {
+  // Each rank holds the state of its own rows: they meet in the node's staging copy, which its first rank reads.
   const std::size_t P = layout().padded_size();
-  const std::span<float> staged = moments_->segment(0).first(2 * P);
-  for (const auto& [begin, count] : owned_) {
-    std::copy_n(m.data() + begin, count, staged.data() + begin);
-    std::copy_n(v.data() + begin, count, staged.data() + P + begin);
-  }
+  const std::span<float> staged = moments_->segment(0);
+  const std::span<const float> parts[] = {mine.m, mine.v, mine.ema};
+  for (std::size_t i = 0; i < 3; ++i)
+    if (!parts[i].empty())
+      for (const auto& [begin, count] : owned_) std::copy_n(parts[i].data() + begin, count, staged.data() + i * P + begin);
   moments_->fence();
-  return {staged.first(P), staged.last(P)};
+  return {staged.first(P), staged.subspan(P, P), mine.ema.empty() ? std::span<const float>{} : staged.subspan(2 * P, P)};
 }
 
 std::unique_ptr<GradientSync> make_node_shared_sync(const SyncSetup& setup) { return std::make_unique<NodeSharedSync>(setup); }

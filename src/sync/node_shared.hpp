@@ -30,8 +30,7 @@ class NodeSharedSync : public GradientSync {
   double take_backward_wait() override { return std::exchange(rows_wait_, 0.0); }
   StepVerdict agree(const StepReport& mine) override;
   double update(const Apply& apply) override;
-  std::pair<std::span<const float>, std::span<const float>> checkpoint_moments(std::span<const float> m,
-                                                                               std::span<const float> v) override;
+  OptimizerState checkpoint_state(const OptimizerState& mine) override;
   void rows_ready(std::size_t layer) override;
 
  protected:
@@ -59,7 +58,7 @@ class NodeSharedSync : public GradientSync {
 
   std::unique_ptr<NodeSegments> records_;  // each rank's step record, and the counters the backward pass waits on
   std::unique_ptr<NodeSegments> acts_, params_window_;
-  std::unique_ptr<NodeSegments> moments_;  // [m | v], where a checkpoint's moments are gathered for rank 0
+  std::unique_ptr<NodeSegments> moments_;  // [m | v | ema], where a checkpoint's optimizer state is gathered for rank 0
   std::span<std::byte> net_memory_;        // this rank's own part of the shared network, in its pool
   std::size_t net_own_bytes_ = 0, act_bytes_ = 0;
   std::uint64_t rows_posted_ = 0;          // layers whose rows this rank has announced

@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
     for (const std::string& name : names) average.add(vae::read_checkpoint_guarded(name), name);
     const vae::Checkpoint mean = std::move(average).mean();
     const vae::ParamLayout layout(mean.arch);
-    vae::write_checkpoint(out, mean.arch, layout, mean.params, mean.adam_m, mean.adam_v, mean.state, {mean.metrics, {}, 0, 0});
+    vae::write_checkpoint(out, mean.arch, layout, mean.params, mean.adam_m, mean.adam_v, mean.state, {mean.metrics, {}, 0, 0, mean.ema});
     std::printf("wrote the mean of %zu checkpoints' parameters (%s) to %s\n", names.size(), mean.arch.describe().c_str(), out.c_str());
     return 0;
   });

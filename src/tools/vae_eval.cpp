@@ -31,7 +31,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Request {
-  std::string checkpoint, data_dir, classifier, json, recon_png, samples_png, misread_png, binarize;
+  std::string checkpoint, data_dir, classifier, json, recon_png, samples_png, misread_png, binarize, weights;
   std::vector<int> digits;  // empty: every class of the model
   vae::Progress progress = vae::Progress::automatic;
   int test_limit = 0, iw_samples = 0, samples_per_digit = 0, threads = 0;
@@ -71,6 +71,8 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
       "samples-png", po::value<std::string>()->default_value(""), "write the generated digits that were classified (one row per digit) to this PNG")(
       "misread-png", po::value<std::string>()->default_value(""), "write the generated digits the classifier misread (row d: asked for d, at most 20) to this PNG")(
       "threads", po::value<int>()->default_value(0), "threads per rank (0: the cores available / ranks sharing them)")(
+      "weights", po::value<std::string>()->default_value("raw"),
+      "raw (the parameters as trained) or ema (the moving average a run with --ema-decay keeps)")(
       "precision", po::value<std::string>()->default_value("fp32"),
       "decoder of the generated digits: fp32, or int8 (and their SSIM against the fp32 decoder's for the same noise)")(
       "progress", po::value<std::string>()->default_value("auto"), "live progress line: auto (a terminal, not under mpirun), always, never");
@@ -104,6 +106,7 @@ bool parse(int argc, char** argv, Request& q, std::string& help) {
   q.samples_png = vm["samples-png"].as<std::string>();
   q.misread_png = vm["misread-png"].as<std::string>();
   q.threads = vm["threads"].as<int>();
+  q.weights = vm["weights"].as<std::string>();
   const std::string precision = vm["precision"].as<std::string>();
   if (precision != "fp32" && precision != "int8")
     throw vae::UsageError("option --precision: unknown value " + vae::in_quotes(precision) + " (expected fp32 or int8)");
@@ -138,6 +141,7 @@ struct Inputs {
 
 void load(Request& q, Inputs& in) {
   in.c = vae::read_checkpoint_guarded(q.checkpoint);
+  vae::select_weights(in.c, q.weights, q.checkpoint);
   const int classes = in.c.arch.classes;
   if (q.digits.empty()) q.digits.assign(vae::all_classes(in.c.arch).begin(), vae::all_classes(in.c.arch).end());
   for (int d : q.digits)

@@ -26,7 +26,7 @@ namespace {
 constexpr std::size_t kMaxTiled = 10'000;  // samples drawn into a PNG or an HDF5 grid
 
 struct Request {
-  std::string checkpoint, png, h5;
+  std::string checkpoint, png, h5, weights;
   std::vector<int> digits;
   int count = 10, steps = 10;
   bool grid = false;
@@ -107,6 +107,8 @@ Request parse(int argc, char** argv, bool& help) {
       "latent dimensions D1,D2,…: row r sweeps dimension Dr over -3…3 with the others fixed at one draw (a conditional model's label: --digits D)")(
       "steps", po::value<int>()->default_value(10), "columns of an interpolation or a traversal")(
       "temperature", po::value<double>()->default_value(1.0), "scale of the latent noise (1: the prior)")(
+      "weights", po::value<std::string>()->default_value("raw"),
+      "raw (the parameters as trained) or ema (the moving average a run with --ema-decay keeps)")(
       "precision", po::value<std::string>()->default_value("fp32"), "decoder arithmetic: fp32, or int8 (quantized at load, docs/kernels.md)")(
       "seed", po::value<std::uint64_t>()->default_value(1), "latent noise seed: the same seed gives the same images");
   const auto parsed = vae::parse_tool_request(desc, argc, argv, {"checkpoint"});
@@ -123,6 +125,7 @@ Request parse(int argc, char** argv, bool& help) {
   q.steps = vm["steps"].as<int>();
   q.seed = vm["seed"].as<std::uint64_t>();
   q.temperature = vm["temperature"].as<double>();
+  q.weights = vm["weights"].as<std::string>();
   const std::string precision = vm["precision"].as<std::string>();
   if (precision != "fp32" && precision != "int8")
     throw vae::UsageError("option --precision: unknown value " + vae::in_quotes(precision) + " (expected fp32 or int8)");
@@ -157,7 +160,8 @@ int main(int argc, char** argv) {
     bool help = false;
     const Request q = parse(argc, argv, help);
     if (help) return 0;
-    const vae::Checkpoint c = vae::read_checkpoint_guarded(q.checkpoint);
+    vae::Checkpoint c = vae::read_checkpoint_guarded(q.checkpoint);
+    vae::select_weights(c, q.weights, q.checkpoint);
     if (!c.arch.conditional && (!q.interpolate.empty() || !q.digits.empty()))
       throw vae::UsageError(q.checkpoint + ": the model is unconditional, so it cannot be asked for digits (use --grid or --traverse alone)");
     if (c.arch.conditional && !q.traverse.empty() && q.digits.empty())
