@@ -149,7 +149,8 @@ TEST(MpiTest, EmaOnTwoRanksResumesAndMatchesOne) {
     cfg.epochs = 4;
     cfg.resume.clear();
     cfg.run_dir = (data.dir() / "ema_one").string();
-    Trainer one(cfg, Communicator::self(), 2);
+    const Communicator self = Communicator::self();  // the trainer keeps a reference to it
+    Trainer one(cfg, self, 2);
     one.run();
     const std::filesystem::path last = std::filesystem::path("checkpoints") / "ckpt-e0004.h5";
     const Checkpoint a = read_checkpoint(two / last), b = read_checkpoint(std::filesystem::path(cfg.run_dir) / last);

@@ -277,7 +277,8 @@ TEST_F(Training, EmaAfterOneUpdateByHand) {
   cfg.epochs = 1;
   cfg.max_steps = 1;
   cfg.run_dir = (dir_->path() / "ema_one_step").string();
-  Trainer t(cfg, Communicator::self(), 2);
+  const Communicator self = Communicator::self();  // the trainer keeps a reference to it
+  Trainer t(cfg, self, 2);
   t.run();
   const ParamLayout layout(cfg.arch);
   std::vector<float> p0(layout.padded_size());
