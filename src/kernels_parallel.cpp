@@ -3,8 +3,6 @@
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
-
-#include <hwy/cache_control.h>
 #endif
 
 #include <algorithm>
@@ -345,7 +343,7 @@ class ParallelKernels final : public Kernels<float> {
     // copies them, and the tasks share the rows.
     for_rows(rows.size(), [&](std::size_t r0, std::size_t r1) {
       auto request = [&](std::size_t r) {
-        for (std::size_t b = 0; b < width; b += kCacheLine) hwy::Prefetch(rows[r] + b);
+        for (std::size_t b = 0; b < width; b += kCacheLine) __builtin_prefetch(rows[r] + b);
       };
       for (std::size_t r = r0; r < std::min(r1, r0 + kGatherAhead); ++r) request(r);
       for (std::size_t r = r0; r < r1; ++r) {
