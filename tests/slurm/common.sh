@@ -90,6 +90,14 @@ expect_preempted_and_resumed() {
     pgrep -f "^slurmstepd: \[$job\." >/dev/null || break
     sleep 0.5
   done
+  # Each slurmd revokes the first run's credential when it handles the terminate, and refuses a credential made in the
+  # same second or earlier ("Job credential revoked", the job then fails): wait until no node is completing, so every
+  # revocation is done, then let the clock pass into the next second before the job may start.
+  for _ in $(seq 60); do
+    "${slurm_cmd[@]}" sinfo -h -o %T 2>/dev/null | grep -q completing || break
+    sleep 0.5
+  done
+  sleep 1.1
   "${slurm_cmd[@]}" scontrol update JobId="$job" StartTime=now 2>/dev/null || true
   # Right after the requeue the record may still show the first run's end: wait for the second run's last line.
   for _ in $(seq 400); do
