@@ -1,4 +1,4 @@
-// The bf16 micro-kernel and block loop, included by simd_ops.cpp once per pair-dot form (emulated; native AVX512_BF16).
+// The bf16 micro-kernel and block loop, included by simd_ops_bf16.cpp once per pair-dot form (emulated; native AVX512_BF16).
 // The including namespace defines dot2(d, acc, a, b): acc plus the two products of each lane's bf16 pair, high half first.
 
 // C's bf16 forms (GemmBlock's c16 fields) of a whole-panel tile from the values it stored, still in registers (rows
@@ -41,9 +41,22 @@ HWY_NOINLINE void bf16_tiles(const std::uint32_t* HWY_RESTRICT a, std::size_t ld
     VF a0 = hn::Zero(d), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0,
        a12 = a0, a13 = a0, a14 = a0, a15 = a0;
     auto rows = [&](auto&& f) VAE_ALWAYS_INLINE { each_row<R>(f, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15); };
+    // In the training step the operands come cold: the weight copy was streamed past the cache by the last update and
+    // the activation an input gradient's epilogue reads was written in the forward pass. Requested ahead, the tile's
+    // activation lines arrive during its K loop, and B's lines 32 pairs (4 KB) before they are read (measured against
+    // no prefetch: the v3 bf16 step at batch 256 1.04 faster for B, then 1.014 for the activation; 16 pairs ahead, A's
+    // rows and C's lines were each slower, docs/benchmarks.md).
+    if (g.epi == Epilogue::slope)
+      rows([&](std::size_t r, VF&, VF&) VAE_ALWAYS_INLINE {
+        const float* y = g.y + (i + r) * g.ldy + j;
+        __builtin_prefetch(y);
+        __builtin_prefetch(y + N);
+      });
     const std::uint32_t* ap = a;
     const std::uint32_t* bp = b;
     for (std::size_t q = 0; q < k2; ++q) {
+      __builtin_prefetch(bp + 64 * N);
+      __builtin_prefetch(bp + 65 * N);
       const auto b0 = hn::LoadU(du, bp), b1 = hn::LoadU(du, bp + N);
       rows([&](std::size_t r, VF& c0, VF& c1) VAE_ALWAYS_INLINE {
         const auto ar = hn::Set(du, RowsA ? ap[r * lda + q] : ap[r]);
