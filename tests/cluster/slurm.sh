@@ -87,9 +87,11 @@ submit() {
     sbatch --parsable --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 "$@"
 }
 
-epochs=12  # both ranks of the mpirun job sit on core 0: --bind-to core binds each "node" alike on one machine
 preempt() {
-  local job run log
+  local job run log epochs=12
+  # Both ranks of the mpirun job sit on core 0 (--bind-to core binds each "node" alike on one machine), 5 s an epoch:
+  # 6 epochs leave it 4 to be stopped in; the srun job's epochs take a second, so it keeps 12.
+  [[ $1 == mpirun ]] && epochs=6
   job=$(LAUNCHER=$1 submit --job-name="two-$1" --export=ALL,LAUNCHER="$1" "$root/launch/slurm.sbatch" "$root/configs/smoke.ini" \
         --data-dir "$data" --progress never --epochs "$epochs" --train-limit 12000)
   run=$tmp/work/runs/two-$1-$job
