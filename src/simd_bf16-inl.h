@@ -43,9 +43,9 @@ HWY_NOINLINE void bf16_tiles(const std::uint32_t* HWY_RESTRICT a, std::size_t ld
     auto rows = [&](auto&& f) VAE_ALWAYS_INLINE { each_row<R>(f, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15); };
     // In the training step the operands come cold: the weight copy was streamed past the cache by the last update and
     // the activation an input gradient's epilogue reads was written in the forward pass. Requested ahead, the tile's
-    // activation lines arrive during its K loop, and B's lines 32 pairs (4 KB) before they are read (measured against
-    // no prefetch: the v3 bf16 step at batch 256 1.04 faster for B, then 1.014 for the activation; 16 pairs ahead, A's
-    // rows and C's lines were each slower, docs/benchmarks.md).
+    // activation lines arrive during its K loop, and B's lines 32 pairs (4 KB) before they are read (both together: the
+    // v3 bf16 step at batch 256 1.058 times as fast; 16 pairs ahead, A's lines and C's lines measured slower,
+    // docs/benchmarks.md).
     if (g.epi == Epilogue::slope)
       rows([&](std::size_t r, VF&, VF&) VAE_ALWAYS_INLINE {
         const float* y = g.y + (i + r) * g.ldy + j;
