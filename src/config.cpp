@@ -146,6 +146,9 @@ po::options_description make_options() {
       ("ema-decay", po::value<double>()->default_value(0.0),
        "keep an exponential moving average of the weights, ema ← d·ema + (1 − d)·w after each update, in the checkpoints "
        "for vae_eval and vae_sample --weights ema (0: none; e.g. 0.999)")
+      ("dropout", po::value<double>()->default_value(0.0),
+       "in training, zero each unit of every hidden dense layer (the --hidden widths, encoder and decoder) with this "
+       "probability and scale the kept ones by 1/(1 − p); evaluation and the tools keep every unit (0: off)")
       ("epochs", po::value<int>()->default_value(10), "epochs to train")
       ("max-steps", po::value<long>()->default_value(0), "stop after this many steps in total (0: no cap)")
       ("nan-policy", po::value<std::string>()->default_value("stop"),
@@ -252,6 +255,7 @@ Config build(const po::variables_map& vm) {
   c.adam_eps = get<double>(vm, "adam-eps");
   c.weight_decay = get<double>(vm, "weight-decay");
   c.ema_decay = get<double>(vm, "ema-decay");
+  c.dropout = get<double>(vm, "dropout");
   c.epochs = get<int>(vm, "epochs");
   c.max_steps = get<long>(vm, "max-steps");
   c.seed = get<std::uint64_t>(vm, "seed");
@@ -323,6 +327,7 @@ void validate(const Config& c) {
   if (!(c.adam_eps > 0)) bad("adam-eps", "must be positive");
   if (!(c.weight_decay >= 0 && c.lr * c.weight_decay < 1)) bad("weight-decay", "must be in [0, 1/lr), got " + std::to_string(c.weight_decay));
   if (!(c.ema_decay >= 0 && c.ema_decay < 1)) bad("ema-decay", "must be in [0, 1), got " + std::to_string(c.ema_decay));
+  if (!(c.dropout >= 0 && c.dropout < 1)) bad("dropout", "must be in [0, 1), got " + std::to_string(c.dropout));
   if (c.epochs < 0) bad("epochs", "must not be negative, got " + std::to_string(c.epochs));
   if (c.max_steps < 0) bad("max-steps", "must not be negative");
   if (!(c.bucket_mb > 0 && c.bucket_mb <= 4096)) bad("bucket-mb", "must be in (0, 4096]");
@@ -468,7 +473,7 @@ std::string Config::to_ini() const {
      << "\nval-size = " << val_size << "\nbinarize = " << (binarize ? "dynamic" : "none") << "\nkfold = " << kfold << "\nfold = " << fold
      << "\ntrain-limit = " << train_limit << "\ntest-limit = " << test_limit << "\n";
   os << "batch = " << batch << "\nlr = " << lr << "\nadam-beta1 = " << adam_beta1 << "\nadam-beta2 = " << adam_beta2
-     << "\nadam-eps = " << adam_eps << "\nweight-decay = " << weight_decay << "\nema-decay = " << ema_decay << "\nepochs = " << epochs << "\nmax-steps = " << max_steps
+     << "\nadam-eps = " << adam_eps << "\nweight-decay = " << weight_decay << "\nema-decay = " << ema_decay << "\ndropout = " << dropout << "\nepochs = " << epochs << "\nmax-steps = " << max_steps
      << "\nseed = " << seed
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir
      << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")

@@ -2,6 +2,7 @@
 #include "vae/model.hpp"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
@@ -161,8 +162,14 @@ template void init_parameters<float>(const ParamLayout&, std::uint64_t, std::spa
 template void init_parameters<double>(const ParamLayout&, std::uint64_t, std::span<double>);
 
 template <class T>
+bool Network<T>::dropped_layer(const Arch& arch, const ParamLayout& layout, std::size_t l) {
+  const std::size_t first = arch.conv_channels.size(), hidden = arch.hidden.size(), dec = layout.encoder_layers();
+  return (l >= first && l < first + hidden) || (l >= dec && l < dec + hidden);
+}
+
+template <class T>
 Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena, const RowShare& share,
-                    const Kernels<T>* bf16_for)
+                    const Kernels<T>* bf16_for, bool dropout)
     : arch_(arch), max_batch_(max_batch), rank_(share.rank), ranks_(share.ranks) {
   const std::size_t B = max_batch, L = std::size_t(arch.latent), classes = arch.conditional ? std::size_t(arch.classes) : 0;
   Arena& node = share.arena ? *share.arena : arena;
@@ -179,6 +186,16 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
   all_images_ = {all_pixels.data(), std::size_t(arch.image), std::size_t(arch.image), all_labels.data(), classes};
   if (arch.convolutional()) x0_ = shared(std::size_t(arch.image));
   for (const LayerSpec& s : layout.layers()) hidden_.push_back(shared(s.out));
+  mask_.resize(hidden_.size());
+  masked_.resize(hidden_.size());
+  for (std::size_t l = 0; dropout && l < hidden_.size(); ++l)
+    if (dropped_layer(arch, layout, l)) {
+      const std::size_t width = layout.layers()[l].out;
+      // the next layer's weight gradient reads every rank's rows of the masked copy; the mask is applied to own rows only
+      masked_[l] = shared(width);
+      mask_[l] = arena.take<T>(B * width);
+      if (mask_[l].data()) std::fill(mask_[l].begin(), mask_[l].end(), T(1));
+    }
   head_ = hidden_[layout.encoder_layers() - 1];
   logits_ = hidden_.back();
   eps_ = arena.take<T>(B * L);
@@ -202,16 +219,17 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
     // [prev | label]: the first dense layer after the convolutions, or a decoder layer with label_every_layer
     const bool widened = !network_input && layers[l].in > layers[l - 1].out;
     if (widened) wide_[l] = shared(layers[l].in);
-    T* in = first_enc ? x0_.data() : first_dec ? z_in_.data() : widened ? wide_[l].data() : hidden_[l - 1].data();
+    T* fed = network_input ? nullptr : masked_[l - 1].empty() ? hidden_[l - 1].data() : masked_[l - 1].data();
+    T* in = first_enc ? x0_.data() : first_dec ? z_in_.data() : widened ? wide_[l].data() : fed;
     const std::size_t ld = first_enc ? (x0_.data() ? std::size_t(arch.image) : arch.enc_in()) : first_dec ? arch.dec_in() : layers[l].in;
     const Activation in_act = network_input ? Activation::identity : layers[l - 1].act;
     const T* prev = network_input ? nullptr : hidden_[l - 1].data();
     const std::size_t grad_cols = network_input ? (first_dec ? L : 0) : layers[l - 1].out;
-    stages_.push_back({&layers[l], in, ld, in_act, hidden_[l].data(), prev, grad_cols, widened});
+    stages_.push_back({&layers[l], in, ld, in_act, hidden_[l].data(), prev, fed, grad_cols, widened});
   }
   // A convolution's products neither write nor read shadows, and its input and output are the dense layers' too: a conv
   // model's dense products pack their operands.
-  if (bf16_for && !arch.convolutional()) {
+  if (bf16_for && !arch.convolutional() && !dropout) {
     // a shadow, in the node's arena, of `all` (every rank's rows, `width` wide)
     auto shadow = [&](const T* all, std::size_t width, typename Bf16Shadow<T>::Use use) {
       const std::size_t words = bf16_for->bf16_shadow_words(ranks_ * B, width);
@@ -246,7 +264,7 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
       }
     }
   }
-  const bool stackable = std::none_of(stages_.begin(), stages_.end(), [](const Stage& s) { return s.widened || s.spec->conv; });
+  const bool stackable = !dropout && std::none_of(stages_.begin(), stages_.end(), [](const Stage& s) { return s.widened || s.spec->conv; });
   if (stackable)
     for (std::size_t l = layout.encoder_layers(); l < stages_.size(); ++l) {
       const Stage& s = stages_[l];
@@ -255,17 +273,18 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
 }
 
 template <class T>
-std::size_t Network<T>::workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, const Kernels<T>* bf16_for) {
+std::size_t Network<T>::workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, const Kernels<T>* bf16_for,
+                                        bool dropout) {
   Arena probe = Arena::measure();
-  Network<T> n(arch, layout, max_batch, probe, {}, bf16_for);
+  Network<T> n(arch, layout, max_batch, probe, {}, bf16_for, dropout);
   return probe.used();
 }
 
 template <class T>
 std::pair<std::size_t, std::size_t> Network<T>::arena_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch,
-                                                            std::size_t ranks, const Kernels<T>* bf16_for) {
+                                                            std::size_t ranks, const Kernels<T>* bf16_for, bool dropout) {
   Arena own = Arena::measure(), node = Arena::measure();
-  Network<T> n(arch, layout, max_batch, own, {&node, 0, ranks}, bf16_for);
+  Network<T> n(arch, layout, max_batch, own, {&node, 0, ranks}, bf16_for, dropout);
   return {own.used(), node.used()};
 }
 
@@ -292,7 +311,21 @@ void Network<T>::set_label(std::size_t r, int label) {
 }
 
 template <class T>
-void Network<T>::chain_forward(const Kernels<T>& k, const T* params, std::size_t first, std::size_t last, std::size_t n) {
+void Network<T>::draw_dropout(double p, std::uint64_t key, std::size_t first_row, std::size_t n) {
+  const T keep = T(1.0 / (1.0 - p));
+  for (std::size_t l = 0; l < mask_.size(); ++l) {
+    if (mask_[l].empty()) continue;
+    const std::size_t width = mask_[l].size() / max_batch_;
+    for (std::size_t r = 0; r < n; ++r) {
+      Rng rng(hash_combine(hash_combine(key, l), first_row + r));
+      T* m = mask_[l].data() + r * width;
+      for (std::size_t u = 0; u < width; ++u) m[u] = rng.uniform() < p ? T(0) : keep;
+    }
+  }
+}
+
+template <class T>
+void Network<T>::chain_forward(const Kernels<T>& k, const T* params, std::size_t first, std::size_t last, std::size_t n, Pass pass) {
   for (std::size_t l = first; l < last; ++l) {
     const Stage& s = stages_[l];
     // out [n × s.out] = act(in [n × s.in] · W [s.in × s.out] + b)
@@ -307,12 +340,19 @@ void Network<T>::chain_forward(const Kernels<T>& k, const T* params, std::size_t
       // in [n × (prev out + classes)] = [prev | the one-hot label columns of the decoder input]
       const std::size_t dec_in = arch_.dec_in(), L = std::size_t(arch_.latent), classes = std::size_t(arch_.classes);
       for (std::size_t r = 0; r < n; ++r) {
-        std::copy_n(s.prev + r * s.grad_cols, s.grad_cols, s.in + r * s.ld_in);
+        std::copy_n(s.fed + r * s.grad_cols, s.grad_cols, s.in + r * s.ld_in);
         std::copy_n(z_in_.data() + r * dec_in + L, classes, s.in + r * s.ld_in + s.grad_cols);
       }
     }
     if (s.in) k.dense_forward(s.in, s.ld_in, w, b, s.out, n, s.spec->in, s.spec->out, s.spec->act);
     else k.dense_forward_image(images_, w, b, s.out, n, s.spec->out, s.spec->act);
+    if (!masked_[l].empty()) {
+      // masked [n × out] = out ⊙ mask, or out itself outside training (the slope of the backward pass reads out)
+      const std::size_t count = n * s.spec->out;
+      T* to = masked_[l].data();
+      if (pass == Pass::train) std::transform(s.out, s.out + count, mask_[l].data(), to, std::multiplies<T>());
+      else std::copy_n(s.out, count, to);
+    }
   }
 }
 
@@ -354,19 +394,22 @@ void Network<T>::chain_backward(const Kernels<T>& k, const T* params, T* grads, 
     // columns, whose weights come last in W), or the chain input's first d_cols
     if (s.spec->conv) k.conv_input_grad(*s.spec->conv, dy, params + s.spec->w_offset, dx, n, s.in_act, s.prev);
     else k.dense_input_grad(dy, params + s.spec->w_offset, dx, cols, n, cols, s.spec->out, s.in_act, inner ? s.prev : nullptr);
+    // dx ⊙= mask of the layer that produced prev, which the training pass masked
+    if (inner && train_pass_ && !mask_[l - 1].empty()) std::transform(dx, dx + n * cols, mask_[l - 1].data(), dx, std::multiplies<T>());
     dy = dx;
   }
 }
 
 template <class T>
-double Network<T>::forward(const Kernels<T>& k, const T* params, std::size_t n) {
+double Network<T>::forward(const Kernels<T>& k, const T* params, std::size_t n, Pass pass) {
   const std::size_t enc_end = enc_end_;
+  train_pass_ = pass == Pass::train;
   if (x0_.data())
     for (std::size_t i = 0; i < n * std::size_t(arch_.image); ++i) x0_[i] = T(pixels_[i]) / T(255);
-  chain_forward(k, params, 0, enc_end, n);
+  chain_forward(k, params, 0, enc_end, n, pass);
   // z [n × L] = μ + ε·σ, written into the first L columns of the decoder input
   kl_ = k.reparam_kl_forward(head_.data(), eps_.data(), z_in_.data(), arch_.dec_in(), n, std::size_t(arch_.latent));
-  chain_forward(k, params, enc_end, stages_.size(), n);
+  chain_forward(k, params, enc_end, stages_.size(), n, pass);
   return kl_;
 }
 
@@ -401,7 +444,7 @@ bool Network<T>::rows_finite(std::size_t n) const {
 
 template <class T>
 void Network<T>::decode(const Kernels<T>& k, const T* params, std::size_t n) {
-  if (decoder_calls_.empty()) return chain_forward(k, params, enc_end_, stages_.size(), n);
+  if (decoder_calls_.empty()) return chain_forward(k, params, enc_end_, stages_.size(), n, Pass::eval);
   const std::size_t first = stages_.size() - decoder_calls_.size();
   for (std::size_t l = 0; l < decoder_calls_.size(); ++l) {
     decoder_calls_[l].w = params + stages_[first + l].spec->w_offset;

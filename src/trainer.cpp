@@ -274,11 +274,12 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   const std::uint64_t key = stream_key(cfg_.seed, Stream::reparam, std::uint64_t(step_));
   std::span<const std::uint32_t> slice = global_batch.subspan(first, n);
   load_rows(train_, 0, n, slice, key, first);
+  net_->draw_dropout(cfg_.dropout, stream_key(cfg_.seed, Stream::dropout, std::uint64_t(step_)), first, n);
   lap(phase_.data);
 
   // forward and loss. --inject-fault nan makes the loss gradient's scale NaN: the loss stays finite, so only the gradient
   // check sees it (and the gradient's bf16 forms, written with it, carry it too).
-  net_->forward(k, params_.data(), n);
+  net_->forward(k, params_.data(), n, Network<float>::Pass::train);
   const bool poison = faulty && cfg_.fault.kind == Fault::Kind::nan;
   const Network<float>::Losses loss = net_->loss(k, n, poison ? std::numeric_limits<float>::quiet_NaN() : scale);
   lap(phase_.forward);

@@ -80,13 +80,14 @@ TEST(ConfigTest, CommandLineBeatsFileBeatsPresetAndDefaults) {
 }
 
 TEST(ConfigTest, EffectiveIniRoundTrips) {
-  const Config a = parse({"--preset", "v2", "--digits", "3,5", "--epochs", "7", "--balanced.lr-factor", "0.5", "--weight-decay", "0.01"}).config;
+  const Config a = parse({"--preset", "v2", "--digits", "3,5", "--epochs", "7", "--balanced.lr-factor", "0.5", "--weight-decay", "0.01", "--dropout", "0.2"}).config;
   test::TempDir dir;
   std::ofstream(dir / "eff.ini") << a.to_ini();
   const Config b = parse({"--config", (dir / "eff.ini").string()}).config;
   EXPECT_EQ(b.to_ini(), a.to_ini());
   EXPECT_EQ(b.digits, (std::vector<int>{3, 5}));
   EXPECT_DOUBLE_EQ(b.weight_decay, 0.01);
+  EXPECT_DOUBLE_EQ(b.dropout, 0.2);
 }
 
 TEST(ConfigTest, HelpListsEveryOptionWithDefaults) {
@@ -106,6 +107,8 @@ TEST(ConfigErrors, OneLineMessages) {
   EXPECT_EQ(error_of({"--weight-decay", "-0.1"}), "option --weight-decay: must be in [0, 1/lr), got -0.100000");
   EXPECT_EQ(error_of({"--lr", "0.5", "--weight-decay", "2"}), "option --weight-decay: must be in [0, 1/lr), got 2.000000");
   EXPECT_EQ(error_of({"--epochs", "-1"}), "option --epochs: must not be negative, got -1");
+  EXPECT_EQ(error_of({"--dropout", "1"}), "option --dropout: must be in [0, 1), got 1.000000");
+  EXPECT_EQ(error_of({"--dropout", "-0.1"}), "option --dropout: must be in [0, 1), got -0.100000");
   EXPECT_EQ(error_of({"--preset", "v9"}), "option --preset: unknown preset 'v9' (expected v1, v2, v3, burda or conv)");
   EXPECT_EQ(error_of({"--digits", ""}), "option --digits: the list is empty");
   EXPECT_EQ(error_of({"--conv-channels", "8,16,32"}),

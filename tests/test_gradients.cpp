@@ -115,6 +115,7 @@ class ModelGradient : public ::testing::TestWithParam<int> {
     }
     return arch;
   }
+  static void expect_shared_backward_equals_one_network(bool dropout);
   // Deterministic pixels for rows [0, n) of an image `image` wide, mixed by `a` and `b`.
   static std::vector<std::uint8_t> pixels(std::size_t n, std::size_t image, std::size_t a, std::size_t b) {
     std::vector<std::uint8_t> p(n * image);
@@ -160,6 +161,57 @@ TEST_P(ModelGradient, EndToEnd) {
                                           ((6 + every) * 10 + 10));
 }
 
+// With dropout, the training pass is the network with each hidden dense layer's output times a fixed mask: backward
+// gives that function's gradient (the activation's slope taken before the mask), and the evaluation pass is the network
+// without dropout, to the bit.
+TEST_P(ModelGradient, EndToEndWithDropout) {
+  const Arch arch = tiny_arch();
+  const ParamLayout layout(arch);
+  const std::size_t n = 3;
+  Arena arena(Network<double>::workspace_bytes(arch, layout, n, nullptr, true));
+  Arena plain_arena(Network<double>::workspace_bytes(arch, layout, n));
+  Network<double> net(arch, layout, n, arena, {}, nullptr, true), plain(arch, layout, n, plain_arena);
+  ReferenceKernels<double> K;
+
+  std::vector<double> params(layout.padded_size()), grads(layout.padded_size());
+  init_parameters<double>(layout, 17, params);
+  const std::size_t image = std::size_t(arch.image);
+  const std::vector<std::uint8_t> px = pixels(n, image, 31, 47);
+  const std::vector<double> eps = random_vector(n * 3, 19);
+  for (Network<double>* m : {&net, &plain}) {
+    for (std::size_t r = 0; r < n; ++r) m->load_example(r, px.data() + r * image, int(r % 4));
+    std::copy(eps.begin(), eps.end(), m->eps().begin());
+  }
+  net.draw_dropout(0.4, 23, 0, n);
+  const double beta = 0.9, scale = 1.0 / 3.0;
+  std::size_t dropped = 0, kept = 0;
+  for (std::size_t l = 0; l < layout.layers().size(); ++l) {
+    const bool masked = !net.dropout_mask(l).empty();
+    EXPECT_EQ(masked, Network<double>::dropped_layer(arch, layout, l)) << layout.layers()[l].name;
+    for (std::size_t i = 0; i < n * layout.layers()[l].out && masked; ++i) {
+      const double m = net.dropout_mask(l)[i];
+      ASSERT_TRUE(m == 0.0 || m == 1.0 / 0.6) << layout.layers()[l].name << " unit " << i;
+      (m == 0.0 ? dropped : kept) += 1;
+    }
+  }
+  ASSERT_GT(dropped, 0u);
+  ASSERT_GT(kept, 0u);
+
+  auto loss = [&](Network<double>& m, Network<double>::Pass pass) {
+    m.forward(K, params.data(), n, pass);
+    const auto l = m.loss(K, n, scale);
+    return scale * (l.recon + beta * l.kl);
+  };
+  const double eval = loss(net, Network<double>::Pass::eval), without = loss(plain, Network<double>::Pass::train);
+  EXPECT_EQ(eval, without);
+  for (std::size_t i = 0; i < n * image; ++i) ASSERT_EQ(net.logits()[i], plain.logits()[i]) << "logit " << i;
+  const double train = loss(net, Network<double>::Pass::train);
+  EXPECT_NE(train, eval);
+  net.backward(K, params.data(), grads.data(), n, scale, beta);
+  expect_gradient(params, grads, [&] { return loss(net, Network<double>::Pass::train); }, "parameters",
+                  arch.convolutional() ? 1e-5 : kStep);
+}
+
 constexpr const char* kConditioning[] = {"unconditional", "conditional", "label_every_layer", "conv_unconditional", "conv_conditional"};
 INSTANTIATE_TEST_SUITE_P(Conditioning, ModelGradient, ::testing::Values(0, 1, 2, 3, 4),
                          [](const auto& p) { return std::string(kConditioning[p.param]); });
@@ -177,8 +229,9 @@ class ThreadRanks final : public BackwardListener {
 };
 
 // R networks sharing a backward pass (RowShare), each with n rows, write together exactly the gradient one network
-// computes for all R·n rows: the weight gradients sum the same rows in the same order, only split by input unit.
-TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
+// computes for all R·n rows: the weight gradients sum the same rows in the same order, only split by input unit. With
+// dropout, each rank draws the masks of its rows from their global positions, so they are the one network's.
+void ModelGradient::expect_shared_backward_equals_one_network(bool dropout) {
   const Arch arch = tiny_arch();
   const ParamLayout layout(arch);
   const std::size_t n = 2, R = 3;
@@ -194,15 +247,17 @@ TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
     std::copy_n(eps.begin() + std::ptrdiff_t(first * 3), rows * 3, net.eps().begin());
   };
 
-  Arena alone(Network<double>::workspace_bytes(arch, layout, R * n));
-  Network<double> whole(arch, layout, R * n, alone);
+  const auto pass = dropout ? Network<double>::Pass::train : Network<double>::Pass::eval;
+  Arena alone(Network<double>::workspace_bytes(arch, layout, R * n, nullptr, dropout));
+  Network<double> whole(arch, layout, R * n, alone, {}, nullptr, dropout);
   load(whole, 0, R * n);
+  whole.draw_dropout(0.3, 29, 0, R * n);
   std::vector<double> want(layout.padded_size(), 0.0);
-  whole.forward(K, params.data(), R * n);
+  whole.forward(K, params.data(), R * n, pass);
   whole.loss(K, R * n, scale);
   whole.backward(K, params.data(), want.data(), R * n, scale, beta);
 
-  const auto [own_bytes, node_bytes] = Network<double>::arena_bytes(arch, layout, n, R);
+  const auto [own_bytes, node_bytes] = Network<double>::arena_bytes(arch, layout, n, R, nullptr, dropout);
   AlignedBuffer<std::byte> node(node_bytes);  // the node's shared memory, carved alike by every rank
   std::vector<double> got(layout.padded_size(), std::nan(""));
   std::barrier<> all{std::ptrdiff_t(R)};
@@ -211,10 +266,11 @@ TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
   for (std::size_t rank = 0; rank < R; ++rank)
     ranks.emplace_back([&, rank] {
       Arena own(own_bytes), shared = Arena::over(node.span());
-      Network<double> net(arch, layout, n, own, {&shared, rank, R});
+      Network<double> net(arch, layout, n, own, {&shared, rank, R}, nullptr, dropout);
       load(net, rank * n, n);
+      net.draw_dropout(0.3, 29, rank * n, n);
       ThreadRanks listener(all);
-      net.forward(K, params.data(), n);
+      net.forward(K, params.data(), n, pass);
       net.loss(K, n, scale);
       net.backward(K, params.data(), got.data(), n, scale, beta, &listener);
       finite[rank] = listener.finite_;
@@ -237,6 +293,38 @@ TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) {
     }
     EXPECT_EQ(next, layout.layers()[l].weight_rows());
   }
+}
+
+TEST_P(ModelGradient, SharedBackwardEqualsOneNetwork) { expect_shared_backward_equals_one_network(false); }
+TEST_P(ModelGradient, SharedBackwardWithDropoutEqualsOneNetwork) { expect_shared_backward_equals_one_network(true); }
+
+// A sample's masks depend on its global position only: rows 32-63 drawn by a network holding them as its rows 0-31 are
+// rows 32-63 of a network holding all 64. On the v3 widths, p of the units are dropped and the rest scaled by 1/(1 − p).
+TEST(Dropout, MasksFollowTheGlobalRowAndKeepOneMinusP) {
+  Arch arch;
+  arch.hidden = {640, 320};
+  arch.latent = 128;
+  const ParamLayout layout(arch);
+  Arena a(Network<float>::workspace_bytes(arch, layout, 64, nullptr, true)), b(Network<float>::workspace_bytes(arch, layout, 32, nullptr, true));
+  Network<float> all(arch, layout, 64, a, {}, nullptr, true), half(arch, layout, 32, b, {}, nullptr, true);
+  all.draw_dropout(0.25, 7, 0, 64);
+  half.draw_dropout(0.25, 7, 32, 32);
+  std::size_t units = 0, zeros = 0, layers = 0;
+  for (std::size_t l = 0; l < layout.layers().size(); ++l) {
+    const std::span<const float> m = all.dropout_mask(l), h = half.dropout_mask(l);
+    if (m.empty()) continue;
+    ++layers;
+    const std::size_t width = layout.layers()[l].out;
+    for (std::size_t i = 0; i < 32 * width; ++i) ASSERT_EQ(h[i], m[32 * width + i]) << layout.layers()[l].name << " unit " << i;
+    for (float x : m) {
+      ASSERT_TRUE(x == 0.0f || x == float(1.0 / 0.75)) << x;
+      zeros += x == 0.0f;
+    }
+    units += m.size();
+  }
+  EXPECT_EQ(layers, 4u);  // enc.0, enc.1, dec.0, dec.1
+  // 122,880 draws: the fraction's standard deviation is 0.0012
+  EXPECT_NEAR(double(zeros) / double(units), 0.25, 0.006);
 }
 
 TEST(ParamLayoutTest, V3CountAndAlignment) {

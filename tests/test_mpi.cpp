@@ -195,7 +195,7 @@ void expect_weight_copy_current(const Trainer& t, const Communicator& c) {
 // The same training at 1, 2 and 4 ranks (global batch fixed): parameters agree to float rounding after `steps`, through
 // the one-node shared pass and through the bucketed allreduce of multi-node jobs; the same rank count twice agrees bit for
 // bit. Run with mpiexec -n 4.
-void expect_rank_count_invariance(Precision precision, long steps, double tolerance, bool conv = false) {
+void expect_rank_count_invariance(Precision precision, long steps, double tolerance, bool conv = false, double dropout = 0) {
   const Communicator& comm = world();
   ASSERT_EQ(comm.size(), 4) << "run with mpiexec -n 4";
   const SharedData data(comm, 2048, 64);
@@ -203,6 +203,7 @@ void expect_rank_count_invariance(Precision precision, long steps, double tolera
 
   Config cfg = conv ? test::small_conv_config(dir) : test::small_config(dir);
   cfg.precision = precision;
+  cfg.dropout = dropout;
   cfg.epochs = 1;
   cfg.max_steps = steps;
   cfg.bucket_mb = 0.004;  // several buckets even for this small model (the allreduce path)
@@ -255,6 +256,11 @@ TEST(MpiTest, ConvRankCountInvariance) { expect_rank_count_invariance(Precision:
 // parameters' size; after 20, to 1.5e-4), so the bf16 runs are compared after 20 steps, within 1e-3.
 TEST(MpiTest, Bf16RankCountInvariance) { expect_rank_count_invariance(Precision::bf16, 20, 1e-3); }
 TEST(MpiTest, ConvBf16RankCountInvariance) { expect_rank_count_invariance(Precision::bf16, 20, 1e-3, true); }
+
+// Dropout's masks follow each sample's place in the global batch: the conv model, and an MLP in bf16 (whose products, with
+// the masks, pack their operands instead of reading shadows).
+TEST(MpiTest, ConvDropoutRankCountInvariance) { expect_rank_count_invariance(Precision::fp32, 40, 1e-5, true, 0.3); }
+TEST(MpiTest, DropoutBf16RankCountInvariance) { expect_rank_count_invariance(Precision::bf16, 20, 1e-3, false, 0.3); }
 
 }  // namespace
 }  // namespace vae

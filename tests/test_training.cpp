@@ -303,6 +303,34 @@ TEST_F(Training, EmaResumeContinuesBitForBit) {
   EXPECT_NE(c.ema, c.params);
 }
 
+// Dropout's masks are keyed by the step: a resumed run draws the ones the straight run drew.
+TEST_F(Training, DropoutResumeContinuesBitForBit) {
+  Config cfg = test::small_config(dir_->path());
+  cfg.dropout = 0.3;
+  test::expect_resume_bit_for_bit(cfg, Communicator::self(), 2, dir_->path() / "dropout");
+}
+
+// The masks change what the network trains on, and the conv model with them steps without allocating.
+TEST_F(Training, DropoutChangesTheStepsAndAllocatesNothing) {
+  Config cfg = test::small_conv_config(dir_->path());
+  cfg.max_steps = 3;
+  cfg.run_dir = (dir_->path() / "dropout_steps").string();
+  const Communicator self = Communicator::self();
+  Trainer plain(cfg, self, 2);
+  plain.run();
+  cfg.dropout = 0.3;
+  Trainer dropped(cfg, self, 2);
+  dropped.run();
+  ASSERT_EQ(plain.step_losses().size(), 3u);
+  ASSERT_EQ(dropped.step_losses().size(), 3u);
+  // the first step's forward pass already differs (same weights, masked units)
+  EXPECT_NE(plain.step_losses()[0], dropped.step_losses()[0]);
+  EXPECT_NEAR(plain.step_losses()[0], dropped.step_losses()[0], 0.1 * plain.step_losses()[0]);
+  Config conv = conv_config();
+  conv.dropout = 0.3;
+  expect_steps_allocate_nothing(conv, 2, steady_steps(4));
+}
+
 // 4 epochs straight, and 2 epochs then --resume auto to 4, give the same parameters bit for bit and the same epochs.
 TEST_F(Training, ResumeContinuesBitForBit) {
   const std::filesystem::path resumed = test::expect_resume_bit_for_bit(test::small_config(dir_->path()), Communicator::self(), 2, dir_->path());

@@ -121,7 +121,7 @@ class GradientSync : public BackwardListener {
   void carve_own(Arena& pool) {
     params_ = pool.take<float>(layout().padded_size());
     copy_words_ = pool.take<std::uint32_t>(weight_copy_words(layout(), *setup_.kernels));
-    net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, pool, RowShare{}, setup_.kernels);
+    net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, pool, RowShare{}, setup_.kernels, cfg().dropout > 0);
   }
   void beat(const char* phase, const char* what = "", long detail = -1) const {
     if (setup_.watchdog) setup_.watchdog->beat(step_, phase, what, detail);

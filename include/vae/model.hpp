@@ -121,17 +121,24 @@ class Network {
     double recon = 0;  // Σ Bernoulli NLL over the batch, nats
     double kl = 0;     // Σ KL(q(z|x,y) ‖ N(0, I)) over the batch, nats
   };
+  // train: with dropout, each dropped layer's output is multiplied by its mask; eval: every unit kept, nothing scaled.
+  enum class Pass { eval, train };
 
   // With bf16_for (kernels with bf16 products), the tensors that products both write and read get bf16 shadows
-  // (Bf16Shadow), beside them in the same arena; bf16_shadows() lists them for the kernels to bind.
+  // (Bf16Shadow), beside them in the same arena; bf16_shadows() lists them for the kernels to bind. With dropout, the
+  // output of every hidden dense layer (the Arch::hidden widths, encoder and decoder) gets a mask and a masked copy, which
+  // the next layer reads in a training pass; such a network keeps no shadows (a mask would leave them stale).
   Network(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, Arena& arena, const RowShare& share = {},
-          const Kernels<T>* bf16_for = nullptr);
+          const Kernels<T>* bf16_for = nullptr, bool dropout = false);
 
   // Bytes of arena this network takes for max_batch rows (the exact figure, as the arena rounds each buffer to 64 bytes).
-  static std::size_t workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, const Kernels<T>* bf16_for = nullptr);
+  static std::size_t workspace_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch, const Kernels<T>* bf16_for = nullptr,
+                                     bool dropout = false);
   // For `ranks` networks of max_batch rows sharing a pass: the bytes each takes of its own arena, and of the shared one.
   static std::pair<std::size_t, std::size_t> arena_bytes(const Arch& arch, const ParamLayout& layout, std::size_t max_batch,
-                                                         std::size_t ranks, const Kernels<T>* bf16_for = nullptr);
+                                                         std::size_t ranks, const Kernels<T>* bf16_for = nullptr, bool dropout = false);
+  // Whether layer l (forward order) is one whose output dropout masks: a hidden dense layer of the encoder or decoder.
+  static bool dropped_layer(const Arch& arch, const ParamLayout& layout, std::size_t l);
   // The rows [first, last) of layer l's weight gradient that rank r of `ranks` computes: the input units split evenly
   // (the first layer's pixels split, its label units with the last rank, so each share is one image column range).
   static std::pair<std::size_t, std::size_t> weight_rows(const Arch& arch, const LayerSpec& layer, std::size_t l, std::size_t r,
@@ -150,8 +157,12 @@ class Network {
   std::span<T> decoder_input() { return z_in_; }          // [max_batch × dec_in]
   std::size_t max_batch() const { return max_batch_; }
 
+  // Dropout masks for rows [0, n), whose global-batch positions start at first_row: unit u of row r of dropped layer l is
+  // kept (scaled by 1/(1 − p)) or zeroed (with probability p) as (key, l, first_row + r, u) decide, so a sample's masks
+  // do not depend on which rank holds it. Nothing to do for a network made without dropout.
+  void draw_dropout(double p, std::uint64_t key, std::size_t first_row, std::size_t n);
   // forward: encoder, reparameterisation, decoder, for rows [0, n). Returns Σ KL.
-  double forward(const Kernels<T>& k, const T* params, std::size_t n);
+  double forward(const Kernels<T>& k, const T* params, std::size_t n, Pass pass = Pass::eval);
   // loss: Σ reconstruction NLL; writes dlogits = scale·∂/∂logits (scale = 1/global batch averages over ranks).
   Losses loss(const Kernels<T>& k, std::size_t n, T scale);
   // backward: gradients of scale·(recon + beta·KL) into grads (overwritten, same layout as params); the listener, if any,
@@ -166,6 +177,8 @@ class Network {
   // Layer l's output (layers in forward order), [max_batch × out]: what INT8 calibration measures.
   std::span<const T> layer_output(std::size_t l) const { return hidden_[l]; }
   std::span<const Bf16Shadow<T>> bf16_shadows() const { return shadows_; }
+  // Layer l's dropout mask [max_batch × out] as last drawn (empty: the layer is not dropped).
+  std::span<const T> dropout_mask(std::size_t l) const { return mask_[l]; }
 
  private:
   struct Stage {
@@ -175,10 +188,11 @@ class Network {
     Activation in_act;   // activation that produced `prev` (identity for a network input)
     T* out;
     const T* prev;       // the previous layer's output [n × grad_cols] (nullptr for a network input)
+    const T* fed;        // prev as this layer reads it: its masked copy, if dropout masks the previous layer
     std::size_t grad_cols;  // input columns that need a gradient: prev's width, or the latent columns of z
     bool widened;        // in = [prev | one-hot label], assembled before the layer runs
   };
-  void chain_forward(const Kernels<T>& k, const T* params, std::size_t first, std::size_t last, std::size_t n);
+  void chain_forward(const Kernels<T>& k, const T* params, std::size_t first, std::size_t last, std::size_t n, Pass pass);
   void chain_backward(const Kernels<T>& k, const T* params, T* grads, std::size_t first, std::size_t last, T* d_top, T* d_input,
                       std::size_t d_cols, std::size_t n, BackwardListener* listener);
 
@@ -205,6 +219,9 @@ class Network {
   std::span<T> dpp_[2];        // ping-pong gradients of hidden layers, [ranks·B × max_hidden]; this rank's rows start at
                                // rank·B·width for a layer `width` wide
   std::vector<Bf16Shadow<T>> shadows_;  // every layer output a product reads, and every inner input gradient
+  std::vector<std::span<T>> mask_;      // a dropped layer's mask [B × out]: 0 or 1/(1 − p) (empty: not dropped)
+  std::vector<std::span<T>> masked_;    // its output as the next layer reads it [B × out], this rank's rows of every rank's
+  bool train_pass_ = false;             // the last forward pass applied the masks, so backward applies them too
   double kl_ = 0;
 };
 
