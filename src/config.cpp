@@ -131,6 +131,10 @@ po::options_description make_options() {
       ("binarize", po::value<std::string>()->default_value("none"),
        "none: grey levels as Bernoulli means; dynamic: each pixel drawn as Bernoulli(intensity) every time an image is used "
        "(the test set binarised once, with a fixed seed)")
+      ("shift", po::value<double>()->default_value(0.0),
+       "augmentation: each time a training image is used, with this probability move it by dx, dy drawn uniformly from "
+       "[-shift-pixels, shift-pixels] (the border black); evaluation sees the images as they are (0: off)")
+      ("shift-pixels", po::value<int>()->default_value(1), "the largest move of --shift along each axis, in pixels")
       ("kfold", po::value<int>()->default_value(0), "K-fold validation: split the training set into K folds (0: off)")
       ("fold", po::value<int>()->default_value(0), "with --kfold K: hold out fold i (0 ≤ i < K) as the validation set");
 
@@ -237,6 +241,8 @@ Config build(const po::variables_map& vm) {
   const std::string binarize = get<std::string>(vm, "binarize");
   if (binarize != "none" && binarize != "dynamic") bad("binarize", "unknown value " + in_quotes(binarize) + " (expected none or dynamic)");
   c.binarize = binarize == "dynamic";
+  c.shift = get<double>(vm, "shift");
+  c.shift_pixels = get<int>(vm, "shift-pixels");
   c.kfold = get<int>(vm, "kfold");
   c.fold = get<int>(vm, "fold");
   c.batch = vm.count("batch") ? get<int>(vm, "batch") : p->batch;
@@ -328,6 +334,8 @@ void validate(const Config& c) {
   if (!(c.weight_decay >= 0 && c.lr * c.weight_decay < 1)) bad("weight-decay", "must be in [0, 1/lr), got " + std::to_string(c.weight_decay));
   if (!(c.ema_decay >= 0 && c.ema_decay < 1)) bad("ema-decay", "must be in [0, 1), got " + std::to_string(c.ema_decay));
   if (!(c.dropout >= 0 && c.dropout < 1)) bad("dropout", "must be in [0, 1), got " + std::to_string(c.dropout));
+  if (!(c.shift >= 0 && c.shift <= 1)) bad("shift", "must be in [0, 1], got " + std::to_string(c.shift));
+  if (c.shift_pixels < 1 || c.shift_pixels >= kImageSide) bad("shift-pixels", "must be in 1-27, got " + std::to_string(c.shift_pixels));
   if (c.epochs < 0) bad("epochs", "must not be negative, got " + std::to_string(c.epochs));
   if (c.max_steps < 0) bad("max-steps", "must not be negative");
   if (!(c.bucket_mb > 0 && c.bucket_mb <= 4096)) bad("bucket-mb", "must be in (0, 4096]");
@@ -470,7 +478,7 @@ std::string Config::to_ini() const {
      << "\nclasses = " << arch.classes << "\nlabel-layers = " << (arch.label_every_layer ? "all" : "first") << "\n";
   os << "data-dir = " << data_dir << "\ntrain-images = " << train_images << "\ntrain-labels = " << train_labels
      << "\ntest-images = " << test_images << "\ntest-labels = " << test_labels << "\ndigits = " << join(digits)
-     << "\nval-size = " << val_size << "\nbinarize = " << (binarize ? "dynamic" : "none") << "\nkfold = " << kfold << "\nfold = " << fold
+     << "\nval-size = " << val_size << "\nbinarize = " << (binarize ? "dynamic" : "none") << "\nshift = " << shift << "\nshift-pixels = " << shift_pixels << "\nkfold = " << kfold << "\nfold = " << fold
      << "\ntrain-limit = " << train_limit << "\ntest-limit = " << test_limit << "\n";
   os << "batch = " << batch << "\nlr = " << lr << "\nadam-beta1 = " << adam_beta1 << "\nadam-beta2 = " << adam_beta2
      << "\nadam-eps = " << adam_eps << "\nweight-decay = " << weight_decay << "\nema-decay = " << ema_decay << "\ndropout = " << dropout << "\nepochs = " << epochs << "\nmax-steps = " << max_steps

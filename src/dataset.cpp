@@ -32,6 +32,23 @@ Dataset Dataset::split_fold(std::size_t i, std::size_t k) {
   return Dataset(source_, std::move(fold));
 }
 
+void shift_image(const std::uint8_t* in, std::uint8_t* out, int dx, int dy) {
+  constexpr int side = kImageSide;
+  for (int y = 0; y < side; ++y)
+    for (int x = 0; x < side; ++x) {
+      const int sy = y - dy, sx = x - dx;
+      out[y * side + x] = sy >= 0 && sy < side && sx >= 0 && sx < side ? in[sy * side + sx] : 0;
+    }
+}
+
+std::pair<int, int> draw_shift(double p, int pixels, std::uint64_t key) {
+  Rng rng(key);
+  if (rng.uniform() >= p) return {0, 0};
+  const std::uint64_t span = 2 * std::uint64_t(pixels) + 1;
+  const int dx = int(rng.below(span)) - pixels;
+  return {dx, int(rng.below(span)) - pixels};
+}
+
 void epoch_permutation(std::uint64_t seed, int epoch, std::span<std::uint32_t> out) {
   std::iota(out.begin(), out.end(), 0u);
   Rng rng(stream_key(seed, Stream::permutation, static_cast<std::uint64_t>(epoch)));

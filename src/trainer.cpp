@@ -238,6 +238,18 @@ void Trainer::load_rows(const Dataset& data, std::size_t first, std::size_t n, s
     net_->set_label(r, data.label(row));
   }
   ctx_.kernels->gather_rows(std::span(sources_).first(n), kImagePixels, net_->pixel_row(0), kImagePixels);
+  if (cfg_.shift > 0 && !order.empty()) {
+    // Moved before binarisation, keyed like ε by the global-batch position; evaluation (no order) sees the images as
+    // they are.
+    const std::uint64_t step_key = stream_key(cfg_.seed, Stream::shift, std::uint64_t(step_));
+    std::array<std::uint8_t, kImagePixels> moved;
+    for (std::size_t r = 0; r < n; ++r) {
+      const auto [dx, dy] = draw_shift(cfg_.shift, cfg_.shift_pixels, hash_combine(step_key, eps_base + first + r));
+      if (dx == 0 && dy == 0) continue;
+      shift_image(net_->pixel_row(r), moved.data(), dx, dy);
+      std::copy(moved.begin(), moved.end(), net_->pixel_row(r));
+    }
+  }
   if (cfg_.binarize) {
     // Training draws anew at every step, keyed like ε by the global-batch position; evaluation (no order) uses one fixed
     // draw per image.

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <utility>
 
 #include "test_util.hpp"
 #include "vae/dataset.hpp"
@@ -177,6 +179,45 @@ TEST(DatasetTest, PermutationDependsOnlyOnSeedAndEpoch) {
   EXPECT_NE(a, c);
   std::sort(c.begin(), c.end());
   for (std::uint32_t i = 0; i < 1000; ++i) ASSERT_EQ(c[i], i);
+}
+
+// A move by hand: pixel (x 3, y 5) moved 2 right and 1 up lands at (5, 4); what comes in at the border is black.
+TEST(DatasetTest, ShiftMovesPixelsAndBlackensTheBorder) {
+  std::vector<std::uint8_t> in(kImagePixels, 0), out(kImagePixels, 7);
+  in[5 * 28 + 3] = 200;
+  shift_image(in.data(), out.data(), 2, -1);
+  for (int i = 0; i < kImagePixels; ++i) ASSERT_EQ(out[std::size_t(i)], i == 4 * 28 + 5 ? 200 : 0) << "pixel " << i;
+  std::fill(in.begin(), in.end(), 255);
+  shift_image(in.data(), out.data(), -1, 3);
+  for (int y = 0; y < 28; ++y)
+    for (int x = 0; x < 28; ++x) ASSERT_EQ(out[std::size_t(y * 28 + x)], y < 3 || x == 27 ? 0 : 255) << x << "," << y;
+  shift_image(in.data(), out.data(), 0, 0);
+  EXPECT_EQ(out, in);
+}
+
+// Over 20,000 keys: a fraction p of images moves (less the 1/9 of draws that land on (0, 0)), every move in the square,
+// each of the 9 moves about equally often; the same key, the same move.
+TEST(DatasetTest, ShiftDrawsFollowTheProbabilityAndTheRange) {
+  int counts[3][3] = {};
+  const int n = 20000;
+  int unmoved = 0;
+  for (int i = 0; i < n; ++i) {
+    const auto [dx, dy] = draw_shift(0.3, 1, std::uint64_t(i) * 7919);
+    ASSERT_EQ(draw_shift(0.3, 1, std::uint64_t(i) * 7919), std::make_pair(dx, dy));
+    ASSERT_TRUE(dx >= -1 && dx <= 1 && dy >= -1 && dy <= 1) << dx << "," << dy;
+    ++counts[dy + 1][dx + 1];
+    unmoved += dx == 0 && dy == 0;
+  }
+  EXPECT_NEAR(double(n - unmoved) / n, 0.3 * 8 / 9, 0.01);
+  for (int y = 0; y < 3; ++y)
+    for (int x = 0; x < 3; ++x) {
+      if (x == 1 && y == 1) continue;
+      EXPECT_NEAR(double(counts[y][x]) / n, 0.3 / 9, 0.005) << x - 1 << "," << y - 1;
+    }
+  EXPECT_EQ(draw_shift(0.0, 3, 5), std::make_pair(0, 0));
+  int far = 0;
+  for (int i = 0; i < 1000; ++i) far += std::abs(draw_shift(1.0, 3, std::uint64_t(i)).first) == 3;
+  EXPECT_GT(far, 200);  // 2/7 of the draws
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "test_util.hpp"
@@ -195,7 +196,8 @@ void expect_weight_copy_current(const Trainer& t, const Communicator& c) {
 // The same training at 1, 2 and 4 ranks (global batch fixed): parameters agree to float rounding after `steps`, through
 // the one-node shared pass and through the bucketed allreduce of multi-node jobs; the same rank count twice agrees bit for
 // bit. Run with mpiexec -n 4.
-void expect_rank_count_invariance(Precision precision, long steps, double tolerance, bool conv = false, double dropout = 0) {
+void expect_rank_count_invariance(Precision precision, long steps, double tolerance, bool conv = false,
+                                  const std::function<void(Config&)>& adjust = {}) {
   const Communicator& comm = world();
   ASSERT_EQ(comm.size(), 4) << "run with mpiexec -n 4";
   const SharedData data(comm, 2048, 64);
@@ -203,7 +205,7 @@ void expect_rank_count_invariance(Precision precision, long steps, double tolera
 
   Config cfg = conv ? test::small_conv_config(dir) : test::small_config(dir);
   cfg.precision = precision;
-  cfg.dropout = dropout;
+  if (adjust) adjust(cfg);
   cfg.epochs = 1;
   cfg.max_steps = steps;
   cfg.bucket_mb = 0.004;  // several buckets even for this small model (the allreduce path)
@@ -257,10 +259,17 @@ TEST(MpiTest, ConvRankCountInvariance) { expect_rank_count_invariance(Precision:
 TEST(MpiTest, Bf16RankCountInvariance) { expect_rank_count_invariance(Precision::bf16, 20, 1e-3); }
 TEST(MpiTest, ConvBf16RankCountInvariance) { expect_rank_count_invariance(Precision::bf16, 20, 1e-3, true); }
 
-// Dropout's masks follow each sample's place in the global batch: the conv model, and an MLP in bf16 (whose products, with
-// the masks, pack their operands instead of reading shadows).
-TEST(MpiTest, ConvDropoutRankCountInvariance) { expect_rank_count_invariance(Precision::fp32, 40, 1e-5, true, 0.3); }
-TEST(MpiTest, DropoutBf16RankCountInvariance) { expect_rank_count_invariance(Precision::bf16, 20, 1e-3, false, 0.3); }
+// Dropout's masks and the images' shifts follow each sample's place in the global batch: the conv model, and an MLP in
+// bf16 (whose products, with the masks, pack their operands instead of reading shadows).
+TEST(MpiTest, ConvDropoutShiftRankCountInvariance) {
+  expect_rank_count_invariance(Precision::fp32, 40, 1e-5, true, [](Config& c) {
+    c.dropout = 0.3;
+    c.shift = 0.5;
+  });
+}
+TEST(MpiTest, DropoutBf16RankCountInvariance) {
+  expect_rank_count_invariance(Precision::bf16, 20, 1e-3, false, [](Config& c) { c.dropout = 0.3; });
+}
 
 }  // namespace
 }  // namespace vae

@@ -310,7 +310,15 @@ TEST_F(Training, DropoutResumeContinuesBitForBit) {
   test::expect_resume_bit_for_bit(cfg, Communicator::self(), 2, dir_->path() / "dropout");
 }
 
-// The masks change what the network trains on, and the conv model with them steps without allocating.
+// The shifts are keyed by the step too.
+TEST_F(Training, ShiftResumeContinuesBitForBit) {
+  Config cfg = test::small_config(dir_->path());
+  cfg.shift = 0.5;
+  cfg.shift_pixels = 2;
+  test::expect_resume_bit_for_bit(cfg, Communicator::self(), 2, dir_->path() / "shift");
+}
+
+// The masks change what the network trains on, and the conv model with them (and with shifts) steps without allocating.
 TEST_F(Training, DropoutChangesTheStepsAndAllocatesNothing) {
   Config cfg = test::small_conv_config(dir_->path());
   cfg.max_steps = 3;
@@ -328,6 +336,7 @@ TEST_F(Training, DropoutChangesTheStepsAndAllocatesNothing) {
   EXPECT_NEAR(plain.step_losses()[0], dropped.step_losses()[0], 0.1 * plain.step_losses()[0]);
   Config conv = conv_config();
   conv.dropout = 0.3;
+  conv.shift = 0.5;
   expect_steps_allocate_nothing(conv, 2, steady_steps(4));
 }
 

@@ -33,6 +33,8 @@ struct Config {
   std::string train_images, train_labels, test_images, test_labels;  // resolved paths ("" = from data_dir)
   int val_size = 0;
   bool binarize = false;  // dynamic binarisation: pixels drawn as Bernoulli(intensity) each time an image is used
+  double shift = 0;       // the probability that a training image is moved, each time it is used (draw_shift)
+  int shift_pixels = 1;   // by up to this many pixels along each axis
   int kfold = 0, fold = 0;  // K-fold validation: fold `fold` of the training set is the validation set (kfold 0: off)
   int train_limit = 0;  // use only the first N training images (0: all); for smoke runs
   int test_limit = 0;   // evaluate on the first N test images (0: all)

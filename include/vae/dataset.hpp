@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "vae/idx.hpp"
@@ -35,6 +36,13 @@ class Dataset {
   const IdxPair* source_ = nullptr;
   std::vector<std::uint32_t> rows_;
 };
+
+// A 28 × 28 image moved dx pixels right and dy down, the uncovered border black: out[y][x] = in[y − dy][x − dx] (in and
+// out must not overlap).
+void shift_image(const std::uint8_t* in, std::uint8_t* out, int dx, int dy);
+// The shift of one training image, decided by key alone: with probability p, dx and dy each uniform in [−pixels, pixels]
+// (so (0, 0) too); otherwise none.
+std::pair<int, int> draw_shift(double p, int pixels, std::uint64_t key);
 
 // Fisher-Yates permutation of [0, n) determined only by (seed, epoch): identical on every rank.
 void epoch_permutation(std::uint64_t seed, int epoch, std::span<std::uint32_t> out);

@@ -18,7 +18,7 @@ constexpr std::uint64_t splitmix64(std::uint64_t x) {
 constexpr std::uint64_t hash_combine(std::uint64_t a, std::uint64_t b) { return splitmix64(a ^ splitmix64(b + 0x632BE59BD9B4E019ull)); }
 
 // Streams keep independent uses of one seed apart.
-enum class Stream : std::uint64_t { init = 1, permutation = 2, reparam = 3, eval = 4, samples = 5, validation = 6, importance = 7, binarize = 8, calibration = 9, dropout = 10 };
+enum class Stream : std::uint64_t { init = 1, permutation = 2, reparam = 3, eval = 4, samples = 5, validation = 6, importance = 7, binarize = 8, calibration = 9, dropout = 10, shift = 11 };
 
 inline std::uint64_t stream_key(std::uint64_t seed, Stream s, std::uint64_t a, std::uint64_t b = 0) {
   return hash_combine(hash_combine(hash_combine(seed, static_cast<std::uint64_t>(s)), a), b);
