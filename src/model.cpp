@@ -2,8 +2,8 @@
 #include "vae/model.hpp"
 
 #include <algorithm>
-#include <functional>
 #include <cmath>
+#include <functional>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
