@@ -6,7 +6,8 @@
 # bit-for-bit resume tests: they check the pool and the checkpoint, the same code on every instruction set, run by the
 # native suites, and took 322 s of qemu's CPU; nor the v3 bf16 trainer against its reference (57 s: the emulated bf16
 # products it runs are held bit for bit to the native ones by the kernel tests here) and the conv model's end-to-end
-# gradient checks (36 s, in double on the reference kernels, no NEON code). The SVE runs also leave out the trainer and the end-to-end gradient
+# gradient checks, with and without dropout and importance samples (36 s without the last, in double on the reference
+# kernels, no NEON code). The SVE runs also leave out the trainer and the end-to-end gradient
 # checks, which run the reference kernels in double: NEON runs them, and no SVE code is in them.
 # --all adds SVE at 256 bits (Graviton3) and SVE2 at 512 bits, which CI leaves out for time.
 # Usage: test_aarch64.sh BUILD_DIR [--all]
@@ -20,10 +21,10 @@ run() {
   echo "== qemu-aarch64 -cpu $cpu${isas:+, instruction sets $isas}${rows:+, at most $rows rows}"
   QEMU_CPU=$cpu VAE_TEST_ISAS=$isas VAE_TEST_MAX_ROWS=$rows VAE_TEST_MAX_STEPS=5 ctest --test-dir "$build" --output-on-failure --timeout 1200 -j2 "$@"
 }
-run neoverse-n1 "" 32 -E '^Training\.(.*AllocatesNothing|.*ResumeContinuesBitForBit|Bf16TrainsLike.*)$|EndToEnd(WithDropout)?/conv'
-run max,sve-max-vq=1 SVE2_128 8 -E '^Training\.|EndToEnd'
-run a64fx SVE 8 -E '^Training\.|EndToEnd'
+run neoverse-n1 "" 32 -E '^Training\.(.*AllocatesNothing|.*ResumeContinuesBitForBit|Bf16TrainsLike.*)$|(EndToEnd(WithDropout)?|ImportanceWeight[a-zA-Z]*)/conv'
+run max,sve-max-vq=1 SVE2_128 8 -E '^Training\.|EndToEnd|ImportanceWeight'
+run a64fx SVE 8 -E '^Training\.|EndToEnd|ImportanceWeight'
 if [[ ${2:-} == --all ]]; then
-  run max,sve-max-vq=2 SVE_256 8 -E '^Training\.|EndToEnd'
-  run max,sve-max-vq=4 SVE2 8 -E '^Training\.|EndToEnd'
+  run max,sve-max-vq=2 SVE_256 8 -E '^Training\.|EndToEnd|ImportanceWeight'
+  run max,sve-max-vq=4 SVE2 8 -E '^Training\.|EndToEnd|ImportanceWeight'
 fi

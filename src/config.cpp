@@ -153,6 +153,9 @@ po::options_description make_options() {
       ("dropout", po::value<double>()->default_value(0.0),
        "in training, zero each unit of every hidden dense layer (the --hidden widths, encoder and decoder) with this "
        "probability and scale the kept ones by 1/(1 − p); evaluation and the tools keep every unit (0: off)")
+      ("iw-train", po::value<int>()->default_value(1),
+       "train on the importance-weighted bound with this many draws of z per image (Burda et al. 2015; each step runs "
+       "batch × K rows); 1: the ELBO")
       ("epochs", po::value<int>()->default_value(10), "epochs to train")
       ("max-steps", po::value<long>()->default_value(0), "stop after this many steps in total (0: no cap)")
       ("nan-policy", po::value<std::string>()->default_value("stop"),
@@ -262,6 +265,7 @@ Config build(const po::variables_map& vm) {
   c.weight_decay = get<double>(vm, "weight-decay");
   c.ema_decay = get<double>(vm, "ema-decay");
   c.dropout = get<double>(vm, "dropout");
+  c.iw_train = get<int>(vm, "iw-train");
   c.epochs = get<int>(vm, "epochs");
   c.max_steps = get<long>(vm, "max-steps");
   c.seed = get<std::uint64_t>(vm, "seed");
@@ -334,6 +338,8 @@ void validate(const Config& c) {
   if (!(c.weight_decay >= 0 && c.lr * c.weight_decay < 1)) bad("weight-decay", "must be in [0, 1/lr), got " + std::to_string(c.weight_decay));
   if (!(c.ema_decay >= 0 && c.ema_decay < 1)) bad("ema-decay", "must be in [0, 1), got " + std::to_string(c.ema_decay));
   if (!(c.dropout >= 0 && c.dropout < 1)) bad("dropout", "must be in [0, 1), got " + std::to_string(c.dropout));
+  if (c.iw_train < 1 || std::size_t(c.iw_train) > kMaxImportanceSamples)
+    bad("iw-train", "must be in 1-" + std::to_string(kMaxImportanceSamples) + ", got " + std::to_string(c.iw_train));
   if (!(c.shift >= 0 && c.shift <= 1)) bad("shift", "must be in [0, 1], got " + std::to_string(c.shift));
   if (c.shift_pixels < 1 || c.shift_pixels >= kImageSide) bad("shift-pixels", "must be in 1-27, got " + std::to_string(c.shift_pixels));
   if (c.epochs < 0) bad("epochs", "must not be negative, got " + std::to_string(c.epochs));
@@ -481,7 +487,7 @@ std::string Config::to_ini() const {
      << "\nval-size = " << val_size << "\nbinarize = " << (binarize ? "dynamic" : "none") << "\nshift = " << shift << "\nshift-pixels = " << shift_pixels << "\nkfold = " << kfold << "\nfold = " << fold
      << "\ntrain-limit = " << train_limit << "\ntest-limit = " << test_limit << "\n";
   os << "batch = " << batch << "\nlr = " << lr << "\nadam-beta1 = " << adam_beta1 << "\nadam-beta2 = " << adam_beta2
-     << "\nadam-eps = " << adam_eps << "\nweight-decay = " << weight_decay << "\nema-decay = " << ema_decay << "\ndropout = " << dropout << "\nepochs = " << epochs << "\nmax-steps = " << max_steps
+     << "\nadam-eps = " << adam_eps << "\nweight-decay = " << weight_decay << "\nema-decay = " << ema_decay << "\ndropout = " << dropout << "\niw-train = " << iw_train << "\nepochs = " << epochs << "\nmax-steps = " << max_steps
      << "\nseed = " << seed
      << "\nthreads = " << threads << "\nrun-dir = " << run_dir
      << "\nkernels = " << (kernels == KernelChoice::reference ? "reference" : "parallel")

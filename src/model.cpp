@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
@@ -203,6 +204,8 @@ Network<T>::Network(const Arch& arch, const ParamLayout& layout, std::size_t max
   dlogits_ = shared(std::size_t(arch.image));
   dhead_ = shared(2 * L);
   dz_ = arena.take<T>(B * L);
+  row_nll_ = arena.take<double>(B);
+  row_weight_ = arena.take<T>(B);
   const auto& layers = layout.layers();
   enc_end_ = layout.encoder_layers();
   // the widest inner input gradient: the output of every layer but the encoder's head and the decoder's output
@@ -414,10 +417,44 @@ double Network<T>::forward(const Kernels<T>& k, const T* params, std::size_t n, 
 }
 
 template <class T>
-typename Network<T>::Losses Network<T>::loss(const Kernels<T>& k, std::size_t n, T scale) {
+typename Network<T>::Losses Network<T>::loss(const Kernels<T>& k, std::size_t n, T scale, T beta, std::size_t samples) {
+  samples_ = samples;
   // logits [n × 784] against the encoder input's pixel columns (row stride enc_in)
   const double recon = k.bernoulli_nll(logits_.data(), images_, dlogits_.data(), n, scale);
-  return {recon, kl_};
+  if (samples == 1) return {recon, kl_, recon + double(beta) * kl_};
+  if (samples == 0 || samples > kMaxImportanceSamples || n % samples != 0)
+    throw std::logic_error("importance samples: " + std::to_string(n) + " rows are not groups of " + std::to_string(samples));
+  k.bernoulli_nll_rows(logits_.data(), images_, row_nll_.data(), n);
+  const std::size_t L = std::size_t(arch_.latent), ldz = arch_.dec_in(), image = std::size_t(arch_.image);
+  Losses total;
+  for (std::size_t g = 0; g < n; g += samples) {
+    // log wₖ = −(NLLₖ + β·(log q − log p)), with log q − log p = Σ_d ½(z² − log σ² − ε²) at z = μ + σε (2π cancels)
+    double log_w[kMaxImportanceSamples], top = -std::numeric_limits<double>::infinity();
+    for (std::size_t i = 0; i < samples; ++i) {
+      const std::size_t r = g + i;
+      double kl = 0;
+      for (std::size_t j = 0; j < L; ++j) {
+        const double z = double(z_in_[r * ldz + j]), lv = double(head_[r * 2 * L + L + j]), e = double(eps_[r * L + j]);
+        kl += 0.5 * (z * z - lv - e * e);
+      }
+      total.recon += row_nll_[r];
+      total.kl += kl;
+      log_w[i] = -(row_nll_[r] + double(beta) * kl);
+      top = std::max(top, log_w[i]);
+    }
+    double sum = 0;
+    for (std::size_t i = 0; i < samples; ++i) sum += std::exp(log_w[i] - top);
+    total.objective -= top + std::log(sum / double(samples));
+    for (std::size_t i = 0; i < samples; ++i) {
+      const T w = T(std::exp(log_w[i] - top) / sum);
+      row_weight_[g + i] = w;
+      T* d = dlogits_.data() + (g + i) * image;
+      std::transform(d, d + image, d, [w](T x) { return x * w; });
+    }
+  }
+  total.recon /= double(samples);
+  total.kl /= double(samples);
+  return total;
 }
 
 template <class T>
@@ -427,8 +464,20 @@ void Network<T>::backward(const Kernels<T>& k, const T* params, T* grads, std::s
   const std::size_t enc_end = enc_end_;
   const std::size_t L = std::size_t(arch_.latent);
   chain_backward(k, params, grads, enc_end, stages_.size(), dlogits_.data(), dz_.data(), L, n, listener);
-  // dhead [n × 2L] from dz [n × L] and β·∂KL
-  k.reparam_kl_backward(head_.data(), eps_.data(), dz_.data(), L, dhead_.data(), n, L, scale, beta);
+  if (samples_ == 1) {
+    // dhead [n × 2L] from dz [n × L] and β·∂KL
+    k.reparam_kl_backward(head_.data(), eps_.data(), dz_.data(), L, dhead_.data(), n, L, scale, beta);
+  } else {
+    // β·(log q − log p), each row weighted by its wₖ/Σ w: through z, β·z; directly, ∂ log q/∂ log σ² = −½ (μ only moves z)
+    const std::size_t ldz = arch_.dec_in();
+    for (std::size_t r = 0; r < n; ++r) {
+      const T c = scale * beta * row_weight_[r];
+      for (std::size_t j = 0; j < L; ++j) dz_[r * L + j] += c * z_in_[r * ldz + j];
+    }
+    k.reparam_kl_backward(head_.data(), eps_.data(), dz_.data(), L, dhead_.data(), n, L, scale, T(0));
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t j = 0; j < L; ++j) dhead_[r * 2 * L + L + j] -= T(0.5) * scale * beta * row_weight_[r];
+  }
   chain_backward(k, params, grads, 0, enc_end, dhead_.data(), nullptr, 0, n, listener);
 }
 

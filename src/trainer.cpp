@@ -136,7 +136,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
     throw UsageError("option --batch: global batch " + std::to_string(cfg_.batch) + " is larger than the " +
                      std::to_string(train_.size()) + " training images");
   local_batch_ = std::size_t(cfg_.batch / comm_.size());
-  sources_.resize(local_batch_);
+  sources_.resize(local_batch_ * std::size_t(cfg_.iw_train));
   // --resume: every rank reads and checks the file itself (local work, so a bad file is one agreed usage error), in a
   // child forked before this rank starts threads of its own: a thread starting up as the fork happens can hold a lock
   // the child then waits on for ever (AddressSanitizer's allocator, seen in every MPI resume test).
@@ -167,7 +167,7 @@ Trainer::Trainer(const Config& config, const Communicator& comm, int threads)
   // Start-up and checkpoints wait on every rank (file systems, other nodes' start): ten times the limit.
   watchdog_ = std::make_unique<Watchdog>(cfg_.comm_timeout, 10 * cfg_.comm_timeout, comm_.rank(), "vae_dist");
   ctx_.watchdog = watchdog_.get();
-  sync_ = make_gradient_sync({&cfg_, &comm_, &layout_, kernels_.get(), watchdog_.get(), local_batch_});
+  sync_ = make_gradient_sync({&cfg_, &comm_, &layout_, kernels_.get(), watchdog_.get(), local_batch_ * std::size_t(cfg_.iw_train)});
 
   const std::size_t P = layout_.padded_size();
   auto carve = [&](Arena& a) {
@@ -213,8 +213,9 @@ void Trainer::print_header() const {
               comm_.size() > 1 ? "s" : "", threads_, threads_ > 1 ? "s" : "", kernels_->name().c_str());
   std::printf("model %s: %s; %s parameters\n", cfg_.preset.c_str(), cfg_.arch.describe().c_str(),
               with_commas(layout_.parameter_count()).c_str());
-  std::printf("data: %zu train, %zu validation, %zu test images; global batch %d (%zu per rank), %zu steps per epoch\n", train_.size(),
-              val_.size(), test_.size(), cfg_.batch, local_batch_, train_.size() / std::size_t(cfg_.batch));
+  std::printf("data: %zu train, %zu validation, %zu test images; global batch %d (%zu per rank), %zu steps per epoch%s\n", train_.size(),
+              val_.size(), test_.size(), cfg_.batch, local_batch_, train_.size() / std::size_t(cfg_.batch),
+              cfg_.iw_train > 1 ? (", " + std::to_string(cfg_.iw_train) + " draws of z per image (importance-weighted bound)").c_str() : "");
   if (sync_->shared_bytes() == 0) {
     std::printf("memory pool: %s bytes per rank (parameters, gradients, Adam moments, activations, kernel scratch, sampler)\n",
                 with_commas(pool_.capacity()).c_str());
@@ -230,21 +231,23 @@ void Trainer::print_header() const {
 }
 
 void Trainer::load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order,
-                        std::uint64_t eps_key, std::uint64_t eps_base) {
-  for (std::size_t r = 0; r < n; ++r) {
-    const std::size_t pos = first + r;
+                        std::uint64_t eps_key, std::uint64_t eps_base, std::size_t copies) {
+  const std::size_t rows = n * copies;
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::size_t pos = first + r / copies;
     const std::size_t row = order.empty() ? pos : order[pos];
     sources_[r] = data.image(row);
     net_->set_label(r, data.label(row));
   }
-  ctx_.kernels->gather_rows(std::span(sources_).first(n), kImagePixels, net_->pixel_row(0), kImagePixels);
+  ctx_.kernels->gather_rows(std::span(sources_).first(rows), kImagePixels, net_->pixel_row(0), kImagePixels);
+  // An image's copies are moved and binarised alike (keyed by the image's position), so its draws of z see one image.
   if (cfg_.shift > 0 && !order.empty()) {
     // Moved before binarisation, keyed like ε by the global-batch position; evaluation (no order) sees the images as
     // they are.
     const std::uint64_t step_key = stream_key(cfg_.seed, Stream::shift, std::uint64_t(step_));
     std::array<std::uint8_t, kImagePixels> moved;
-    for (std::size_t r = 0; r < n; ++r) {
-      const auto [dx, dy] = draw_shift(cfg_.shift, cfg_.shift_pixels, hash_combine(step_key, eps_base + first + r));
+    for (std::size_t r = 0; r < rows; ++r) {
+      const auto [dx, dy] = draw_shift(cfg_.shift, cfg_.shift_pixels, hash_combine(step_key, eps_base + first + r / copies));
       if (dx == 0 && dy == 0) continue;
       shift_image(net_->pixel_row(r), moved.data(), dx, dy);
       std::copy(moved.begin(), moved.end(), net_->pixel_row(r));
@@ -254,19 +257,20 @@ void Trainer::load_rows(const Dataset& data, std::size_t first, std::size_t n, s
     // Training draws anew at every step, keyed like ε by the global-batch position; evaluation (no order) uses one fixed
     // draw per image.
     const std::uint64_t step_key = stream_key(cfg_.seed, Stream::binarize, std::uint64_t(step_));
-    for (std::size_t r = 0; r < n; ++r) {
-      const std::size_t pos = first + r;
+    for (std::size_t r = 0; r < rows; ++r) {
+      const std::size_t pos = first + r / copies;
       const std::uint64_t key = order.empty() ? test_binarize_key(pos) : hash_combine(step_key, eps_base + pos);
       binarize_image(net_->pixel_row(r), net_->pixel_row(r), key);
     }
   }
-  // ε depends on the sample's position in the global batch (or dataset), never on the rank that holds it.
-  ctx_.kernels->gaussian_rows(net_->eps().data(), n, std::size_t(cfg_.arch.latent), eps_key, eps_base + first);
+  // ε depends on the row's position in the global batch (or dataset), never on the rank that holds it.
+  ctx_.kernels->gaussian_rows(net_->eps().data(), rows, std::size_t(cfg_.arch.latent), eps_key, (eps_base + first) * copies);
 }
 
 Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batch, double beta, double lr) {
   const Kernels<float>& k = *ctx_.kernels;
-  const std::size_t n = local_batch_;
+  // n rows: this rank's images, each --iw-train times (an image's draws of z are adjacent rows)
+  const std::size_t samples = std::size_t(cfg_.iw_train), images = local_batch_, n = images * samples;
   const float scale = 1.0f / float(cfg_.batch);
   const long step = step_ + 1;  // 1-based, as reported
   const bool faulty = cfg_.fault.kind != Fault::Kind::none && cfg_.fault.step == step && cfg_.fault.rank == comm_.rank();
@@ -282,18 +286,18 @@ Trainer::StepLoss Trainer::train_step(std::span<const std::uint32_t> global_batc
   };
 
   // data: this rank's contiguous slice of the global batch
-  const std::size_t first = std::size_t(comm_.rank()) * n;
+  const std::size_t first = std::size_t(comm_.rank()) * images;
   const std::uint64_t key = stream_key(cfg_.seed, Stream::reparam, std::uint64_t(step_));
-  std::span<const std::uint32_t> slice = global_batch.subspan(first, n);
-  load_rows(train_, 0, n, slice, key, first);
-  net_->draw_dropout(cfg_.dropout, stream_key(cfg_.seed, Stream::dropout, std::uint64_t(step_)), first, n);
+  std::span<const std::uint32_t> slice = global_batch.subspan(first, images);
+  load_rows(train_, 0, images, slice, key, first, samples);
+  net_->draw_dropout(cfg_.dropout, stream_key(cfg_.seed, Stream::dropout, std::uint64_t(step_)), first * samples, n);
   lap(phase_.data);
 
   // forward and loss. --inject-fault nan makes the loss gradient's scale NaN: the loss stays finite, so only the gradient
   // check sees it (and the gradient's bf16 forms, written with it, carry it too).
   net_->forward(k, params_.data(), n, Network<float>::Pass::train);
   const bool poison = faulty && cfg_.fault.kind == Fault::Kind::nan;
-  const Network<float>::Losses loss = net_->loss(k, n, poison ? std::numeric_limits<float>::quiet_NaN() : scale);
+  const Network<float>::Losses loss = net_->loss(k, n, poison ? std::numeric_limits<float>::quiet_NaN() : scale, float(beta), samples);
   lap(phase_.forward);
 
   // backward: the sync strategy hears of each layer as its gradient is done (and starts its sum), and a shared pass waits

@@ -80,7 +80,7 @@ TEST(ConfigTest, CommandLineBeatsFileBeatsPresetAndDefaults) {
 }
 
 TEST(ConfigTest, EffectiveIniRoundTrips) {
-  const Config a = parse({"--preset", "v2", "--digits", "3,5", "--epochs", "7", "--balanced.lr-factor", "0.5", "--weight-decay", "0.01", "--dropout", "0.2", "--shift", "0.25", "--shift-pixels", "2"}).config;
+  const Config a = parse({"--preset", "v2", "--digits", "3,5", "--epochs", "7", "--balanced.lr-factor", "0.5", "--weight-decay", "0.01", "--dropout", "0.2", "--iw-train", "5", "--shift", "0.25", "--shift-pixels", "2"}).config;
   test::TempDir dir;
   std::ofstream(dir / "eff.ini") << a.to_ini();
   const Config b = parse({"--config", (dir / "eff.ini").string()}).config;
@@ -88,6 +88,7 @@ TEST(ConfigTest, EffectiveIniRoundTrips) {
   EXPECT_EQ(b.digits, (std::vector<int>{3, 5}));
   EXPECT_DOUBLE_EQ(b.weight_decay, 0.01);
   EXPECT_DOUBLE_EQ(b.dropout, 0.2);
+  EXPECT_EQ(b.iw_train, 5);
   EXPECT_DOUBLE_EQ(b.shift, 0.25);
   EXPECT_EQ(b.shift_pixels, 2);
 }
@@ -111,6 +112,8 @@ TEST(ConfigErrors, OneLineMessages) {
   EXPECT_EQ(error_of({"--epochs", "-1"}), "option --epochs: must not be negative, got -1");
   EXPECT_EQ(error_of({"--dropout", "1"}), "option --dropout: must be in [0, 1), got 1.000000");
   EXPECT_EQ(error_of({"--dropout", "-0.1"}), "option --dropout: must be in [0, 1), got -0.100000");
+  EXPECT_EQ(error_of({"--iw-train", "0"}), "option --iw-train: must be in 1-64, got 0");
+  EXPECT_EQ(error_of({"--iw-train", "65"}), "option --iw-train: must be in 1-64, got 65");
   EXPECT_EQ(error_of({"--shift", "1.5"}), "option --shift: must be in [0, 1], got 1.500000");
   EXPECT_EQ(error_of({"--shift-pixels", "0"}), "option --shift-pixels: must be in 1-27, got 0");
   EXPECT_EQ(error_of({"--preset", "v9"}), "option --preset: unknown preset 'v9' (expected v1, v2, v3, burda or conv)");

@@ -318,6 +318,14 @@ TEST_F(Training, ShiftResumeContinuesBitForBit) {
   test::expect_resume_bit_for_bit(cfg, Communicator::self(), 2, dir_->path() / "shift");
 }
 
+// An image's draws of z take ε from (step, row) and the images their binarisation from (step, image), as before.
+TEST_F(Training, ImportanceWeightedResumeContinuesBitForBit) {
+  Config cfg = test::small_config(dir_->path());
+  cfg.iw_train = 3;
+  cfg.binarize = true;
+  test::expect_resume_bit_for_bit(cfg, Communicator::self(), 2, dir_->path() / "iw");
+}
+
 // The masks change what the network trains on, and the conv model with them (and with shifts) steps without allocating.
 TEST_F(Training, DropoutChangesTheStepsAndAllocatesNothing) {
   Config cfg = test::small_conv_config(dir_->path());
@@ -338,6 +346,9 @@ TEST_F(Training, DropoutChangesTheStepsAndAllocatesNothing) {
   conv.dropout = 0.3;
   conv.shift = 0.5;
   expect_steps_allocate_nothing(conv, 2, steady_steps(4));
+  Config weighted = conv_config();
+  weighted.iw_train = 3;
+  expect_steps_allocate_nothing(weighted, 2, steady_steps(4));
 }
 
 // 4 epochs straight, and 2 epochs then --resume auto to 4, give the same parameters bit for bit and the same epochs.

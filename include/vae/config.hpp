@@ -44,6 +44,7 @@ struct Config {
   double weight_decay = 0;  // AdamW's λ
   double ema_decay = 0;     // the weights' moving average: ema ← d·ema + (1 − d)·w after each update (0: none)
   double dropout = 0;       // in training, each hidden dense layer's units are zeroed with this probability (Network)
+  int iw_train = 1;         // draws of z per training image; > 1: the importance-weighted bound (Network::loss)
   int epochs = 10;
   long max_steps = 0;  // 0 = no cap
   std::uint64_t seed = 42;

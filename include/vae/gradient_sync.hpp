@@ -39,7 +39,7 @@ struct SyncSetup {
   const ParamLayout* layout = nullptr;
   Kernels<float>* kernels = nullptr;
   Watchdog* watchdog = nullptr;
-  std::size_t local_batch = 0;  // this rank's rows of every global batch
+  std::size_t local_batch = 0;  // this rank's rows of every global batch (its images × --iw-train)
 };
 
 // A step through a strategy: start_step(), then the backward pass with the strategy as its listener (it starts sums as
@@ -121,8 +121,11 @@ class GradientSync : public BackwardListener {
   void carve_own(Arena& pool) {
     params_ = pool.take<float>(layout().padded_size());
     copy_words_ = pool.take<std::uint32_t>(weight_copy_words(layout(), *setup_.kernels));
-    net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, pool, RowShare{}, setup_.kernels, cfg().dropout > 0);
+    net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, pool, RowShare{}, shadowed_kernels(), cfg().dropout > 0);
   }
+  // The kernels whose bf16 products the network keeps shadows for: none with importance samples, whose loss reweights
+  // the loss gradient's rows after the kernel wrote their bf16 forms.
+  const Kernels<float>* shadowed_kernels() const { return cfg().iw_train > 1 ? nullptr : setup_.kernels; }
   void beat(const char* phase, const char* what = "", long detail = -1) const {
     if (setup_.watchdog) setup_.watchdog->beat(step_, phase, what, detail);
   }

@@ -42,6 +42,9 @@ struct Arch {
 
 std::string activation_name(Activation a);
 
+// The most draws of z per image that training on the importance-weighted bound takes (--iw-train).
+inline constexpr std::size_t kMaxImportanceSamples = 64;
+
 // One layer's place in the flat buffer, W then b, each 64-byte aligned: a dense layer's W [in × out] row-major and b
 // [out]; a convolution's W in PyTorch's layout (vae/conv.hpp) and b [out_c]. in and out are the floats of one example's
 // input and output either way.
@@ -117,9 +120,12 @@ struct RowShare {
 template <class T>
 class Network {
  public:
+  // With importance samples (loss's `samples` K > 1), recon and kl are over images, each the mean of its K samples, and
+  // kl is the Monte Carlo estimate log q(z|x,y) − log p(z) at the drawn z rather than the closed form.
   struct Losses {
-    double recon = 0;  // Σ Bernoulli NLL over the batch, nats
-    double kl = 0;     // Σ KL(q(z|x,y) ‖ N(0, I)) over the batch, nats
+    double recon = 0;      // Σ Bernoulli NLL over the batch, nats
+    double kl = 0;         // Σ KL(q(z|x,y) ‖ N(0, I)) over the batch, nats
+    double objective = 0;  // Σ over images of what backward differentiates: recon + β·KL, or −log (1/K) Σₖ wₖ
   };
   // train: with dropout, each dropped layer's output is multiplied by its mask; eval: every unit kept, nothing scaled.
   enum class Pass { eval, train };
@@ -164,7 +170,10 @@ class Network {
   // forward: encoder, reparameterisation, decoder, for rows [0, n). Returns Σ KL.
   double forward(const Kernels<T>& k, const T* params, std::size_t n, Pass pass = Pass::eval);
   // loss: Σ reconstruction NLL; writes dlogits = scale·∂/∂logits (scale = 1/global batch averages over ranks).
-  Losses loss(const Kernels<T>& k, std::size_t n, T scale);
+  // samples K > 1: rows come in groups of K, one image's K draws of z, and the objective is the importance-weighted bound
+  // of Burda et al. (2015), −log (1/K) Σₖ wₖ with log wₖ = log p(x|zₖ) − β·(log q(zₖ|x) − log p(zₖ)); its gradient is each
+  // draw's −log wₖ gradient times wₖ/Σ w, which loss writes into dlogits and backward applies to the latent terms.
+  Losses loss(const Kernels<T>& k, std::size_t n, T scale, T beta = T(1), std::size_t samples = 1);
   // backward: gradients of scale·(recon + beta·KL) into grads (overwritten, same layout as params); the listener, if any,
   // hears of each layer as its gradients are done. Ranks sharing the pass each write only their rows of every weight
   // gradient (weight_rows; rank 0 the biases) into the one gradient buffer of the node, and need n = max_batch.
@@ -222,6 +231,9 @@ class Network {
   std::vector<std::span<T>> mask_;      // a dropped layer's mask [B × out]: 0 or 1/(1 − p) (empty: not dropped)
   std::vector<std::span<T>> masked_;    // its output as the next layer reads it [B × out], this rank's rows of every rank's
   bool train_pass_ = false;             // the last forward pass applied the masks, so backward applies them too
+  std::span<double> row_nll_;           // [B], each row's Bernoulli NLL (importance samples only)
+  std::span<T> row_weight_;             // [B], each row's normalised importance weight wₖ/Σ w within its image's group
+  std::size_t samples_ = 1;             // the last loss's K, so backward weights the latent terms alike
   double kl_ = 0;
 };
 

@@ -78,8 +78,9 @@ class Trainer {
 
  private:
   StepLoss train_step(std::span<const std::uint32_t> global_batch, double beta, double lr);
+  // Images [first, first + n) of `order` (or of the data set, without one) into the network's rows, each `copies` times.
   void load_rows(const Dataset& data, std::size_t first, std::size_t n, std::span<const std::uint32_t> order, std::uint64_t eps_key,
-                 std::uint64_t eps_base);
+                 std::uint64_t eps_base, std::size_t copies = 1);
   void print_header() const;
   void save_checkpoint(int epochs_done, PhaseTimes& time, bool mid_epoch = false);
   // The classes × 10 grid of generated digits (row d: digit d; column c: latent noise z_c, the same in every checkpoint),
@@ -107,7 +108,7 @@ class Trainer {
   WeightCopy copy_;                                    // bf16 products: the weights in their panels, beside params_
   std::span<std::uint32_t> order_;                     // [train size], epoch order_epoch_'s permutation
   int order_epoch_ = -1;
-  std::vector<const std::uint8_t*> sources_;           // [local batch], the data set's image rows of the batch being loaded
+  std::vector<const std::uint8_t*> sources_;           // [local batch × --iw-train], the data set's image rows of the batch being loaded
   Network<float>* net_ = nullptr;                      // sync_'s network
   std::span<std::byte> workspace_;                     // the kernels' packing buffers and row sums
   std::optional<Checkpoint> resume_;                   // what --resume found, until initialize() applies it

@@ -32,7 +32,7 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 
 NodeSharedSync::NodeSharedSync(const SyncSetup& s)
     : GradientSync(s), node_rank_(s.comm->local_rank()), node_size_(s.comm->local_size()) {
-  const auto bytes = Network<float>::arena_bytes(cfg().arch, layout(), setup_.local_batch, std::size_t(node_size_), setup_.kernels,
+  const auto bytes = Network<float>::arena_bytes(cfg().arch, layout(), setup_.local_batch, std::size_t(node_size_), shadowed_kernels(),
                                                     cfg().dropout > 0);
   net_own_bytes_ = bytes.first;
   act_bytes_ = bytes.second;
@@ -64,7 +64,7 @@ void NodeSharedSync::attach() {
   acts_ = std::make_unique<NodeSegments>(n, (act_bytes_ + sizeof(float) - 1) / sizeof(float), true);
   Arena own = Arena::over(net_memory_), shared = Arena::over(std::as_writable_bytes(acts_->segment(0)));
   net_ = std::make_unique<Network<float>>(cfg().arch, layout(), setup_.local_batch, own,
-                                          RowShare{&shared, std::size_t(node_rank_), std::size_t(node_size_)}, setup_.kernels,
+                                          RowShare{&shared, std::size_t(node_rank_), std::size_t(node_size_)}, shadowed_kernels(),
                                           cfg().dropout > 0);
   // The bf16 weight copy follows the parameters in their window, so the fence that shows the one shows the other.
   const std::size_t P = layout().padded_size(), copy_words = weight_copy_words(layout(), *setup_.kernels);
