@@ -306,13 +306,15 @@ class ParallelKernels final : public Kernels<float> {
     return finite;
   }
 
-  double bernoulli_nll(const float* logits, const ImageBatch& x, float* dlogits, std::size_t n, float scale) const override {
+  double bernoulli_nll(const float* logits, const ImageBatch& x, float* dlogits, std::size_t n, float scale,
+                       double* row_nll) const override {
     check_rows(n);
     const ShadowAt ds = dlogits ? whole_rows_shadow(dlogits, x.width) : ShadowAt{};
     for_rows(n, [&](std::size_t r0, std::size_t r1) {
       ops_.bernoulli_rows(logits, x, dlogits, r0, r1, scale, ws_.row_sums.data());
       write_shadow(ds, dlogits, r0, r1);
     }, x.width);
+    if (row_nll) std::copy_n(ws_.row_sums.data(), n, row_nll);
     return ordered_sum(n);
   }
 

@@ -420,11 +420,10 @@ template <class T>
 typename Network<T>::Losses Network<T>::loss(const Kernels<T>& k, std::size_t n, T scale, T beta, std::size_t samples) {
   samples_ = samples;
   // logits [n × 784] against the encoder input's pixel columns (row stride enc_in)
-  const double recon = k.bernoulli_nll(logits_.data(), images_, dlogits_.data(), n, scale);
-  if (samples == 1) return {recon, kl_, recon + double(beta) * kl_};
-  if (samples == 0 || samples > kMaxImportanceSamples || n % samples != 0)
+  if (samples != 1 && (samples == 0 || samples > kMaxImportanceSamples || n % samples != 0))
     throw std::logic_error("importance samples: " + std::to_string(n) + " rows are not groups of " + std::to_string(samples));
-  k.bernoulli_nll_rows(logits_.data(), images_, row_nll_.data(), n);
+  const double recon = k.bernoulli_nll(logits_.data(), images_, dlogits_.data(), n, scale, samples == 1 ? nullptr : row_nll_.data());
+  if (samples == 1) return {recon, kl_, recon + double(beta) * kl_};
   const std::size_t L = std::size_t(arch_.latent), ldz = arch_.dec_in(), image = std::size_t(arch_.image);
   Losses total;
   for (std::size_t g = 0; g < n; g += samples) {

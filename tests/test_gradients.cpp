@@ -56,8 +56,8 @@ TEST(LossGradient, BernoulliNllWithLogits) {
   std::uint8_t pixels[n * d];
   for (std::size_t i = 0; i < n * d; ++i) pixels[i] = std::uint8_t(i % 5 * 63);  // grayscale targets, not binarised
   const ImageBatch x{pixels, d, d, nullptr, 0};
-  K.bernoulli_nll(logits.data(), x, dl.data(), n, 1.0);
-  expect_gradient(logits, dl, [&] { return K.bernoulli_nll(logits.data(), x, nullptr, n, 1.0); }, "dlogits");
+  K.bernoulli_nll(logits.data(), x, dl.data(), n, 1.0, nullptr);
+  expect_gradient(logits, dl, [&] { return K.bernoulli_nll(logits.data(), x, nullptr, n, 1.0, nullptr); }, "dlogits");
 }
 
 TEST(LossGradient, BernoulliNllIsStableForHugeLogits) {
@@ -65,7 +65,7 @@ TEST(LossGradient, BernoulliNllIsStableForHugeLogits) {
   const float l[2] = {200.0f, -200.0f};
   const std::uint8_t pixels[2] = {255, 0};
   float dl[2];
-  EXPECT_NEAR(K.bernoulli_nll(l, ImageBatch{pixels, 2, 2, nullptr, 0}, dl, 1, 1.0f), 0.0, 1e-6);
+  EXPECT_NEAR(K.bernoulli_nll(l, ImageBatch{pixels, 2, 2, nullptr, 0}, dl, 1, 1.0f, nullptr), 0.0, 1e-6);
   EXPECT_FLOAT_EQ(dl[0], 0.0f);
   EXPECT_FLOAT_EQ(dl[1], 0.0f);
 }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <sstream>
 #include <random>
@@ -360,7 +361,9 @@ TEST(KernelsLoss, ParallelMatchesReference) {
   const auto pixels = random_bytes(n * ld, 2);
   const ImageBatch x{pixels.data(), ld, d, nullptr, 0};
   std::vector<float> want_g(n * d);
-  const double want_loss = ref.bernoulli_nll(logits.data(), x, want_g.data(), n, 0.125f);
+  std::vector<double> want_rows(n);
+  const double want_loss = ref.bernoulli_nll(logits.data(), x, want_g.data(), n, 0.125f, want_rows.data());
+  EXPECT_NEAR(std::accumulate(want_rows.begin(), want_rows.end(), 0.0), want_loss, 1e-9 * want_loss);
 
   auto head = random_floats(n * 2 * L, 3), eps = random_floats(n * L, 4), dz = random_floats(n * (L + 10), 5);
   std::vector<float> want_z(n * (L + 10)), want_dh(n * 2 * L);
@@ -369,8 +372,10 @@ TEST(KernelsLoss, ParallelMatchesReference) {
 
   for_each_fast(n, d, [&](const Fast& fast) {
     std::vector<float> g(n * d), z(n * (L + 10)), dh(n * 2 * L);
-    EXPECT_NEAR(fast->bernoulli_nll(logits.data(), x, g.data(), n, 0.125f), want_loss, 1e-5 * want_loss);
+    std::vector<double> rows(n);
+    EXPECT_NEAR(fast->bernoulli_nll(logits.data(), x, g.data(), n, 0.125f, rows.data()), want_loss, 1e-5 * want_loss);
     expect_close(g, want_g, 1e-6, "dlogits");
+    for (std::size_t r = 0; r < n; ++r) EXPECT_NEAR(rows[r], want_rows[r], 1e-5 * want_rows[r]) << "row " << r;
     EXPECT_NEAR(fast->reparam_kl_forward(head.data(), eps.data(), z.data(), L + 10, n, L), want_kl, 1e-4);
     expect_close(z, want_z, 1e-6, "z");
     fast->reparam_kl_backward(head.data(), eps.data(), dz.data(), L + 10, dh.data(), n, L, 0.5f, 0.3f);
@@ -787,7 +792,7 @@ TEST(Bf16Shadows, LossAndReparameterisationWriteTheirGradientsForms) {
   auto pass = [&](const Kernels<float>& f, float* dl, float* dh) {
     for (std::size_t r = 0; r < rows; r += per) {
       const ImageBatch batch{pixels.data() + r * d, d, d, nullptr, 0};
-      f.bernoulli_nll(logits.data() + r * d, batch, dl + r * d, per, 0.25f);
+      f.bernoulli_nll(logits.data() + r * d, batch, dl + r * d, per, 0.25f, nullptr);
       f.reparam_kl_backward(head.data() + r * 2 * L, eps.data() + r * L, dz.data() + r * L, L, dh + r * 2 * L, per, L, 0.25f, 0.5f);
     }
     std::vector<float> out;

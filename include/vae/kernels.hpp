@@ -151,8 +151,10 @@ class Kernels {
   virtual bool conv_weight_grad(const ConvShape& s, const T* x, const T* dy, T* dw, T* db, std::size_t n, std::size_t r0,
                                 std::size_t r1) const = 0;
 
-  // Σ Bernoulli NLL with logits against the images' pixels, and dlogits = scale·(σ(l) − x).   logits, dlogits [n × x.width]
-  virtual double bernoulli_nll(const T* logits, const ImageBatch& x, T* dlogits, std::size_t n, T scale) const = 0;
+  // Σ Bernoulli NLL with logits against the images' pixels, and dlogits = scale·(σ(l) − x); each row's NLL into
+  // row_nll[r] as well unless nullptr (the importance weights need them, in the same pass).
+  //                                                          logits, dlogits [n × x.width], row_nll [n]
+  virtual double bernoulli_nll(const T* logits, const ImageBatch& x, T* dlogits, std::size_t n, T scale, double* row_nll) const = 0;
   // Each row's Bernoulli NLL into out[r] (x.ld = 0 scores every row against one image).   logits [n × x.width], out [n]
   virtual void bernoulli_nll_rows(const T* logits, const ImageBatch& x, double* out, std::size_t n) const = 0;
   // z = μ + ε·exp(½ log σ²) into z (row stride ldz); returns Σ KL(q ‖ N(0, I)).   head [n × 2L] = [μ | log σ²], eps [n × L]
@@ -298,15 +300,20 @@ class ReferenceKernels final : public Kernels<T> {
     return all_finite(dw, (r1 - r0) * s.weight_row_size()) && (!db || all_finite(db, s.out_c));
   }
 
-  double bernoulli_nll(const T* logits, const ImageBatch& x, T* dlogits, std::size_t n, T scale) const override {
+  double bernoulli_nll(const T* logits, const ImageBatch& x, T* dlogits, std::size_t n, T scale, double* row_nll) const override {
     const std::size_t d = x.width;
     double total = 0;
-    for (std::size_t r = 0; r < n; ++r)
+    for (std::size_t r = 0; r < n; ++r) {
+      double row = 0;
       for (std::size_t j = 0; j < d; ++j) {
         const T l = logits[r * d + j], t = x.at<T>(r, j);
-        total += double(bce_with_logits(l, t));
+        const double v = double(bce_with_logits(l, t));
+        total += v;
+        row += v;
         if (dlogits) dlogits[r * d + j] = scale * (sigmoid(l) - t);
       }
+      if (row_nll) row_nll[r] = row;
+    }
     return total;
   }
 
